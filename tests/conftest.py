@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny checkpoints and small slides written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+torch.manual_seed(0)
+
+
+def write_slide(
+    path: Path,
+    rgb: np.ndarray,
+    mpp: float | None = 0.5,
+    tile_px: int = 128,
+    compression: str | None = "zlib",
+    downsamples: tuple[int, ...] = (4,),
+) -> Path:
+    """Write ``rgb`` as a tiled pyramidal TIFF that OpenSlide opens (Aperio-style when mpp is set)."""
+    h, w = rgb.shape[:2]
+    if mpp is not None:
+        desc = f"Aperio Image Library v12.0.0\n{w}x{h} [0,0 {w}x{h}] ({tile_px}x{tile_px}) RGB|AppMag = 20|MPP = {mpp}"
+    else:
+        desc = "plain tiled tiff"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(rgb, tile=(tile_px, tile_px), photometric="rgb", compression=compression,
+                 description=desc, metadata=None, subfiletype=0)
+        for f in downsamples:
+            if min(h, w) // f < tile_px:
+                break
+            tw.write(np.ascontiguousarray(rgb[::f, ::f]), tile=(tile_px, tile_px), photometric="rgb",
+                     compression=compression, metadata=None, subfiletype=1)
+    return path
+
+
+def blob_image(size_px: int = 1024, seed: int = 0) -> np.ndarray:
+    """Glass with an elliptical stained blob of two colours (for tissue detection)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size_px, size_px, 3), 240, np.uint8)
+    yy, xx = np.mgrid[:size_px, :size_px]
+    c = size_px / 2
+    blob = (yy - c) ** 2 / (0.35 * size_px) ** 2 + (xx - c) ** 2 / (0.25 * size_px) ** 2 < 1
+    img[blob] = (170, 90, 150)
+    img[blob & (xx > c)] = (200, 120, 170)
+    noise = rng.integers(-6, 7, img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Randomly initialised tiny stage-1 and stage-2 checkpoints."""
+    from wsi_seg.model import PsclNet, preset_config, save_checkpoint
+
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for stage in (1, 2):
+        torch.manual_seed(stage)
+        net = PsclNet(preset_config("tiny", stage=stage))
+        out[stage] = save_checkpoint(net, root / f"stage{stage}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def blob_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_slide(tmp_path_factory.mktemp("slides") / "blob slide é.tif", blob_image(1024), mpp=0.5)

@@ -1,0 +1,114 @@
+"""The segment pipeline: stitching exactness, resume, output layout."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from conftest import write_slide
+
+import wsi_seg.segment as segment_mod
+from wsi_seg.model import load_checkpoint
+from wsi_seg.output import is_complete, partial_path
+from wsi_seg.predict import PatchPrediction
+from wsi_seg.segment import SegmentOptions, segment_slide
+
+OPTS = dict(device="cpu", workers=0, progress=False)
+
+
+def ramp_image(h, w):
+    """R = x mod 256, G = y mod 256, B = a class index from the position (0..4)."""
+    yy, xx = np.mgrid[:h, :w]
+    return np.stack([xx % 256, yy % 256, (xx // 37 + yy // 53) % 5], -1).astype(np.uint8)
+
+
+def echo_predictor(net, images, background=None):
+    """A 'model' that outputs its input: activations = R, G; mask = B."""
+    acts = images[:, :2].float() / 255.0
+    acts = torch.cat([acts, acts], 1)[:, : net.cfg.num_classes]
+    return PatchPrediction(activations=acts, mask=images[:, 2].to(torch.uint8))
+
+
+@pytest.fixture
+def ramp_slide(tmp_path):
+    rgb = ramp_image(700, 1000)
+    return write_slide(tmp_path / "ramp.tif", rgb, mpp=0.5, compression="zlib"), rgb
+
+
+@pytest.mark.parametrize("overlap", [0, 32, 45])
+def test_stitching_reassembles_the_exact_ramp(tmp_path, ramp_slide, checkpoints, monkeypatch, overlap):
+    monkeypatch.setattr(segment_mod, "predict_patches", echo_predictor)
+    path, rgb = ramp_slide
+    model = load_checkpoint(checkpoints[2])
+    res = segment_slide(path, tmp_path / "out.zarr", model, SegmentOptions(overlap_px=overlap, batch_size=3, **OPTS))
+    g = zarr.open_group(str(res.out), mode="r")
+    assert g["0"].shape == (4, 700, 1000)
+    assert np.array_equal(g["0"][0], rgb[..., 0])
+    assert np.array_equal(g["0"][1], rgb[..., 1])
+    assert np.array_equal(g["labels/mask/0"][:], rgb[..., 2])
+    assert res.patches_run > 0 and res.patches_resumed == 0
+
+
+def test_interrupted_run_resumes_to_identical_output(tmp_path, blob_slide, checkpoints, monkeypatch):
+    model = load_checkpoint(checkpoints[1])
+    opts = SegmentOptions(overlap_px=32, **OPTS)
+    full = segment_slide(blob_slide, tmp_path / "full.zarr", model, opts)
+
+    out = tmp_path / "resumed.zarr"
+    writes = {"n": 0}
+    original = segment_mod.ResultStore.write_block
+
+    def flaky(self, *args, **kwargs):
+        if writes["n"] == 2:
+            raise KeyboardInterrupt
+        writes["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(segment_mod.ResultStore, "write_block", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        segment_slide(blob_slide, out, model, opts)
+    assert not out.exists() and partial_path(out).exists() and not is_complete(partial_path(out))
+    monkeypatch.setattr(segment_mod.ResultStore, "write_block", original)
+    resumed = segment_slide(blob_slide, out, model, opts)
+    assert resumed.patches_resumed > 0
+    assert resumed.patches_run + resumed.patches_resumed == full.patches_run
+    a, b = zarr.open_group(str(full.out), mode="r"), zarr.open_group(str(out), mode="r")
+    for name in ("0", "1", "labels/mask/0", "labels/mask/1"):
+        assert np.array_equal(a[name][:], b[name][:]), name
+
+
+def test_output_is_ome_zarr_with_labels(tmp_path, blob_slide, checkpoints):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    model = load_checkpoint(checkpoints[2])
+    res = segment_slide(blob_slide, tmp_path / "o.zarr", model, SegmentOptions(**OPTS))
+    nodes = list(Reader(parse_url(str(res.out)))())
+    image = nodes[0]
+    assert image.data[0].shape == (4, 1024, 1024)  # slide 0.5 µm/px = model 0.5 µm/px
+    assert [d.shape[-1] for d in image.data] == [1024, 512]
+    label = next(n for n in nodes if "color" in n.metadata)
+    assert label.metadata["properties"][1]["class"] == "TE"
+    assert label.metadata["color"][1] == pytest.approx([205 / 255, 51 / 255, 51 / 255, 1.0])
+    ms = label.metadata["coordinateTransformations"]
+    assert ms[0][0]["scale"] == [0.5, 0.5] and ms[1][0]["scale"] == [1.0, 1.0]
+    root = zarr.open_group(str(res.out), mode="r")
+    prov = root.attrs["wsi_seg"]
+    assert prov["complete"] is True and prov["model"]["sha256"] == model.sha256
+    assert prov["slide"]["mpp"] == 0.5 and prov["mpp"] == 0.5
+    assert json.dumps(prov)  # plain JSON
+    assert not (res.out / ".wsi_seg_progress").exists()
+
+
+def test_glass_is_background_and_resolution_follows_the_model(tmp_path, checkpoints):
+    from conftest import blob_image
+
+    path = write_slide(tmp_path / "s.tif", blob_image(2048), mpp=0.25, downsamples=(4,))
+    model = load_checkpoint(checkpoints[1])
+    res = segment_slide(path, tmp_path / "o.zarr", model, SegmentOptions(**OPTS))
+    mask = zarr.open_group(str(res.out), mode="r")["labels/mask/0"][:]
+    assert mask.shape == (1024, 1024)  # 2048 px at 0.25 µm/px seen at 0.5 µm/px
+    assert (mask[:100, :100] == 0).all() and (mask[:, :150] == 0).all()
+    assert (mask[400:600, 400:600] > 0).mean() > 0.9  # the blob is tissue: classes, not background
+    assert res.patches_skipped > 0

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+from conftest import blob_image, write_slide
+
+from wsi_seg.errors import MissingMppError, SlideError
+from wsi_seg.slide import Slide
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory):
+    rgb = blob_image(2048)
+    return write_slide(tmp_path_factory.mktemp("s") / "p.tif", rgb, mpp=0.25, downsamples=(4, 16)), rgb
+
+
+def test_levels_and_mpp(pyramid):
+    path, _ = pyramid
+    with Slide(path) as s:
+        assert s.mpp == pytest.approx(0.25)
+        assert s.level_downsamples == pytest.approx((1, 4, 16))
+        info = s.info()
+        assert info.vendor == "aperio" and info.mpp_source == "metadata"
+
+
+@pytest.mark.parametrize("target,level", [(0.25, 0), (0.5, 0), (0.99, 0), (1.0, 1), (2.0, 1), (4.0, 2), (50.0, 2)])
+def test_level_for_mpp_is_nearest_not_coarser(pyramid, target, level):
+    with Slide(pyramid[0]) as s:
+        assert s.level_for_mpp(target) == level
+
+
+def test_read_at_mpp_resizes_from_the_nearest_level(pyramid, monkeypatch):
+    path, rgb = pyramid
+    with Slide(path) as s:
+        calls = []
+        orig = s.read_rgb
+        monkeypatch.setattr(s, "read_rgb", lambda xy, level, size: calls.append(level) or orig(xy, level, size))
+        out = s.read_at_mpp((512, 512, 1536, 1536), (256, 256))  # 1.0 µm/px → level 1, no resize
+        assert calls == [1] and out.shape == (256, 256, 3)
+        same = s.read_at_mpp((0, 0, 1024, 1024), (1024, 1024))
+        assert np.array_equal(same, rgb[:1024, :1024])
+
+
+def test_outside_the_slide_reads_as_glass(pyramid):
+    with Slide(pyramid[0]) as s:
+        out = s.read_rgb((-100, -100), 0, (50, 50))
+        assert (out == 255).all()
+
+
+def test_thumbnail(pyramid):
+    with Slide(pyramid[0]) as s:
+        thumb, mpp = s.thumbnail(8.0)
+        assert thumb.shape == (64, 64, 3) and mpp == pytest.approx(8.0)
+
+
+def test_missing_mpp(tmp_path):
+    path = write_slide(tmp_path / "nompp.tif", blob_image(512), mpp=None)
+    with Slide(path) as s:
+        with pytest.raises(MissingMppError, match="--mpp"):
+            _ = s.mpp
+    with Slide(path, mpp=0.5) as s:
+        assert s.mpp == 0.5 and s.info().mpp_source == "user"
+
+
+def test_unsupported_and_missing_files(tmp_path):
+    bad = tmp_path / "notes.svs"
+    bad.write_text("not a slide")
+    with pytest.raises(SlideError, match="notes.svs"):
+        Slide(bad)
+    with pytest.raises(SlideError, match="not found"):
+        Slide(tmp_path / "missing.svs")

@@ -1,0 +1,77 @@
+"""``wsi-seg segment``: one slide to ``--out``, or many slides into ``--out-dir``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from wsi_seg.errors import ConfigError, WsiSegError
+from wsi_seg.tissue import TissueParams
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment whole slides into OME-Zarr masks and activation maps")
+    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (.svs, .tif, .ndpi, .mrxs, …)")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", type=Path, help="output .zarr for a single slide")
+    dest.add_argument("--out-dir", type=Path, help="folder for one <slide>.zarr per slide")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint directory or .safetensors (default: the bundled demo model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=int, default=8, help="patches per model call (default: 8)")
+    p.add_argument("--workers", type=int, default=1, help="slide-reading worker processes (default: 1; 0 = in-process)")
+    p.add_argument("--overlap", type=int, default=32, help="patch overlap in px at the model resolution; centre-cropped (default: 32)")
+    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides whose metadata lacks it")
+    p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction,
+                   help="minimum tissue fraction of a patch to run it (default: %(default)s)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (auto: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wsi_seg.model.checkpoint import load_checkpoint
+    from wsi_seg.model.default import default_model_path
+    from wsi_seg.predict import resolve_device
+    from wsi_seg.segment import SegmentOptions, segment_slide
+
+    if args.out is not None and len(args.slides) != 1:
+        raise ConfigError(f"--out takes one slide, got {len(args.slides)}; use --out-dir for several")
+    options = SegmentOptions(
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        overlap_px=args.overlap,
+        mpp=args.mpp,
+        precision=args.precision,
+        tissue=TissueParams(min_tissue_fraction=args.tissue_threshold),
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    device = resolve_device(args.device)
+    model = load_checkpoint(args.model if args.model is not None else default_model_path(), device=device)
+    jobs = [(Path(s), args.out if args.out is not None else args.out_dir / (Path(s).stem + ".zarr")) for s in args.slides]
+    failed = 0
+    for slide, out in jobs:
+        try:
+            result = segment_slide(slide, out, model, options)
+        except WsiSegError as exc:
+            if len(jobs) == 1:
+                raise
+            failed += 1
+            print(f"wsi-seg: error: {exc}", file=sys.stderr)
+            continue
+        resumed = f", {result.patches_resumed} resumed" if result.patches_resumed else ""
+        print(
+            f"{slide.name}: {result.patches_run} patches run, {result.patches_skipped} skipped{resumed}, "
+            f"{result.seconds:.1f} s, {result.patches_per_second:.1f} patches/s → {result.out}"
+        )
+    if failed:
+        print(f"wsi-seg: {failed} of {len(jobs)} slides failed", file=sys.stderr)
+        return 2
+    return 0

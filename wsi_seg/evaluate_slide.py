@@ -1,0 +1,47 @@
+"""Score a slide result against a ground-truth class mask (e.g. the demo slide's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def result_mask_at(result: str | Path, mpp: float, shape_hw: tuple[int, int]) -> np.ndarray:
+    """The result's class mask resampled (nearest) to ``shape_hw`` at ``mpp`` µm/px."""
+    import zarr
+
+    group = zarr.open_group(str(result), mode="r")
+    out_mpp = group.attrs["wsi_seg"]["mpp"]
+    labels = group["labels"]["mask"]
+    levels = sorted(labels.array_keys(), key=int)
+    level = max((lv for lv in levels if out_mpp * 2 ** int(lv) <= mpp * 1.001), key=int, default="0")
+    mask = labels[level][:]
+    level_mpp = out_mpp * 2 ** int(level)
+    h, w = shape_hw
+    # crop/pad to the ground truth's extent before resizing so pixel grids line up
+    need_h, need_w = round(h * mpp / level_mpp), round(w * mpp / level_mpp)
+    canvas = np.zeros((need_h, need_w), np.uint8)
+    ch, cw = min(need_h, mask.shape[0]), min(need_w, mask.shape[1])
+    canvas[:ch, :cw] = mask[:ch, :cw]
+    return np.asarray(Image.fromarray(canvas).resize((w, h), Image.Resampling.NEAREST))
+
+
+def slide_miou(result: str | Path, ground_truth_png: str | Path) -> dict[str, Any]:
+    """Per-class IoU and mIoU over ground-truth tissue pixels (MLPS protocol)."""
+    from wsi_seg.synthetic import read_ground_truth
+
+    gt, gt_mpp, names = read_ground_truth(ground_truth_png)
+    pred = result_mask_at(result, gt_mpp, gt.shape)
+    n = len(names)
+    tissue = gt > 0
+    conf = np.bincount(
+        (gt[tissue].astype(np.int64) - 1) * (n + 1) + pred[tissue].astype(np.int64), minlength=n * (n + 1)
+    ).reshape(n, n + 1)[:, 1:]  # predicted background on tissue counts as a miss of the true class
+    inter = np.diag(conf).astype(np.float64)
+    gt_count = np.bincount(gt[tissue].astype(np.int64) - 1, minlength=n)[:n]
+    union = conf.sum(0) + gt_count - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    return {"iou": dict(zip(names, iou.tolist())), "miou": float(np.nanmean(iou))}

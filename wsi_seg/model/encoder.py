@@ -1,0 +1,69 @@
+"""The encoder: a timm backbone emitting four NCHW feature maps (strides 4, 8, 16, 32)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from wsi_seg.errors import CheckpointError, ConfigError
+
+
+class TimmEncoder(nn.Module):
+    """A timm ``features_only`` backbone reduced to its last four stages.
+
+    ``forward`` returns a list of (B, C_i, H/s_i, W/s_i) tensors; ``channels`` and
+    ``reductions`` describe them like timm's ``feature_info``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pretrained: str | Path | bool = False,
+        **kwargs: object,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        create_kwargs: dict[str, object] = dict(features_only=True, feature_cls="getter", **kwargs)
+        if isinstance(pretrained, (str, Path)) and str(pretrained):
+            path = Path(pretrained)
+            if not path.is_file():
+                raise CheckpointError(f"{path}: pretrained weights file not found")
+            create_kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        else:
+            create_kwargs["pretrained"] = bool(pretrained)
+        try:
+            self.body = timm.create_model(name, **create_kwargs)
+        except RuntimeError as exc:
+            if isinstance(pretrained, (str, Path)) and str(pretrained):
+                raise CheckpointError(f"{pretrained}: cannot load into {name}: {exc}") from exc
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot build backbone {name!r}: {exc}") from exc
+        channels = self.body.feature_info.channels()
+        reductions = self.body.feature_info.reduction()
+        keep = [i for i, r in enumerate(reductions) if r >= 4][-4:]
+        if [reductions[i] for i in keep] != [4, 8, 16, 32]:
+            raise ConfigError(f"backbone {name!r} has feature strides {reductions}, need 4, 8, 16, 32")
+        self._keep = keep
+        self.channels = [channels[i] for i in keep]
+        self.reductions = [4, 8, 16, 32]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.body(x)
+        return [feats[i] for i in self._keep]
+
+
+class _BackboneAdapter(nn.Module):
+    """Makes a TimmEncoder answer like a transformers backbone (``.feature_maps``)."""
+
+    def __init__(self, encoder: TimmEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.channels = encoder.channels
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(feature_maps=self.encoder(pixel_values))

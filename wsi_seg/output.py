@@ -1,0 +1,245 @@
+"""The result store: an OME-Zarr (NGFF 0.5, zarr v3) written block by block.
+
+Layout (SPEC §6)::
+
+    mask.zarr/                 root: per-class activation maps, (c, y, x) uint8 0–255
+      0/ 1/ …                  2× pyramid levels
+      labels/mask/0/ 1/ …      uint8 class index, 0 = background, 1..N = classes
+    attrs["ome"]               multiscales (scale in µm), omero channels, image-label
+    attrs["wsi_seg"]           provenance; "complete" is written last
+
+A run writes to ``<out>.partial`` and renames it on success; ``.wsi_seg_progress``
+inside it lists finished blocks so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_seg.errors import OutputError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+PROGRESS_FILE = ".wsi_seg_progress"
+LABEL_NAME = "mask"
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def read_provenance(path: Path) -> dict[str, Any] | None:
+    """The ``wsi_seg`` attributes of a store, or None if it is not one of ours."""
+    meta = path / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
+    except (OSError, ValueError):
+        return None
+    prov = attrs.get("wsi_seg")
+    return prov if isinstance(prov, dict) else None
+
+
+def is_complete(path: Path) -> bool:
+    prov = read_provenance(path)
+    return bool(prov and prov.get("complete"))
+
+
+def _compressor() -> Any:
+    import zarr
+
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+class ResultStore:
+    """Writes one segmentation result; see the module docstring for the layout."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._progress = None
+
+    # -- creation / reopening -------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        shape_hw: tuple[int, int],
+        num_classes: int,
+        chunk_px: int,
+        provenance: dict[str, Any],
+    ) -> ResultStore:
+        """A fresh store at ``root`` (removed first if it exists)."""
+        import zarr
+
+        if root.exists():
+            shutil.rmtree(root)
+        try:
+            group = zarr.open_group(str(root), mode="w", zarr_format=3)
+            h, w = shape_hw
+            group.create_array(
+                "0", shape=(num_classes, h, w), dtype="uint8", chunks=(1, chunk_px, chunk_px),
+                compressors=_compressor(), fill_value=0, dimension_names=("c", "y", "x"),
+            )
+            labels = group.create_group("labels").create_group(LABEL_NAME)
+            labels.create_array(
+                "0", shape=(h, w), dtype="uint8", chunks=(chunk_px, chunk_px),
+                compressors=_compressor(), fill_value=0, dimension_names=("y", "x"),
+            )
+            group.attrs["wsi_seg"] = {**provenance, "format_version": FORMAT_VERSION, "complete": False}
+        except OSError as exc:
+            raise OutputError(f"{root}: cannot create output ({exc.strerror or exc})") from exc
+        return cls(root)
+
+    def done_blocks(self) -> set[tuple[int, int]]:
+        """Blocks recorded as written by an earlier, interrupted run."""
+        path = self.root / PROGRESS_FILE
+        if not path.exists():
+            return set()
+        done = set()
+        for line in path.read_text(encoding="utf-8").splitlines():
+            parts = line.split(",")
+            if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+                done.add((int(parts[0]), int(parts[1])))
+        return done
+
+    # -- writing ---------------------------------------------------------------
+    def _arrays(self) -> tuple[Any, Any]:
+        import zarr
+
+        group = zarr.open_group(str(self.root), mode="r+")
+        return group["0"], group["labels"][LABEL_NAME]["0"]
+
+    def open_for_writing(self) -> None:
+        self._act, self._mask = self._arrays()
+        self._progress = open(self.root / PROGRESS_FILE, "a", encoding="utf-8")
+
+    def write_block(self, index: tuple[int, int], y0: int, x0: int, activations: np.ndarray, mask: np.ndarray) -> None:
+        """Write one chunk-aligned block, then record it as done."""
+        h, w = mask.shape
+        try:
+            self._act[:, y0 : y0 + h, x0 : x0 + w] = activations
+            self._mask[y0 : y0 + h, x0 : x0 + w] = mask
+            self._progress.write(f"{index[0]},{index[1]}\n")
+            self._progress.flush()
+        except OSError as exc:
+            raise OutputError(f"{self.root}: write failed ({exc.strerror or exc})") from exc
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    # -- pyramid and metadata -------------------------------------------------
+    def build_pyramid(self, min_size_px: int, progress: bool = True) -> int:
+        """Add 2× levels until the image fits in one chunk; returns the level count."""
+        import dask.array as da
+        import zarr
+        from tqdm.auto import tqdm
+
+        group = zarr.open_group(str(self.root), mode="r+")
+        label_group = group["labels"][LABEL_NAME]
+        act0 = group["0"]
+        chunk = act0.chunks[-1]
+        h, w = act0.shape[1:]
+        n_levels = 1
+        while max(h, w) > min_size_px and min(h, w) >= 2:
+            h, w = h // 2, w // 2
+            n_levels += 1
+        bar = tqdm(range(1, n_levels), desc="pyramid", unit="level", disable=not progress, leave=False)
+        for level in bar:
+            src_act = da.from_zarr(group[str(level - 1)], chunks=(1, 2 * chunk, 2 * chunk))
+            src_mask = da.from_zarr(label_group[str(level - 1)], chunks=(2 * chunk, 2 * chunk))
+            hh, ww = src_mask.shape[0] // 2, src_mask.shape[1] // 2
+            act = da.coarsen(np.mean, src_act[:, : 2 * hh, : 2 * ww].astype(np.float32), {1: 2, 2: 2})
+            act = (act + 0.5).astype(np.uint8)
+            mask = src_mask[: 2 * hh : 2, : 2 * ww : 2]
+            dst_act = group.create_array(
+                str(level), shape=act.shape, dtype="uint8", chunks=(1, chunk, chunk),
+                compressors=_compressor(), fill_value=0, dimension_names=("c", "y", "x"), overwrite=True,
+            )
+            dst_mask = label_group.create_array(
+                str(level), shape=mask.shape, dtype="uint8", chunks=(chunk, chunk),
+                compressors=_compressor(), fill_value=0, dimension_names=("y", "x"), overwrite=True,
+            )
+            da.store([act.rechunk((1, chunk, chunk)), mask.rechunk((chunk, chunk))], [dst_act, dst_mask], lock=False)
+        return n_levels
+
+    def write_ome_metadata(
+        self,
+        n_levels: int,
+        mpp: float,
+        class_names: Iterable[str],
+        class_colors: Iterable[tuple[int, int, int]],
+    ) -> None:
+        """NGFF multiscales (µm scales), omero channels and image-label colours/names."""
+        import zarr
+        from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+
+        names, colors = list(class_names), [tuple(c) for c in class_colors]
+        group = zarr.open_group(str(self.root), mode="r+")
+
+        def datasets(channel_axis: bool) -> list[dict[str, Any]]:
+            out = []
+            for level in range(n_levels):
+                s = mpp * 2**level
+                scale = [1.0, s, s] if channel_axis else [s, s]
+                shift = (s - mpp) / 2  # pixel centres of coarser levels move by half a pixel
+                translation = [0.0, shift, shift] if channel_axis else [shift, shift]
+                out.append({
+                    "path": str(level),
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": scale},
+                        {"type": "translation", "translation": translation},
+                    ],
+                })
+            return out
+
+        space = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
+        omero = {
+            "channels": [
+                {
+                    "label": n, "color": "%02X%02X%02X" % c, "active": False,
+                    "window": {"min": 0, "max": 255, "start": 0, "end": 255},
+                }
+                for n, c in zip(names, colors)
+            ]
+        }
+        write_multiscales_metadata(
+            group, datasets(True), axes=[{"name": "c", "type": "channel"}, *space],
+            name="activations", metadata={"omero": omero},
+        )
+        labels = group["labels"]
+        write_multiscales_metadata(labels[LABEL_NAME], datasets(False), axes=space, name=LABEL_NAME)
+        write_label_metadata(
+            labels, LABEL_NAME,
+            colors=[{"label-value": 0, "rgba": [0, 0, 0, 0]}]
+            + [{"label-value": i + 1, "rgba": [*c, 255]} for i, c in enumerate(colors)],
+            properties=[{"label-value": 0, "class": "background"}]
+            + [{"label-value": i + 1, "class": n} for i, n in enumerate(names)],
+            source={"image": "../../"},
+        )
+
+    def update_provenance(self, **fields: Any) -> None:
+        import zarr
+
+        group = zarr.open_group(str(self.root), mode="r+")
+        group.attrs["wsi_seg"] = {**group.attrs["wsi_seg"], **fields}
+
+    def finalize(self, final: Path) -> None:
+        """Mark complete (last write), drop the progress file, rename into place."""
+        self.close()
+        (self.root / PROGRESS_FILE).unlink(missing_ok=True)
+        self.update_provenance(complete=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(self.root, final)
+        self.root = final
+

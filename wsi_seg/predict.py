@@ -1,0 +1,89 @@
+"""Patch prediction: network outputs → per-class activations and a class-index mask.
+
+Stage-1 networks give CAMs (thesis eq. 4.3) and the pseudo-label rule of eq. 4.9,
+with classes the classifier rejects (sigmoid score below ``cam_score_threshold``, the
+top class always kept) zeroed the way absent classes are in training. Stage-2 networks
+give softmax probabilities of their background + N class logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from wsi_seg.errors import ConfigError
+from wsi_seg.model.network import PsclNet, cams_from_class_maps
+
+
+@dataclass
+class PatchPrediction:
+    """activations: (B, N, P, P) in [0, 1]; mask: (B, P, P) uint8, 0 = background, 1..N."""
+
+    activations: torch.Tensor
+    mask: torch.Tensor
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → first CUDA device if present, else CPU; ``cuda:N`` validated."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``precision`` (fp32 | bf16 | fp16 | auto: fp16 on CUDA, fp32 on CPU)."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("fp16 autocast is for CUDA; use bf16 on the CPU")
+    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
+
+
+def predict_patches(
+    net: PsclNet,
+    images: torch.Tensor,
+    background: torch.Tensor | None = None,
+) -> PatchPrediction:
+    """Predict a batch of (B, 3, P, P) uint8 patches already on the network's device.
+
+    ``background`` (B, P, P) bool is the background seed; stage-1 networks need it.
+    """
+    cfg = net.cfg
+    x = net.normalize(images)
+    size = images.shape[-2:]
+    if cfg.stage == 2:
+        logits = net.forward_segmentation(x).float()
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        probs = logits.softmax(dim=1)
+        return PatchPrediction(activations=probs[:, 1:], mask=probs.argmax(dim=1).to(torch.uint8))
+    out = net.forward_stage1(x)
+    cams = cams_from_class_maps(out.class_maps.float())
+    scores = torch.sigmoid(out.logits.float())
+    keep = scores >= cfg.cam_score_threshold
+    keep[torch.arange(len(scores)), scores.argmax(dim=1)] = True
+    cams = cams * keep[:, :, None, None]
+    cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False).clamp_(0, 1)
+    mask = cams.argmax(dim=1).to(torch.uint8) + 1
+    if background is None:
+        raise ConfigError("stage-1 prediction needs the background seed of each patch")
+    mask[background] = 0
+    return PatchPrediction(activations=cams, mask=mask)

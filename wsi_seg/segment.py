@@ -1,0 +1,274 @@
+"""The segment pipeline: slide → tissue → tiles → batched inference → zarr pyramid."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from wsi_seg import __version__
+from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
+from wsi_seg.model.checkpoint import LoadedModel
+from wsi_seg.output import ResultStore, is_complete, partial_path, read_provenance
+from wsi_seg.predict import autocast_context, predict_patches, resolve_device
+from wsi_seg.reader import BlockDataset, SeedParams
+from wsi_seg.slide import Slide, SlideInfo
+from wsi_seg.tiling import Block, TileGrid, make_grid
+from wsi_seg.tissue import TissueParams, tissue_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to run one slide; the CLI flags map onto these fields."""
+
+    device: str = "auto"
+    batch_size: int = 8
+    workers: int = 1
+    overlap_px: int = 32
+    mpp: float | None = None  # level-0 µm/px override for slides without metadata
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    tissue: TissueParams = field(default_factory=TissueParams)
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be ≥ 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
+        if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
+            raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
+
+
+@dataclass
+class SegmentResult:
+    """What one run did; the CLI prints it as the summary line."""
+
+    out: Path
+    patches_run: int
+    patches_skipped: int
+    patches_resumed: int
+    seconds: float
+    timings: dict[str, float]
+
+    @property
+    def patches_per_second(self) -> float:
+        return self.patches_run / self.seconds if self.seconds > 0 else 0.0
+
+
+def plan(slide: Slide, model_mpp: float, patch_px: int, options: SegmentOptions) -> tuple[TileGrid, np.ndarray, np.ndarray]:
+    """(grid, tissue fraction per patch, run mask per patch) for a slide."""
+    grid = make_grid(slide.dimensions, slide.mpp, model_mpp, patch_px, options.overlap_px)
+    if min(grid.out_shape) < patch_px:
+        raise SlideError(
+            f"{slide.path}: slide is {grid.out_shape[1]}×{grid.out_shape[0]} px at the model's "
+            f"{model_mpp} µm/px, smaller than one {patch_px}-px patch"
+        )
+    thumb_mpp = max(options.tissue.thumbnail_mpp, slide.mpp)
+    thumb, thumb_mpp = slide.thumbnail(thumb_mpp)
+    tissue = tissue_mask(thumb, thumb_mpp, options.tissue)
+    fractions = grid.tissue_fractions(tissue)
+    run = fractions >= max(options.tissue.min_tissue_fraction, 1e-6)
+    if not run.any():
+        raise NoTissueError(f"{slide.path}: no tissue found (threshold {options.tissue.min_tissue_fraction:.2f}); nothing to segment")
+    return grid, fractions, run
+
+
+def _provenance(info: SlideInfo, model: LoadedModel, grid: TileGrid, options: SegmentOptions) -> dict[str, Any]:
+    return {
+        "software": {"name": "wsi-seg", "version": __version__},
+        "slide": {
+            "path": str(Path(info.path).resolve()),
+            "fingerprint": info.fingerprint,
+            "vendor": info.vendor,
+            "dimensions_px": list(info.dimensions),
+            "mpp": info.mpp,
+            "mpp_source": info.mpp_source,
+        },
+        "model": {"path": str(model.path), "sha256": model.sha256, "config": model.config.to_dict()},
+        "mpp": model.config.mpp,
+        "patch_size_px": grid.patch_px,
+        "overlap_px": grid.overlap_px,
+        "block_px": grid.block_px,
+        "output_shape_px": list(grid.out_shape),
+        "tissue": asdict(options.tissue),
+        "class_names": list(model.config.class_names),
+        "class_colors": [list(c) for c in model.config.class_colors],
+    }
+
+
+_RESUME_KEYS = ("slide", "model", "patch_size_px", "overlap_px", "block_px", "output_shape_px", "tissue")
+
+
+def _same_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    def key(p: dict[str, Any]) -> list[Any]:
+        slide = dict(p.get("slide", {}))
+        model = dict(p.get("model", {}))
+        return [
+            slide.get("fingerprint"), model.get("sha256"),
+            *[p.get(k) for k in _RESUME_KEYS if k not in ("slide", "model")],
+        ]
+
+    return key(old) == key(new)
+
+
+def _prepare_store(out: Path, grid: TileGrid, model: LoadedModel, provenance: dict[str, Any], overwrite: bool) -> ResultStore:
+    """A store to write into: resumed if a matching partial run exists, else fresh."""
+    if out.exists():
+        if not overwrite:
+            what = "a complete wsi-seg result" if is_complete(out) else "something that is not a complete wsi-seg result"
+            raise OutputError(f"{out}: output already exists ({what}); pass --overwrite to replace it")
+    tmp = partial_path(out)
+    if tmp.exists() and not overwrite:
+        old = read_provenance(tmp)
+        if old is not None and _same_run(old, provenance):
+            log.info("resuming the interrupted run in %s", tmp)
+            return ResultStore(tmp)
+        raise OutputError(
+            f"{tmp}: holds an interrupted run of a different slide, model or settings; "
+            "pass --overwrite to discard it"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out.parent}: cannot create output folder ({exc.strerror or exc})") from exc
+    return ResultStore.create(tmp, grid.out_shape, model.config.num_classes, grid.block_px, provenance)
+
+
+def _batches(loader: DataLoader, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]]:
+    """Re-batch block items into model batches of ``batch_size`` patches.
+
+    Yields (patches, backgrounds, owners) where owners[k] = (block item, patch index).
+    """
+    buf_p: list[torch.Tensor] = []
+    buf_b: list[torch.Tensor] = []
+    owners: list[tuple[int, int]] = []
+    count = 0
+    for item in loader:
+        if "error" in item:
+            raise SlideError(item["error"])
+        n = item["patches"].shape[0]
+        buf_p.append(item["patches"])
+        buf_b.append(item["background"])
+        owners.extend((int(item["block"]), k) for k in range(n))
+        count += n
+        while count >= batch_size:
+            p, b = torch.cat(buf_p), torch.cat(buf_b)
+            yield p[:batch_size], b[:batch_size], owners[:batch_size]
+            buf_p, buf_b, owners = [p[batch_size:]], [b[batch_size:]], owners[batch_size:]
+            count -= batch_size
+    if count:
+        yield torch.cat(buf_p), torch.cat(buf_b), owners
+
+
+class _BlockAssembler:
+    """Collects centre crops of patch predictions until a block is whole, then writes it."""
+
+    def __init__(self, grid: TileGrid, blocks: list[Block], num_classes: int, store: ResultStore) -> None:
+        self.grid, self.blocks, self.store = grid, blocks, store
+        self.num_classes = num_classes
+        self.pending: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+
+    def add(self, item: int, patch_idx: int, activations: np.ndarray, mask: np.ndarray) -> bool:
+        """Place one patch's owned square; returns True when its block was written."""
+        block = self.blocks[item]
+        h, w = block.y1 - block.y0, block.x1 - block.x0
+        if item not in self.pending:
+            self.pending[item] = (np.zeros((self.num_classes, h, w), np.uint8), np.zeros((h, w), np.uint8), 0)
+        acts, msk, done = self.pending[item]
+        g = self.grid
+        i, j = block.patches[patch_idx]
+        s, m = g.stride_px, g.margin_px
+        y, x = i * s, j * s
+        hh, ww = min(s, h - y), min(s, w - x)
+        acts[:, y : y + hh, x : x + ww] = activations[:, m : m + hh, m : m + ww]
+        msk[y : y + hh, x : x + ww] = mask[m : m + hh, m : m + ww]
+        done += 1
+        if done < len(block.patches):
+            self.pending[item] = (acts, msk, done)
+            return False
+        del self.pending[item]
+        self.store.write_block(block.index, block.y0, block.x0, acts, msk)
+        return True
+
+
+def segment_slide(
+    slide_path: str | Path,
+    out: str | Path,
+    model: LoadedModel,
+    options: SegmentOptions = SegmentOptions(),
+) -> SegmentResult:
+    """Segment one slide into an OME-Zarr at ``out`` (see ``wsi_seg.output``)."""
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out)
+    cfg = model.config
+    device = resolve_device(options.device)
+    autocast = autocast_context(device, options.precision)  # validates before any work
+    with Slide(slide_path, mpp=options.mpp) as slide:
+        info = slide.info()
+        _ = slide.mpp  # raises MissingMppError early
+        t = time.perf_counter()
+        grid, _fractions, run = plan(slide, cfg.mpp, cfg.patch_size_px, options)
+        timings["tissue"] = time.perf_counter() - t
+    provenance = _provenance(info, model, grid, options)
+    store = _prepare_store(out, grid, model, provenance, options.overwrite)
+    blocks = grid.blocks(run)
+    done = store.done_blocks()
+    todo = [b for b in blocks if b.index not in done]
+    n_total = int(run.sum())
+    n_resumed = sum(len(b.patches) for b in blocks if b.index in done)
+    n_skipped = grid.grid_shape[0] * grid.grid_shape[1] - n_total
+    seed = SeedParams(cfg.bkg_gray_threshold, cfg.bkg_min_size_px) if cfg.stage == 1 else None
+    dataset = BlockDataset(str(slide_path), info.mpp if options.mpp is None else options.mpp, grid, todo, seed)
+    loader = DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=options.workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if options.workers else None,
+        persistent_workers=False,
+    )
+    net = model.net.to(device).eval()
+    assembler = _BlockAssembler(grid, todo, cfg.num_classes, store)
+    store.open_for_writing()
+    n_run = 0
+    t_infer = time.perf_counter()
+    bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
+    try:
+        with torch.inference_mode(), autocast:
+            for patches, backgrounds, owners in _batches(loader, options.batch_size):
+                patches = patches.to(device, non_blocking=True)
+                bkg = backgrounds.to(device, non_blocking=True) if seed is not None else None
+                pred = predict_patches(net, patches, bkg)
+                acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+                masks = pred.mask.cpu().numpy()
+                for k, (item, patch_idx) in enumerate(owners):
+                    assembler.add(item, patch_idx, acts[k], masks[k])
+                n_run += len(owners)
+                bar.update(len(owners))
+    finally:
+        bar.close()
+        store.close()
+    timings["inference"] = time.perf_counter() - t_infer
+    if assembler.pending:  # cannot happen unless a block's patches went missing
+        raise OutputError(f"{store.root}: {len(assembler.pending)} blocks incomplete after inference")
+    t = time.perf_counter()
+    n_levels = store.build_pyramid(min_size_px=grid.block_px, progress=options.progress)
+    store.write_ome_metadata(n_levels, cfg.mpp, cfg.class_names, cfg.class_colors)
+    timings["pyramid"] = time.perf_counter() - t
+    seconds = time.perf_counter() - t_start
+    store.update_provenance(
+        stats={"patches_run": n_run, "patches_skipped": n_skipped, "patches_resumed": n_resumed,
+               "tissue_patches": n_total, "seconds": round(seconds, 3), "levels": n_levels},
+    )
+    store.finalize(out)
+    return SegmentResult(out, n_run, n_skipped, n_resumed, seconds, timings)

@@ -1,0 +1,67 @@
+"""Background seeding and tissue detection (thesis §4.3.2, SPEC §3).
+
+The same colour threshold + ``skimage.morphology.remove_small_objects`` serves two
+uses: the background seed of a training patch or inference block (sizes in pixels of
+that image, as in the thesis: 200 px LUAD, 600 px BCSS) and tissue detection on a slide
+thumbnail (sizes in µm², so they hold at any resolution).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.color import rgb2gray
+from skimage.morphology import remove_small_holes, remove_small_objects
+
+
+def _gray_uint8(rgb: np.ndarray) -> np.ndarray:
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
+    return (rgb2gray(rgb[..., :3]) * 255.0).astype(np.float32)
+
+
+def background_seed(rgb: np.ndarray, gray_threshold: float = 200, min_size_px: int = 200) -> np.ndarray:
+    """Boolean (H, W) map of background (glass, lumen) in an RGB uint8 image.
+
+    Pixels brighter than ``gray_threshold`` are background candidates; connected white
+    regions smaller than ``min_size_px`` pixels are dropped (they are inside tissue).
+    """
+    candidates = _gray_uint8(rgb) > gray_threshold
+    if min_size_px > 0:
+        candidates = remove_small_objects(candidates, max_size=min_size_px - 1)
+    return candidates
+
+
+@dataclass(frozen=True)
+class TissueParams:
+    """Tissue detection on a thumbnail; areas in µm² so they hold at any resolution."""
+
+    thumbnail_mpp: float = 8.0
+    gray_threshold: float = 220
+    min_saturation: float = 0.05
+    min_tissue_um2: float = 20_000.0
+    max_hole_um2: float = 20_000.0
+    min_tissue_fraction: float = 0.05  # per patch: patches with less tissue are skipped
+
+
+def tissue_mask(rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams()) -> np.ndarray:
+    """Boolean (H, W) tissue map of an RGB image at ``mpp`` µm/px.
+
+    Tissue is darker than ``gray_threshold`` or saturated (stained); specks smaller than
+    ``min_tissue_um2`` are removed and holes up to ``max_hole_um2`` are filled.
+    """
+    rgb = rgb[..., :3]
+    gray = _gray_uint8(rgb)
+    rgbf = rgb.astype(np.float32)
+    mx, mn = rgbf.max(axis=2), rgbf.min(axis=2)
+    saturation = (mx - mn) / np.maximum(mx, 1.0)
+    tissue = (gray < params.gray_threshold) | (saturation > params.min_saturation)
+    px_area_um2 = mpp * mpp
+    min_obj = int(params.min_tissue_um2 / px_area_um2)
+    max_hole = int(params.max_hole_um2 / px_area_um2)
+    if min_obj > 0:
+        tissue = remove_small_objects(tissue, max_size=min_obj)
+    if max_hole > 0:
+        tissue = remove_small_holes(tissue, max_size=max_hole)
+    return tissue
