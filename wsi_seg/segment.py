@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,10 +172,41 @@ def _batches(loader: DataLoader, batch_size: int) -> Iterator[tuple[torch.Tensor
         yield torch.cat(buf_p), torch.cat(buf_b), owners
 
 
+class _BackgroundWriter:
+    """Writes blocks on one thread (one writer per chunk, as zarr needs) while the model
+    runs; at most ``max_pending`` blocks wait, so memory stays bounded."""
+
+    def __init__(self, store: ResultStore, max_pending: int = 8) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-seg-writer")
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._futures: list[Future] = []
+
+    def submit(self, index: tuple[int, int], y0: int, x0: int, acts: np.ndarray, mask: np.ndarray) -> None:
+        self._raise_failed()
+        self._slots.acquire()
+        future = self._pool.submit(self.store.write_block, index, y0, x0, acts, mask)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._futures.append(future)
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._futures if f.done()]
+        self._futures = [f for f in self._futures if not f.done()]
+        for f in done:
+            f.result()  # re-raises a write error in the caller's thread
+
+    def close(self) -> None:
+        """Wait for every pending write; re-raise the first failure."""
+        self._pool.shutdown(wait=True)
+        futures, self._futures = self._futures, []
+        for f in futures:
+            f.result()
+
+
 class _BlockAssembler:
     """Collects centre crops of patch predictions until a block is whole, then writes it."""
 
-    def __init__(self, grid: TileGrid, blocks: list[Block], num_classes: int, store: ResultStore) -> None:
+    def __init__(self, grid: TileGrid, blocks: list[Block], num_classes: int, store: _BackgroundWriter) -> None:
         self.grid, self.blocks, self.store = grid, blocks, store
         self.num_classes = num_classes
         self.pending: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
@@ -197,7 +230,7 @@ class _BlockAssembler:
             self.pending[item] = (acts, msk, done)
             return False
         del self.pending[item]
-        self.store.write_block(block.index, block.y0, block.x0, acts, msk)
+        self.store.submit(block.index, block.y0, block.x0, acts, msk)
         return True
 
 
@@ -206,8 +239,13 @@ def segment_slide(
     out: str | Path,
     model: LoadedModel,
     options: SegmentOptions = SegmentOptions(),
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SegmentResult:
-    """Segment one slide into an OME-Zarr at ``out`` (see ``wsi_seg.output``)."""
+    """Segment one slide into an OME-Zarr at ``out`` (see ``wsi_seg.output``).
+
+    ``on_progress(patches_done, patches_total)`` is called after every batch; raising
+    from it (e.g. a GUI's cancel) stops the run and leaves a resumable ``.partial``.
+    """
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
@@ -238,8 +276,9 @@ def segment_slide(
         persistent_workers=False,
     )
     net = model.net.to(device).eval()
-    assembler = _BlockAssembler(grid, todo, cfg.num_classes, store)
     store.open_for_writing()
+    writer = _BackgroundWriter(store)
+    assembler = _BlockAssembler(grid, todo, cfg.num_classes, writer)
     n_run = 0
     t_infer = time.perf_counter()
     bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
@@ -255,9 +294,14 @@ def segment_slide(
                     assembler.add(item, patch_idx, acts[k], masks[k])
                 n_run += len(owners)
                 bar.update(len(owners))
+                if on_progress is not None:
+                    on_progress(n_resumed + n_run, n_total)
     finally:
         bar.close()
-        store.close()
+        try:
+            writer.close()  # finished blocks are kept and recorded, even on interrupt
+        finally:
+            store.close()
     timings["inference"] = time.perf_counter() - t_infer
     if assembler.pending:  # cannot happen unless a block's patches went missing
         raise OutputError(f"{store.root}: {len(assembler.pending)} blocks incomplete after inference")

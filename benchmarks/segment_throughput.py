@@ -1,0 +1,87 @@
+"""End-to-end ``segment`` throughput next to model-only throughput, measured in one run.
+
+Model-only: the same network, batch size, device and precision on random uint8
+patches already in memory (normalisation and CAM/softmax post-processing included).
+End-to-end: ``segment_slide`` on a generated demo slide (reading, tissue detection,
+inference, stitching, pyramid), patches run / wall seconds.
+
+    python benchmarks/segment_throughput.py                     # small + swin-t presets
+    python benchmarks/segment_throughput.py --presets small --size 4096
+
+Ends with ``ratio end_to_end/model_only = X.XX`` for the last preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from wsi_seg.model import PsclNet, load_checkpoint, preset_config, save_checkpoint
+from wsi_seg.predict import autocast_context, predict_patches, resolve_device
+from wsi_seg.segment import SegmentOptions, segment_slide
+from wsi_seg.synthetic import write_demo_slide
+
+
+def model_only(net: PsclNet, device: torch.device, batch_size: int, n_patches: int, precision: str) -> float:
+    """Patches/s of predict_patches on in-memory random patches."""
+    p = net.cfg.patch_size_px
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 3, p, p), dtype=torch.uint8, generator=gen).to(device)
+    background = torch.zeros(batch_size, p, p, dtype=torch.bool, device=device)
+    n_batches = max(2, n_patches // batch_size)
+    with torch.inference_mode(), autocast_context(device, precision):
+        predict_patches(net, images, background)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n_batches):
+            pred = predict_patches(net, images, background)
+            pred.mask.cpu()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return n_batches * batch_size / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default="small,swin-t")
+    ap.add_argument("--stage", type=int, default=2, choices=[1, 2])
+    ap.add_argument("--size", type=int, default=8192, help="demo slide side, px at 0.25 µm/px")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        demo = write_demo_slide(tmp / "bench.tif", size_px=(args.size, args.size), seed=0)
+        for preset in args.presets.split(","):
+            torch.manual_seed(0)
+            ckpt = save_checkpoint(PsclNet(preset_config(preset, stage=args.stage)), tmp / f"ck_{preset}")
+            model = load_checkpoint(ckpt, device=device)
+            opts = SegmentOptions(device=str(device), batch_size=args.batch_size, workers=args.workers,
+                                  precision=args.precision, overwrite=True, progress=False)
+            res = segment_slide(demo.path, tmp / f"out_{preset}.zarr", model, opts)
+            e2e = res.patches_per_second
+            mo = model_only(model.net, device, args.batch_size, res.patches_run, args.precision)
+            rows.append((preset, res.patches_run, res.seconds, e2e, mo, res.timings))
+    print(f"device {device}, batch {args.batch_size}, workers {args.workers}, precision {args.precision}, "
+          f"threads {torch.get_num_threads()}, slide {args.size}² px @0.25 µm/px")
+    print(f"{'preset':>8} {'patches':>8} {'wall s':>8} {'e2e p/s':>9} {'model p/s':>10} {'ratio':>6}  split (s)")
+    for preset, n, sec, e2e, mo, tm in rows:
+        split = ", ".join(f"{k} {v:.1f}" for k, v in tm.items())
+        print(f"{preset:>8} {n:>8} {sec:>8.1f} {e2e:>9.2f} {mo:>10.2f} {e2e / mo:>6.2f}  {split}")
+    print(f"ratio end_to_end/model_only = {rows[-1][3] / rows[-1][4]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
