@@ -139,11 +139,3 @@ def test_bad_option_values(tmp_path, capsys, blob_slide, checkpoints):
     code, _, err = run_cli(capsys, "segment", blob_slide, "--out", tmp_path / "o.zarr", "--model", checkpoints[1], "--device", "cuda:7")
     assert_one_line_error(code, err, "cuda")
 
-
-def test_out_dir_runs_many_and_reports_failures(tmp_path, capsys, blob_slide, checkpoints):
-    bad = tmp_path / "broken.svs"
-    bad.write_text("x")
-    code, out, err = run_cli(capsys, "segment", blob_slide, bad, "--out-dir", tmp_path / "res", "--model", checkpoints[1], "--device", "cpu", "--workers", "0", "--no-progress")
-    assert code == 2
-    assert "patches run" in out and "broken.svs" in err and "1 of 2 slides failed" in err
-    assert is_complete(tmp_path / "res" / (blob_slide.stem + ".zarr"))

@@ -66,6 +66,14 @@ class SegmentResult:
     def patches_per_second(self) -> float:
         return self.patches_run / self.seconds if self.seconds > 0 else 0.0
 
+    def summary(self, slide_name: str) -> str:
+        """The one-line summary the CLI prints."""
+        resumed = f", {self.patches_resumed} resumed" if self.patches_resumed else ""
+        return (
+            f"{slide_name}: {self.patches_run} patches run, {self.patches_skipped} skipped{resumed}, "
+            f"{self.seconds:.1f} s, {self.patches_per_second:.1f} patches/s → {self.out}"
+        )
+
 
 def plan(slide: Slide, model_mpp: float, patch_px: int, options: SegmentOptions) -> tuple[TileGrid, np.ndarray, np.ndarray]:
     """(grid, tissue fraction per patch, run mask per patch) for a slide."""

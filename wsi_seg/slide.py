@@ -39,7 +39,7 @@ class SlideInfo:
     fingerprint: str
 
 
-def _fingerprint(path: Path, sample_bytes: int = 1 << 20) -> str:
+def slide_fingerprint(path: Path, sample_bytes: int = 1 << 20) -> str:
     """Cheap content hash: file size + first and last MiB (slides are GB)."""
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
@@ -120,7 +120,7 @@ class Slide:
             mpp=self._mpp,
             mpp_source=self._mpp_source,
             objective_power=None if math.isnan(power) else power,
-            fingerprint=_fingerprint(self.path),
+            fingerprint=slide_fingerprint(self.path),
         )
 
     def level_for_mpp(self, target_mpp: float) -> int:

@@ -57,10 +57,7 @@ def run_demo(args: argparse.Namespace) -> int:
         args.slide, args.out, model,
         SegmentOptions(device=args.device, overwrite=True, progress=not args.no_progress),
     )
-    print(
-        f"{args.slide.name}: {result.patches_run} patches run, {result.patches_skipped} skipped, "
-        f"{result.seconds:.1f} s, {result.patches_per_second:.1f} patches/s → {result.out}"
-    )
+    print(result.summary(args.slide.name))
     save_overlay(result.out, args.slide, args.preview)
     print(f"preview: {args.preview}")
     scores = slide_miou(result.out, mask_path)

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from wsi_seg.errors import ConfigError, WsiSegError
+from wsi_seg.errors import ConfigError
 from wsi_seg.tissue import TissueParams
 
 log = logging.getLogger(__name__)
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment whole slides into OME-Zarr masks and activation maps")
-    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (.svs, .tif, .ndpi, .mrxs, …)")
+    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (.svs, .tif, .ndpi, .mrxs, …), quoted glob patterns, or a CSV manifest (column 'slide')")
     dest = p.add_mutually_exclusive_group(required=True)
     dest.add_argument("--out", type=Path, help="output .zarr for a single slide")
     dest.add_argument("--out-dir", type=Path, help="folder for one <slide>.zarr per slide")
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wsi_seg.cohort import SlideOutcome, expand_inputs, run_cohort
     from wsi_seg.model.checkpoint import load_checkpoint
     from wsi_seg.model.default import default_model_path
     from wsi_seg.predict import resolve_device
@@ -55,23 +56,28 @@ def run(args: argparse.Namespace) -> int:
     )
     device = resolve_device(args.device)
     model = load_checkpoint(args.model if args.model is not None else default_model_path(), device=device)
-    jobs = [(Path(s), args.out if args.out is not None else args.out_dir / (Path(s).stem + ".zarr")) for s in args.slides]
-    failed = 0
-    for slide, out in jobs:
-        try:
-            result = segment_slide(slide, out, model, options)
-        except WsiSegError as exc:
-            if len(jobs) == 1:
-                raise
-            failed += 1
-            print(f"wsi-seg: error: {exc}", file=sys.stderr)
-            continue
-        resumed = f", {result.patches_resumed} resumed" if result.patches_resumed else ""
-        print(
-            f"{slide.name}: {result.patches_run} patches run, {result.patches_skipped} skipped{resumed}, "
-            f"{result.seconds:.1f} s, {result.patches_per_second:.1f} patches/s → {result.out}"
-        )
+    if args.out is not None:
+        result = segment_slide(Path(args.slides[0]), args.out, model, options)
+        print(result.summary(Path(args.slides[0]).name))
+        return 0
+    slides = expand_inputs(args.slides)
+
+    def report(o: SlideOutcome) -> None:
+        if o.status == "failed":
+            print(f"wsi-seg: error: {o.error}", file=sys.stderr)
+        elif o.status == "skipped":
+            print(f"{Path(o.slide).name}: already segmented by this model, skipped ({o.out})")
+        else:
+            print(f"{Path(o.slide).name}: {o.patches} patches run, {o.seconds:.1f} s → {o.out}")
+
+    outcomes = run_cohort(slides, args.out_dir, model, options, report=report)
+    failed = [o for o in outcomes if o.status == "failed"]
+    done = sum(o.status == "done" for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    print(f"{len(outcomes)} slides: {done} done, {skipped} skipped, {len(failed)} failed; "
+          f"summary in {args.out_dir / 'wsi_seg_summary.csv'}")
     if failed:
-        print(f"wsi-seg: {failed} of {len(jobs)} slides failed", file=sys.stderr)
+        print(f"wsi-seg: {len(failed)} of {len(outcomes)} slides failed", file=sys.stderr)
         return 2
     return 0
+

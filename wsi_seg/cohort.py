@@ -1,0 +1,126 @@
+"""Many slides in one run: inputs from files, globs or a CSV manifest; a run summary.
+
+Each slide gets ``OUT_DIR/<stem>.zarr``. Finished slides (a complete result of the same
+slide and model) are skipped, a failed slide does not stop the others, and the summary
+(CSV + JSON) says what happened to each.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from wsi_seg.errors import ConfigError, WsiSegError
+from wsi_seg.model.checkpoint import LoadedModel
+from wsi_seg.output import is_complete, read_provenance
+from wsi_seg.segment import SegmentOptions, segment_slide
+from wsi_seg.slide import slide_fingerprint
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "wsi_seg_summary"
+
+
+@dataclass
+class SlideOutcome:
+    """One row of the run summary."""
+
+    slide: str
+    out: str
+    status: str  # done | skipped | failed
+    patches: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+def expand_inputs(items: Iterable[str]) -> list[Path]:
+    """Slide paths from files, glob patterns and CSV manifests (column ``slide`` or the first)."""
+    slides: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.suffix.lower() == ".csv" and path.is_file():
+            slides.extend(_read_manifest(path))
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise ConfigError(f"{item}: the pattern matches no file")
+            slides.extend(Path(m) for m in matches)
+        else:
+            slides.append(path)
+    seen: set[Path] = set()
+    unique = [s for s in slides if not (s in seen or seen.add(s))]
+    stems = [s.stem for s in unique]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise ConfigError(f"several slides share the name {clashes[0]!r}; their outputs would collide in --out-dir")
+    return unique
+
+
+def _read_manifest(path: Path) -> list[Path]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ConfigError(f"{path}: empty manifest")
+    header = [h.strip().lower() for h in rows[0]]
+    col = header.index("slide") if "slide" in header else 0
+    body = rows[1:] if "slide" in header or "path" in header else rows
+    base = path.parent
+    return [(base / r[col].strip()) if not Path(r[col].strip()).is_absolute() else Path(r[col].strip())
+            for r in body if r and r[col].strip()]
+
+
+def _finished(slide: Path, out: Path, model: LoadedModel) -> bool:
+    if not is_complete(out):
+        return False
+    prov = read_provenance(out) or {}
+    try:
+        same_slide = prov["slide"]["fingerprint"] == slide_fingerprint(slide)
+    except (KeyError, OSError):
+        return False
+    return same_slide and prov.get("model", {}).get("sha256") == model.sha256
+
+
+def run_cohort(
+    slides: list[Path],
+    out_dir: Path,
+    model: LoadedModel,
+    options: SegmentOptions,
+    report: Callable[[SlideOutcome], None] | None = None,
+) -> list[SlideOutcome]:
+    """Segment every slide into ``out_dir``; never stops at a failed slide."""
+    outcomes = []
+    for slide in slides:
+        out = out_dir / f"{slide.stem}.zarr"
+        if not options.overwrite and _finished(slide, out, model):
+            outcome = SlideOutcome(str(slide), str(out), "skipped")
+        else:
+            t = time.perf_counter()
+            try:
+                res = segment_slide(slide, out, model, options)
+                outcome = SlideOutcome(str(slide), str(out), "done", res.patches_run, round(res.seconds, 2))
+            except WsiSegError as exc:
+                outcome = SlideOutcome(str(slide), str(out), "failed", seconds=round(time.perf_counter() - t, 2), error=str(exc))
+        outcomes.append(outcome)
+        if report is not None:
+            report(outcome)
+        write_summary(out_dir, outcomes)
+    return outcomes
+
+
+def write_summary(out_dir: Path, outcomes: list[SlideOutcome]) -> tuple[Path, Path]:
+    """``wsi_seg_summary.csv`` and ``.json`` in ``out_dir`` (rewritten after each slide)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(o) for o in outcomes]
+    csv_path, json_path = out_dir / f"{SUMMARY_NAME}.csv", out_dir / f"{SUMMARY_NAME}.json"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(SlideOutcome.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return csv_path, json_path
