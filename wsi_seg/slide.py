@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,11 @@ class Slide:
         if abs(x - y) / x > 0.05:
             log.warning("non-square pixels (mpp-x %.4f, mpp-y %.4f); using mpp-x", x, y)
         return x
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        """OpenSlide's property map (vendor keys, ``openslide.level[N].tile-width`` …)."""
+        return self._osr.properties
 
     @property
     def mpp(self) -> float:

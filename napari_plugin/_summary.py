@@ -1,0 +1,79 @@
+"""Per-class areas of a result, from a coarse level of its mask pyramid (no Qt).
+
+Areas are counted on the finest level whose longer side is at most ``max_side_px``
+(strided further if even the coarsest level is larger, e.g. an unfinished run with
+level 0 only), then scaled to level-0 µm²: cost and memory stay bounded on any slide.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MAX_SIDE_PX = 2048
+
+
+@dataclass(frozen=True)
+class ClassArea:
+    """One row of the legend."""
+
+    label: int  # value in the mask, 1..N
+    name: str
+    color: tuple[int, int, int]
+    area_um2: float
+    tissue_fraction: float  # of all non-background mask pixels, 0–1
+
+    @property
+    def hex_color(self) -> str:
+        return "#" + "".join(f"{v:02x}" for v in self.color)
+
+
+def _pick_level(levels: Sequence[Any], max_side_px: int) -> tuple[Any, int]:
+    """(array to count, stride) of the finest level small enough, else the coarsest."""
+    for level in levels:
+        if max(level.shape[-2:]) <= max_side_px:
+            return level, 1
+    coarsest = levels[-1]
+    return coarsest, math.ceil(max(coarsest.shape[-2:]) / max_side_px)
+
+
+def class_areas(
+    levels: Sequence[Any],
+    mpp: float,
+    class_names: Sequence[str],
+    class_colors: Sequence[Sequence[int]],
+    max_side_px: int = DEFAULT_MAX_SIDE_PX,
+) -> list[ClassArea]:
+    """Per-class area of a class-index mask pyramid.
+
+    ``levels``: (H, W) uint8 arrays (numpy, zarr or dask), finest first; 0 = background,
+    i = class i. ``mpp``: µm/px of ``levels[0]``.
+    """
+    if not levels:
+        raise ValueError("class_areas needs at least one mask level")
+    h0, w0 = levels[0].shape[-2:]
+    level, stride = _pick_level(levels, max_side_px)
+    mask = np.asarray(level[::stride, ::stride])
+    h, w = mask.shape
+    px_area_um2 = mpp * mpp * (h0 / h) * (w0 / w)
+    counts = np.bincount(mask.ravel(), minlength=len(class_names) + 1)
+    tissue = int(counts[1 : len(class_names) + 1].sum())
+    return [
+        ClassArea(
+            label=i + 1, name=str(name), color=(int(c[0]), int(c[1]), int(c[2])),
+            area_um2=float(counts[i + 1]) * px_area_um2,
+            tissue_fraction=float(counts[i + 1]) / tissue if tissue else 0.0,
+        )
+        for i, (name, c) in enumerate(zip(class_names, class_colors, strict=True))
+    ]
+
+
+def format_area(area_um2: float) -> str:
+    """µm², with mm² (1 mm² = 10⁶ µm²) added from 0.01 mm² up."""
+    if area_um2 < 1e4:
+        return f"{area_um2:,.0f} µm²"
+    return f"{area_um2:,.0f} µm² ({area_um2 / 1e6:,.2f} mm²)"

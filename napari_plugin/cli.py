@@ -1,0 +1,90 @@
+"""``wsi-seg view SLIDE [MASK.zarr]``: open a slide and its result in napari.
+
+Joins the ``wsi-seg`` CLI through the ``wsi_seg.commands`` entry-point group. This
+module imports nothing heavy at import time (every ``wsi-seg`` call loads it); napari
+is imported when the command runs and, if missing, the command fails with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wsi_seg.errors import ConfigError, SlideError, WsiSegError
+
+if TYPE_CHECKING:
+    import napari
+
+INSTALL_HINT = 'install the viewer with: pip install "wsi-seg[napari]"'
+
+
+class ViewerNotInstalledError(WsiSegError, ImportError):
+    """napari (or its Qt binding) is not installed."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("view", help="open a slide and its segmentation result in napari")
+    p.add_argument("slide", type=Path, metavar="SLIDE",
+                   help="slide file, or a result .zarr (its slide is found from it)")
+    p.add_argument("mask", type=Path, nargs="?", default=None, metavar="MASK.zarr", help="result of wsi-seg segment")
+    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides whose metadata lacks it")
+    p.set_defaults(func=run)
+
+
+def require_napari() -> None:
+    """Raise ``ViewerNotInstalledError`` unless napari and a Qt binding import."""
+    try:
+        import napari  # noqa: F401
+        import qtpy  # noqa: F401  (raises QtBindingsNotFoundError, an ImportError, without a binding)
+    except ImportError as exc:
+        raise ViewerNotInstalledError(f"napari viewer not available ({exc}); {INSTALL_HINT}") from exc
+
+
+def open_viewer(slide: Path, mask: Path | None = None, mpp: float | None = None, show: bool = True) -> napari.Viewer:
+    """A napari viewer showing ``slide`` and, above it, the result ``mask`` (if given).
+
+    ``slide`` may itself be a result; its source slide is then shown under it.
+    """
+    require_napari()
+    import napari
+
+    from napari_plugin._result_reader import read_result_provenance, result_layer_data
+    from napari_plugin._slide_reader import slide_layer_data
+    from napari_plugin._viewer import add_layer_data
+
+    if mask is None and read_result_provenance(slide) is not None:
+        slide_data, mask_data = [], result_layer_data(slide, include_slide=True)
+    else:
+        if not slide.exists():
+            raise SlideError(f"{slide}: slide file not found")
+        slide_data = [slide_layer_data(slide, mpp=mpp)]
+        mask_data = []
+        if mask is not None:
+            if read_result_provenance(mask) is None:
+                raise ConfigError(
+                    f"{mask}: not a wsi-seg result (no wsi_seg attributes in zarr.json); "
+                    "expected the output of wsi-seg segment"
+                )
+            mask_data = result_layer_data(mask, include_slide=False)
+    viewer = napari.Viewer(title=f"wsi-seg: {slide.name}", show=show)
+    add_layer_data(viewer, slide_data + mask_data)
+    _scale_bar(viewer).visible = True  # in µm: the layers carry their units
+    viewer.reset_view()
+    return viewer
+
+
+def _scale_bar(viewer: napari.Viewer):  # type: ignore[no-untyped-def]
+    """The scale-bar overlay: ``viewer.canvas.overlays`` from napari 0.9, else ``viewer.scale_bar``."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return overlays["scale_bar"] if overlays is not None and "scale_bar" in overlays else viewer.scale_bar
+
+
+def run(args: argparse.Namespace) -> int:
+    require_napari()  # before any work: one clear line when the extra is missing
+    import napari
+
+    open_viewer(args.slide, args.mask, mpp=args.mpp, show=True)
+    napari.run()
+    return 0
