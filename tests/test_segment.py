@@ -101,14 +101,18 @@ def test_output_is_ome_zarr_with_labels(tmp_path, blob_slide, checkpoints):
     assert not (res.out / ".wsi_seg_progress").exists()
 
 
-def test_glass_is_background_and_resolution_follows_the_model(tmp_path, checkpoints):
+@pytest.mark.parametrize("stage", [1, 2])
+def test_glass_is_background_and_resolution_follows_the_model(tmp_path, checkpoints, stage):
     from conftest import blob_image
 
     path = write_slide(tmp_path / "s.tif", blob_image(2048), mpp=0.25, downsamples=(4,))
-    model = load_checkpoint(checkpoints[1])
+    model = load_checkpoint(checkpoints[stage])
     res = segment_slide(path, tmp_path / "o.zarr", model, SegmentOptions(**OPTS))
     mask = zarr.open_group(str(res.out), mode="r")["labels/mask/0"][:]
     assert mask.shape == (1024, 1024)  # 2048 px at 0.25 µm/px seen at 0.5 µm/px
     assert (mask[:100, :100] == 0).all() and (mask[:, :150] == 0).all()
+    yy, xx = np.mgrid[:1024, :1024]
+    glass = (yy - 512) ** 2 / 380**2 + (xx - 512) ** 2 / 270**2 > 1  # outside the blob, with a margin
+    assert (mask[glass] == 0).all()
     assert (mask[400:600, 400:600] > 0).mean() > 0.9  # the blob is tissue: classes, not background
     assert res.patches_skipped > 0

@@ -71,7 +71,8 @@ def predict_patches(
 ) -> PatchPrediction:
     """Predict a batch of (B, 3, P, P) uint8 patches already on the network's device.
 
-    ``background`` (B, P, P) bool is the background seed; stage-1 networks need it.
+    ``background`` (B, P, P) bool is the background seed: those pixels are background
+    in the mask, whatever the network says (thesis eq. 4.9 for stage 1).
     """
     cfg = net.cfg
     x = net.normalize(images)
@@ -80,7 +81,10 @@ def predict_patches(
         logits = net.forward_segmentation(x).float()
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         probs = logits.softmax(dim=1)
-        return PatchPrediction(activations=probs[:, 1:], mask=_channel_argmax(probs))
+        mask = _channel_argmax(probs)
+        if background is not None:
+            mask[background] = 0
+        return PatchPrediction(activations=probs[:, 1:], mask=mask)
     out = net.forward_stage1(x)
     cams = cams_from_class_maps(out.class_maps.float())
     scores = torch.sigmoid(out.logits.float())
@@ -89,7 +93,6 @@ def predict_patches(
     cams = cams * keep[:, :, None, None]
     cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False).clamp_(0, 1)
     mask = _channel_argmax(cams) + 1
-    if background is None:
-        raise ConfigError("stage-1 prediction needs the background seed of each patch")
-    mask[background] = 0
+    if background is not None:
+        mask[background] = 0
     return PatchPrediction(activations=cams, mask=mask)

@@ -276,7 +276,7 @@ def segment_slide(
     n_total = int(run.sum())
     n_resumed = sum(len(b.patches) for b in blocks if b.index in done)
     n_skipped = grid.grid_shape[0] * grid.grid_shape[1] - n_total
-    seed = SeedParams(cfg.bkg_gray_threshold, cfg.bkg_min_size_px) if cfg.stage == 1 else None
+    seed = SeedParams(cfg.bkg_gray_threshold, cfg.bkg_min_size_px) if cfg.background_seeding else None
     dataset = BlockDataset(str(slide_path), info.mpp if options.mpp is None else options.mpp, grid, todo, seed)
     loader = DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=options.workers,

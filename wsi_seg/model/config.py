@@ -37,7 +37,9 @@ class ModelConfig:
     mpp: float = 0.5
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    # background seeding of patches (thesis §4.3.2), used by stage-1 CAM → mask
+    # background seeding of patches (thesis §4.3.2): glass found by colour is background
+    # in the mask of either stage; off for data whose white areas are tissue (BCSS fat)
+    background_seeding: bool = True
     bkg_gray_threshold: int = 200
     bkg_min_size_px: int = 200
     # classes whose sigmoid score is below this are zeroed in stage-1 inference
