@@ -139,3 +139,45 @@ def test_bad_option_values(tmp_path, capsys, blob_slide, checkpoints):
     code, _, err = run_cli(capsys, "segment", blob_slide, "--out", tmp_path / "o.zarr", "--model", checkpoints[1], "--device", "cuda:7")
     assert_one_line_error(code, err, "cuda")
 
+
+
+def test_read_only_output_folder(tmp_path, capsys, blob_slide, checkpoints, monkeypatch):
+    import errno
+    import os
+
+    import zarr
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: simulate what a read-only folder does
+        def denied(store, *args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied", str(store))
+
+        monkeypatch.setattr(zarr, "open_group", denied)
+    else:
+        ro.chmod(0o555)
+    try:
+        code, _, err = segment(capsys, blob_slide, ro / "o.zarr", checkpoints[1])
+        assert_one_line_error(code, err, ro, "Permission denied")
+    finally:
+        ro.chmod(0o755)
+    assert not (ro / "o.zarr").exists()
+
+
+def test_disk_full_during_write(tmp_path, capsys, blob_slide, checkpoints, monkeypatch):
+    import errno
+
+    import zarr
+
+    real_setitem = zarr.Array.__setitem__
+
+    def full(self, key, value):
+        if self.ndim == 2:  # the mask array
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_setitem(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", full)
+    out = tmp_path / "o.zarr"
+    code, _, err = segment(capsys, blob_slide, out, checkpoints[1])
+    assert_one_line_error(code, err, "No space left on device")
+    assert not out.exists() and not is_complete(partial_path(out))
