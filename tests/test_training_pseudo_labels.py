@@ -1,0 +1,77 @@
+"""Pseudo-label rule (thesis eq. 4.9) and its files."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wsi_seg.model import Stage1Output
+
+from training.cams import mask_absent_classes, pseudo_label_mask
+from training.pseudo_labels import palette_of, read_cams, stage1_label_maps, write_cams, write_label_png
+
+CAMS = torch.tensor([[
+    [[0.2, 0.5], [0.0, 0.9]],  # class 1
+    [[0.9, 0.4], [0.0, 0.0]],  # class 2
+    [[0.1, 0.0], [0.3, 0.0]],  # class 3
+]])
+BKG = torch.tensor([[[False, False], [False, True]]])
+
+
+def test_eq_4_9_by_hand():
+    # (argmax + 1) · (1 − bkg): px00 → class 2, px01 → 1, px10 → 3, px11 is background
+    assert pseudo_label_mask(CAMS, BKG).tolist() == [[[2, 1], [3, 0]]]
+    assert pseudo_label_mask(CAMS, BKG).dtype == torch.uint8
+
+
+def test_absent_classes_are_zeroed_first():
+    cams = mask_absent_classes(CAMS, torch.tensor([[1.0, 0.0, 1.0]]))  # class 2 absent
+    assert pseudo_label_mask(cams, BKG).tolist() == [[[1, 1], [3, 0]]]
+
+
+class _FakeNet:
+    """Returns fixed class maps, so the whole stage-1 label path can be checked by hand."""
+
+    def __init__(self, class_maps: torch.Tensor, logits: torch.Tensor) -> None:
+        self.cfg = SimpleNamespace(cam_score_threshold=0.5)
+        self._out = Stage1Output(logits=logits, class_maps=class_maps, features=torch.zeros(1, 1, 2, 2))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float()
+
+    def forward_stage1(self, x: torch.Tensor) -> Stage1Output:
+        return self._out
+
+
+def test_stage1_label_maps_end_to_end():
+    # raw class maps; eq. 4.3 turns each into ReLU / max
+    maps = torch.tensor([[[[2.0, -1.0], [1.0, 0.0]], [[1.0, 4.0], [-3.0, 2.0]]]])
+    net = _FakeNet(maps, logits=torch.tensor([[3.0, -3.0]]))
+    images = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    bkg = torch.zeros(1, 2, 2, dtype=torch.bool)
+    both = stage1_label_maps(net, images, bkg, image_labels=torch.tensor([[1.0, 1.0]]))
+    assert both.cams[0, 0].tolist() == [[1.0, 0.0], [0.5, 0.0]]
+    assert both.cams[0, 1].tolist() == [[0.25, 1.0], [0.0, 0.5]]
+    assert both.mask.tolist() == [[[1, 2], [1, 2]]]
+    only_first = stage1_label_maps(net, images, bkg, image_labels=torch.tensor([[1.0, 0.0]]))
+    assert only_first.mask.tolist() == [[[1, 1], [1, 1]]]
+    # without image labels the classifier decides: sigmoid(-3) < 0.5 drops class 2
+    assert stage1_label_maps(net, images, bkg).mask.tolist() == [[[1, 1], [1, 1]]]
+    # gating τ_g = 0.8 likewise removes class 2 even when the label says present
+    gated = stage1_label_maps(net, images, bkg, image_labels=torch.tensor([[1.0, 1.0]]), gating_threshold=0.8)
+    assert gated.mask.tolist() == [[[1, 1], [1, 1]]]
+
+
+def test_label_png_and_cams_round_trip(tmp_path):
+    mask = np.array([[0, 1], [2, 4]], np.uint8)
+    write_label_png(tmp_path / "m.png", mask, palette_of(((1, 2, 3),) * 4))
+    with Image.open(tmp_path / "m.png") as im:
+        assert im.mode == "P" and np.array_equal(np.asarray(im), mask)
+        assert im.getpalette()[:6] == [255, 255, 255, 1, 2, 3]
+    cams = np.random.default_rng(0).random((4, 5, 5)).astype(np.float32)
+    write_cams(tmp_path / "c.npz", cams)
+    assert read_cams(tmp_path / "c.npz") == pytest.approx(cams, abs=0.5 / 255 + 1e-6)

@@ -1,0 +1,234 @@
+"""``wsi-seg train | pseudo-labels | evaluate``: thin wrappers over the training library.
+
+Joined to the ``wsi-seg`` CLI through the ``wsi_seg.commands`` entry-point group
+(:func:`register`). ``python -m training …`` runs the same commands without the
+entry points installed (e.g. under ``torchrun``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from wsi_seg.errors import ConfigError, WsiSegError
+
+log = logging.getLogger(__name__)
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# argparse dest → dotted Stage1Config key (flags left unset keep the config file's value)
+_TRAIN_OVERRIDES = {
+    "data": "data.path",
+    "format": "data.format",
+    "out": "out",
+    "preset": "model.preset",
+    "backbone": "model.backbone",
+    "pretrained": "model.pretrained",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "optim.lr",
+    "momentum": "optim.momentum",
+    "weight_decay": "optim.weight_decay",
+    "device": "device",
+    "precision": "precision",
+    "workers": "data.workers",
+    "seed": "seed",
+    "pscl_weight": "pscl.weight",
+    "pscl_threshold": "pscl.threshold",
+    "pscl_background": "pscl.include_background",
+    "gating_threshold": "pscl.gating_threshold",
+    "background_seed": "data.background_seed",
+    "bkg_min_size": "data.bkg_min_size_px",
+    "mpp": "data.mpp",
+    "val_every": "val_every",
+}
+
+
+def _show_training_logs() -> None:
+    logger = logging.getLogger("training")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``pseudo-labels`` and ``evaluate`` to a ``wsi-seg`` sub-parser set."""
+    _register_train(sub)
+    _register_pseudo_labels(sub)
+    _register_evaluate(sub)
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a PSCL model from patch-level labels (stage 1: classification + PSCL)",
+        description="Train PSCL stage 1 into RUN_DIR; rerun the same command to resume an interrupted run. "
+                    "Defaults are the thesis' (SGD lr 0.1, poly decay, 5 epochs, batch 16, λ 0.1, τ 0.25).",
+    )
+    p.add_argument("--stage", type=int, choices=[1, 2], required=True, help="training stage (2: not implemented yet)")
+    p.add_argument("--data", type=Path, default=None, metavar="DIR", help="dataset folder")
+    p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default=None, help="dataset layout (default: auto)")
+    p.add_argument("--out", type=Path, default=None, metavar="RUN_DIR", help="run directory (checkpoint, metrics, state)")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML/TOML/JSON settings; flags override it")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--preset", default=None, help="model preset (swin-t, convnext-t, resnet50, small, tiny; default swin-t)")
+    model.add_argument("--backbone", default=None, metavar="NAME", help="any timm backbone with strides 4–32 instead of a preset")
+    p.add_argument("--pretrained", default=None, metavar="PATH", help="local backbone weights file (ImageNet etc.)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="default 5")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="global batch, split over torchrun processes (default 16)")
+    p.add_argument("--lr", type=float, default=None, help="SGD learning rate, decayed polynomially (power 0.9; default 0.1)")
+    p.add_argument("--momentum", type=float, default=None, help="default 0.9")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="WD", help="default 1e-4")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="autocast (auto: bf16 on CUDA if supported, else fp32)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="DataLoader worker processes (default 2)")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--pscl-weight", type=float, default=None, metavar="LAMBDA", help="λ of the PSCL term (default 0.1)")
+    p.add_argument("--pscl-threshold", type=float, default=None, metavar="TAU", help="CAM confidence τ of PSCL pixels (default 0.25)")
+    p.add_argument("--no-pscl", action="store_true", help="MLSM only: the CAM baseline")
+    p.add_argument("--pscl-background", action=argparse.BooleanOptionalAction, default=None,
+                   help="background pixels take part in PSCL (default: yes)")
+    p.add_argument("--gating", action="store_true", help="gate CAMs by classification score (eq. 4.4–4.5)")
+    p.add_argument("--gating-threshold", type=float, default=None, metavar="TAU", help="τ_g of gating (default 0.8)")
+    p.add_argument("--background-seed", action=argparse.BooleanOptionalAction, default=None,
+                   help="colour-threshold background seeding (default: on for LUAD/csv, off for BCSS)")
+    p.add_argument("--bkg-min-size", type=int, default=None, metavar="PX", help="remove_small_objects size in px (default 200 LUAD, 600 BCSS)")
+    p.add_argument("--mpp", type=float, default=None, metavar="UM", help="µm/px of the patches (default: the format's)")
+    p.add_argument("--val-every", type=int, default=None, metavar="N", help="epochs between val mIoU checks (0: never)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing run in RUN_DIR and start over")
+    p.set_defaults(func=run_train)
+
+
+def train_config_from_args(args: argparse.Namespace) -> Any:
+    """The Stage1Config of parsed ``train`` arguments: defaults ← --config ← flags."""
+    from training.config import load_stage1_config
+
+    overrides: dict[str, Any] = {}
+    for dest, key in _TRAIN_OVERRIDES.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides[key] = str(value) if isinstance(value, Path) else value
+    if args.no_pscl:
+        overrides["pscl.enabled"] = False
+    if args.gating:
+        overrides["pscl.gating"] = True
+    if args.no_progress:
+        overrides["progress"] = False
+    return load_stage1_config(args.config, overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.stage == 2:
+        raise ConfigError(
+            "wsi-seg train --stage 2 is not implemented yet in this version; train --stage 1, "
+            "then write pseudo-labels with wsi-seg pseudo-labels"
+        )
+    from training.stage1 import train_stage1
+
+    _show_training_logs()
+    cfg = train_config_from_args(args).validate()
+    result = train_stage1(cfg, overwrite=args.overwrite)
+    if result.checkpoint is not None:
+        last = result.history[-1] if result.history else {}
+        val = f", val mIoU {100 * last['val_miou']:.2f} %" if last.get("val_miou") is not None else ""
+        print(f"stage 1: {len(result.history)} epochs, loss {last.get('loss', float('nan')):.4f}{val} → {result.checkpoint}")
+    return 0
+
+
+def _register_pseudo_labels(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pseudo-labels", help="write stage-1 pseudo-labels (thesis eq. 4.9) and CAMs for stage 2")
+    p.add_argument("--model", type=Path, required=True, metavar="CKPT", help="stage-1 checkpoint")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--split", choices=["train", "val", "test"], default="train")
+    p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default="auto")
+    p.add_argument("--gating", nargs="?", type=float, const=0.8, default=None, metavar="TAU",
+                   help="gate CAMs by classification score (τ_g, default 0.8)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_pseudo_labels)
+
+
+def run_pseudo_labels(args: argparse.Namespace) -> int:
+    from training.pseudo_labels import generate_pseudo_labels
+
+    result = generate_pseudo_labels(
+        args.model, args.data, args.out, split=args.split, format=args.format, batch_size=args.batch_size,
+        device=args.device, workers=args.workers, gating_threshold=args.gating, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(f"{result.patches} {result.split} pseudo-labels → {result.out}")
+    return 0
+
+
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a checkpoint on a val/test split (mIoU, fwIoU, Dice, accuracy)")
+    p.add_argument("--model", type=Path, required=True, metavar="CKPT")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR")
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--protocol", choices=["mlps", "tpro", "both"], default="both",
+                   help="mlps: ground-truth background excluded; tpro: background a class, mIoU over tissue")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the scores as JSON")
+    p.add_argument("--image-labels", choices=["gt", "predicted"], default="gt",
+                   help="stage 1: classes a patch may take — from its ground truth, or the classifier's")
+    p.add_argument("--gating", nargs="?", type=float, const=0.8, default=None, metavar="TAU")
+    p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_checkpoint
+    from training.metrics import PROTOCOLS, format_table, write_json
+
+    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    result = evaluate_checkpoint(
+        args.model, args.data, split=args.split, protocols=protocols, format=args.format,
+        batch_size=args.batch_size, device=args.device, workers=args.workers,
+        image_labels=args.image_labels, gating_threshold=args.gating, progress=not args.no_progress,
+    )
+    print(f"{result.checkpoint} on {args.data} ({result.split}, {result.patches} patches)")
+    print(format_table(result.scores))
+    if args.json is not None:
+        write_json(args.json, result.scores, extra={
+            "checkpoint": str(result.checkpoint), "sha256": result.sha256, "dataset": str(args.data),
+            "split": result.split, "patches": result.patches, "image_labels": args.image_labels,
+            "gating_threshold": args.gating, "confusion_matrix": result.confusion.counts.tolist(),
+        })
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsi-seg", description="PSCL training commands of wsi-seg.")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training``: the training commands with wsi-seg's error handling."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=max(logging.WARNING - 10 * args.verbose, logging.DEBUG),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except WsiSegError as exc:
+        if args.traceback:
+            raise
+        print(f"wsi-seg: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("wsi-seg: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,25 @@
+"""Patch datasets: LUAD-HistoSeg, BCSS-WSSS (as published) and labels.csv folders."""
+
+from training.datasets.formats import BCSS, FORMATS, LUAD, FormatInfo
+from training.datasets.io import read_mask, read_rgb, to_internal
+from training.datasets.layout import SPLITS, DatasetIndex, PatchRecord, detect_format, open_dataset, parse_label
+from training.datasets.patches import PatchDataset, SeedParams, labels_from_mask
+
+__all__ = [
+    "BCSS",
+    "FORMATS",
+    "LUAD",
+    "SPLITS",
+    "DatasetIndex",
+    "FormatInfo",
+    "PatchDataset",
+    "PatchRecord",
+    "SeedParams",
+    "detect_format",
+    "labels_from_mask",
+    "open_dataset",
+    "parse_label",
+    "read_mask",
+    "read_rgb",
+    "to_internal",
+]

@@ -1,0 +1,191 @@
+"""Stage-1 pseudo-labels (thesis eq. 4.9) and the CAMs stage 2's noise-reduced loss needs.
+
+Output of :func:`generate_pseudo_labels` (``OUT`` = ``--out``)::
+
+    OUT/<split>/mask/<patch stem>.png   index PNG, 0 = background, 1..N = classes
+                                         (palette = class colours, background white)
+    OUT/<split>/cams/<patch stem>.npz   "cams": uint8 (N, H, W) = round(255 · CAM),
+                                         absent classes zeroed, at patch resolution
+    OUT/pseudo_labels.json              manifest: conventions, classes, checkpoint, counts
+
+Note the mask convention differs from the datasets' ground truth (there N =
+background): pseudo-labels use the internal convention of ``training.metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from wsi_seg.errors import ConfigError, OutputError
+from wsi_seg.model import PsclNet, cams_from_class_maps, load_checkpoint
+from wsi_seg.model.config import ModelConfig
+
+from training.cams import gate_cams, mask_absent_classes, pseudo_label_mask, upsample_cams
+from training.datasets import PatchDataset, SeedParams, open_dataset
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "pseudo_labels.json"
+PSEUDO_LABEL_FORMAT_VERSION = 1
+CAM_SCALE = 255
+BACKGROUND_COLOR = (255, 255, 255)
+
+
+@dataclass
+class CamLabels:
+    """cams: (B, N, H, W) float in [0, 1] at patch size; mask: (B, H, W) uint8 (eq. 4.9)."""
+
+    cams: torch.Tensor
+    mask: torch.Tensor
+
+
+def seed_params_of(cfg: ModelConfig) -> SeedParams:
+    """The background seeding a stage-1 checkpoint was trained with."""
+    return SeedParams(enabled=cfg.background_seeding, gray_threshold=cfg.bkg_gray_threshold, min_size_px=cfg.bkg_min_size_px)
+
+
+def stage1_label_maps(
+    net: PsclNet,
+    images: torch.Tensor,
+    background: torch.Tensor,
+    image_labels: torch.Tensor | None = None,
+    gating_threshold: float | None = None,
+) -> CamLabels:
+    """CAM pseudo-labels of (B, 3, H, W) uint8 patches on the network's device.
+
+    With ``image_labels`` (B, N) the CAMs of absent classes are zeroed (thesis: the
+    patch labels are known for the training set); without, classes whose sigmoid score
+    is below the checkpoint's ``cam_score_threshold`` are zeroed (the top class always
+    kept), as ``wsi-seg segment`` does. ``gating_threshold`` adds eq. 4.4–4.5.
+    """
+    out = net.forward_stage1(net.normalize(images))
+    cams = cams_from_class_maps(out.class_maps.float())
+    if image_labels is not None:
+        cams = mask_absent_classes(cams, image_labels.to(cams.device))
+    else:
+        scores = torch.sigmoid(out.logits.float())
+        keep = scores >= net.cfg.cam_score_threshold
+        keep[torch.arange(len(scores)), scores.argmax(dim=1)] = True
+        cams = cams * keep[:, :, None, None]
+    if gating_threshold is not None:
+        cams = gate_cams(cams, out.logits, gating_threshold)
+    cams = upsample_cams(cams, tuple(images.shape[-2:]))
+    return CamLabels(cams=cams, mask=pseudo_label_mask(cams, background.to(cams.device)))
+
+
+def palette_of(class_colors: tuple[tuple[int, int, int], ...]) -> list[int]:
+    colors = [BACKGROUND_COLOR, *class_colors]
+    flat = [v for c in colors for v in c]
+    return flat + [0] * (768 - len(flat))
+
+
+def write_label_png(path: Path, mask: np.ndarray, palette: list[int]) -> None:
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    img.putpalette(palette)
+    tmp = path.with_name(path.name + ".tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def write_cams(path: Path, cams: np.ndarray) -> None:
+    """(N, H, W) float CAMs in [0, 1] → compressed npz of uint8 ``cams``."""
+    scaled = np.rint(np.clip(cams, 0.0, 1.0) * CAM_SCALE).astype(np.uint8)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, cams=scaled)
+    os.replace(tmp, path)
+
+
+def read_cams(path: str | Path) -> np.ndarray:
+    """(N, H, W) float32 CAMs in [0, 1] from a file written by :func:`write_cams`."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["cams"].astype(np.float32) / CAM_SCALE
+
+
+@dataclass
+class PseudoLabelResult:
+    out: Path
+    split: str
+    patches: int
+    manifest: Path
+
+
+def generate_pseudo_labels(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    split: str = "train",
+    format: str = "auto",
+    batch_size: int = 8,
+    device: str = "auto",
+    workers: int = 0,
+    gating_threshold: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PseudoLabelResult:
+    """Write eq. 4.9 pseudo-labels and CAMs of a stage-1 checkpoint for one split."""
+    from tqdm import tqdm
+
+    from wsi_seg.predict import resolve_device
+
+    dev = resolve_device(device)
+    loaded = load_checkpoint(model, device=dev)
+    cfg = loaded.config
+    if cfg.stage != 1:
+        raise ConfigError(f"{model}: pseudo-labels come from a stage-1 checkpoint; this one is stage {cfg.stage}")
+    index = open_dataset(data, format)
+    if tuple(index.class_names) != tuple(cfg.class_names):
+        raise ConfigError(
+            f"{data}: dataset classes {', '.join(index.class_names)} differ from the checkpoint's "
+            f"{', '.join(cfg.class_names)}"
+        )
+    records = index.split(split)
+    out = Path(out)
+    mask_dir, cam_dir = out / split / "mask", out / split / "cams"
+    if mask_dir.exists() and any(mask_dir.iterdir()) and not overwrite:
+        raise OutputError(f"{mask_dir}: already holds pseudo-labels; use --overwrite or another --out")
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    dataset = PatchDataset(records, index.num_classes, seed=seed_params_of(cfg))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    palette = palette_of(cfg.class_colors)
+    net = loaded.net.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=f"pseudo-labels {split}", unit="batch", disable=not progress):
+            labels = stage1_label_maps(
+                net, batch["image"].to(dev), batch["background"], batch["labels"].to(dev), gating_threshold
+            )
+            masks = labels.mask.cpu().numpy()
+            cams = labels.cams.cpu().numpy()
+            for j, i in enumerate(batch["index"].tolist()):
+                stem = records[i].image.stem
+                write_label_png(mask_dir / f"{stem}.png", masks[j], palette)
+                write_cams(cam_dir / f"{stem}.npz", cams[j])
+    manifest = out / MANIFEST_NAME
+    existing = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    splits = dict(existing.get("splits", {}))
+    splits[split] = {"patches": len(records), "mask_dir": f"{split}/mask", "cam_dir": f"{split}/cams"}
+    payload = {
+        "format_version": PSEUDO_LABEL_FORMAT_VERSION,
+        "rule": "thesis eq. 4.9: (argmax CAM + 1) * (1 - background seed); absent classes zeroed",
+        "mask_convention": "0 = background, 1..N = class_names",
+        "class_names": list(cfg.class_names),
+        "class_colors": [list(c) for c in cfg.class_colors],
+        "cams": {"key": "cams", "dtype": "uint8", "layout": "(N, H, W)", "scale": 1 / CAM_SCALE},
+        "gating_threshold": gating_threshold,
+        "background_seed": seed_params_of(cfg).__dict__,
+        "checkpoint": {"path": str(Path(model).resolve()), "sha256": loaded.sha256},
+        "dataset": {"path": str(Path(data).resolve()), "format": index.info.name},
+        "splits": splits,
+    }
+    manifest.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    log.info("%d %s pseudo-labels written to %s", len(records), split, out)
+    return PseudoLabelResult(out=out, split=split, patches=len(records), manifest=manifest)

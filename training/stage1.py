@@ -1,0 +1,447 @@
+"""Stage 1 of PSCL: classification (MLSM) + λ·PSCL on patch-level labels (thesis §4.3).
+
+``train_stage1(cfg)`` runs the whole stage into ``cfg.out`` (the run directory)::
+
+    RUN_DIR/config.yaml      the resolved Stage1Config
+    RUN_DIR/run.json         software versions, git state, dataset facts, devices
+    RUN_DIR/metrics.csv      one row per epoch: mean loss, mlsm, pscl; lr at the end; training
+                             seconds; val mIoU (mlps, CAM pseudo-labels) and its seconds;
+                             mean PSCL pixels per step
+    RUN_DIR/state/           resumable state after the last finished epoch
+    RUN_DIR/checkpoint/      the final network (wsi_seg checkpoint, stage 1)
+
+Rerunning the same command after an interruption resumes after the last finished
+epoch; the result equals an uninterrupted run's. Under ``torchrun`` each process
+takes ``batch_size / world_size`` patches per step (DistributedDataParallel); only
+rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from wsi_seg.errors import ConfigError, DatasetError, OutputError, WsiSegError
+from wsi_seg.model import PsclNet, cams_from_class_maps, preset_config, save_checkpoint
+from wsi_seg.model.config import ModelConfig
+
+from training.augment import flips
+from training.config import Stage1Config, dump_yaml
+from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_dataset
+from training.distributed import DistInfo, barrier, init_distributed, mean_across_ranks, shutdown
+from training.evaluate import confusion_on_loader
+from training.losses import MLSMLoss, PSCLLoss, default_supcon
+from training.reproducibility import rng_state, seed_everything, seed_worker, set_rng_state
+from training.run_info import git_state, software_versions, write_run_json
+from training.run_state import RunState, find_run_state, fingerprint, load_run_state, save_run_state
+
+log = logging.getLogger(__name__)
+
+METRICS_COLUMNS = ("epoch", "loss", "mlsm", "pscl", "lr", "seconds", "val_miou", "val_seconds", "pscl_pixels")
+# settings that do not change a run's result: a resumed run may differ in these
+_NON_RESULT_KEYS = ("out", "device", "progress", "data.workers", "val_every", "val_max_patches")
+
+
+@dataclass
+class Stage1Result:
+    run_dir: Path
+    checkpoint: Path | None  # None on ranks other than 0
+    history: list[dict[str, Any]]
+    resumed_from_epoch: int
+
+
+class _Stage1Forward(nn.Module):
+    """``forward`` = ``forward_stage1`` as a tuple, so DistributedDataParallel sees it."""
+
+    def __init__(self, net: PsclNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net.forward_stage1(self.net.normalize(images_uint8))
+        return out.logits, out.class_maps, out.features
+
+
+@dataclass(frozen=True)
+class ResolvedData:
+    """The dataset and the defaults its format implies, after the config's overrides."""
+
+    index: DatasetIndex
+    seed: SeedParams
+    mpp: float
+    patch_size_px: int
+
+
+def resolve_data(cfg: Stage1Config) -> ResolvedData:
+    index = open_dataset(cfg.data.path, cfg.data.format)
+    info = index.info
+    index.split("train", need_labels=True)
+    enabled = info.background_seed if cfg.data.background_seed is None else cfg.data.background_seed
+    min_size = info.bkg_min_size_px if cfg.data.bkg_min_size_px is None else cfg.data.bkg_min_size_px
+    seed = SeedParams(enabled=enabled, gray_threshold=cfg.data.bkg_gray_threshold, min_size_px=min_size)
+    mpp = cfg.data.mpp if cfg.data.mpp is not None else info.mpp
+    if mpp is None:
+        log.warning("%s: the patches' µm/px is unknown; assuming 0.5 (pass --mpp)", index.root)
+        mpp = 0.5
+    h, w = index.patch_hw["train"]
+    if h != w or h % 32:
+        first = index.splits["train"][0].image
+        raise DatasetError(f"{first}: train patches are {w}×{h} px; the network needs square patches, a multiple of 32 px")
+    return ResolvedData(index=index, seed=seed, mpp=mpp, patch_size_px=h)
+
+
+def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
+    """The stage-1 ModelConfig: preset (or backbone), dataset classes, µm/px, seeding."""
+    overrides: dict[str, Any] = dict(
+        stage=1,
+        class_names=data.index.class_names,
+        class_colors=data.index.info.class_colors,
+        mpp=data.mpp,
+        patch_size_px=data.patch_size_px,
+        background_seeding=data.seed.enabled,
+        bkg_gray_threshold=int(round(cfg.data.bkg_gray_threshold)),
+        bkg_min_size_px=data.seed.min_size_px,
+    )
+    if cfg.pscl.gating:
+        overrides["cam_score_threshold"] = cfg.pscl.gating_threshold
+    if cfg.model.backbone:
+        overrides.update(backbone=cfg.model.backbone, backbone_kwargs={}, preset="")
+    return preset_config(cfg.model.preset, **overrides)
+
+
+def _result_settings(cfg: Stage1Config) -> dict[str, Any]:
+    d = cfg.to_dict()
+    for dotted in _NON_RESULT_KEYS:
+        node = d
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node.pop(leaf, None)
+    return d
+
+
+def _device_and_dist(cfg: Stage1Config) -> tuple[torch.device, DistInfo]:
+    from wsi_seg.predict import resolve_device
+
+    device = resolve_device(cfg.device)
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    if not info.is_main:  # rank 0 reports for everyone
+        logging.getLogger("training").setLevel(logging.WARNING)
+    return device, info
+
+
+def _autocast(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, bool]:
+    """(autocast context, needs a grad scaler)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext(), False
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 training is for CUDA; use bf16 or fp32 on the CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype), precision == "fp16"
+
+
+def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRICS_COLUMNS})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _worker_error(exc: Exception) -> Exception:
+    """A WsiSegError re-raised by a DataLoader worker carries the worker's traceback in
+    its message; give back an error whose message is the original one line."""
+    text = str(exc)
+    if isinstance(exc, WsiSegError) and text.startswith("Caught "):
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        _, _, message = last.partition(": ")
+        return type(exc)(message or last)
+    return exc
+
+
+def _prepare_run_dir(cfg: Stage1Config, fp: str, overwrite: bool, info: DistInfo) -> Path | None:
+    """Create or check the run dir; the state folder to resume from, if any."""
+    run_dir = Path(cfg.out)
+    if info.is_main and overwrite and run_dir.exists():
+        for name in ("state", "state.tmp", "state.old", "checkpoint", "metrics.csv", "config.yaml", "run.json"):
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    barrier(info)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"{run_dir}: exists and is not a directory")
+    state_dir = find_run_state(run_dir)
+    if state_dir is None:
+        if (run_dir / "checkpoint").exists():
+            raise OutputError(f"{run_dir}: holds a checkpoint but no run state; use --overwrite or another --out")
+        return None
+    saved = json.loads((state_dir / "trainer.json").read_text(encoding="utf-8"))
+    if saved.get("fingerprint") != fp:
+        raise ConfigError(
+            f"{run_dir}: holds a run with different settings (see its config.yaml); "
+            "use the same settings to resume, --overwrite to start over, or another --out"
+        )
+    if saved.get("epoch", 0) >= cfg.epochs and (run_dir / "checkpoint" / "model.safetensors").is_file():
+        raise OutputError(f"{run_dir}: already holds a finished run; use --overwrite or another --out")
+    return state_dir
+
+
+def train_stage1(
+    cfg: Stage1Config,
+    overwrite: bool = False,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Stage1Result:
+    """Train stage 1 into ``cfg.out``, resuming an interrupted run; see the module doc.
+
+    ``on_epoch_end(epoch, row)`` is called after each epoch's state is saved (epochs
+    count from 1); raising in it stops the run like an interruption would.
+    """
+    cfg.validate()
+    fp = fingerprint(_result_settings(cfg))
+    device, dist_info = _device_and_dist(cfg)
+    try:
+        return _train(cfg, fp, device, dist_info, overwrite, on_epoch_end)
+    except WsiSegError as exc:
+        raise _worker_error(exc) from exc
+    finally:
+        shutdown(dist_info)
+
+
+def _train(
+    cfg: Stage1Config,
+    fp: str,
+    device: torch.device,
+    dist_info: DistInfo,
+    overwrite: bool,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+) -> Stage1Result:
+    from tqdm import tqdm
+
+    run_dir = Path(cfg.out)
+    data = resolve_data(cfg)
+    model_cfg = build_model_config(cfg, data)
+    if cfg.batch_size % dist_info.world_size:
+        raise ConfigError(f"batch size {cfg.batch_size} does not split over {dist_info.world_size} processes")
+    per_rank_batch = cfg.batch_size // dist_info.world_size
+    train_records = data.index.split("train", need_labels=True)
+    if len(train_records) < cfg.batch_size:
+        raise ConfigError(
+            f"{data.index.root}: {len(train_records)} train patches, fewer than one batch of {cfg.batch_size}; "
+            "lower --batch-size"
+        )
+    state_dir = _prepare_run_dir(cfg, fp, overwrite, dist_info)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+
+    seed_everything(cfg.seed)
+    net = PsclNet(model_cfg, pretrained=cfg.model.pretrained or False).to(device)
+    net.train()
+    forward: nn.Module = _Stage1Forward(net)
+    if dist_info.enabled:
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
+    dataset = PatchDataset(train_records, data.index.num_classes, seed=data.seed, transform=flips())
+    sampler = (
+        DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                           shuffle=True, seed=cfg.seed, drop_last=True)
+        if dist_info.enabled else None
+    )
+    loader_gen = torch.Generator()
+    loader = DataLoader(
+        dataset,
+        batch_size=per_rank_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.data.workers,
+        worker_init_fn=seed_worker,
+        generator=loader_gen,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
+    steps_per_epoch = len(loader)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(
+        optimizer, total_iters=cfg.epochs * steps_per_epoch, power=cfg.optim.poly_power
+    )
+    autocast, use_scaler = _autocast(device, cfg.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    mlsm_loss = MLSMLoss()
+    pscl_loss = PSCLLoss(
+        threshold=cfg.pscl.threshold,
+        include_background=cfg.pscl.include_background,
+        gating_threshold=cfg.pscl.gating_threshold if cfg.pscl.gating else None,
+        max_pixels_per_class_per_image=cfg.pscl.max_pixels_per_class_per_image,
+        max_pixels_total=cfg.pscl.max_pixels_total,
+        loss=default_supcon(cfg.pscl.temperature),
+    )
+    val_loader = _val_loader(cfg, data, dist_info)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, step = 0, 0
+    if state_dir is not None:
+        state, rng_tensors = load_run_state(state_dir, net, optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        if state.scaler:
+            scaler.load_state_dict(state.scaler)
+        set_rng_state(rng_tensors, state.rng_values)
+        history, start_epoch, step = list(state.history), state.epoch, state.step
+        log.info("%s: resuming after epoch %d of %d", run_dir, start_epoch, cfg.epochs)
+    if dist_info.is_main:
+        write_run_json(run_dir, {
+            "resumed_after_epoch": start_epoch,
+            "device": str(device),
+            "world_size": dist_info.world_size,
+            "dataset": {
+                "path": str(data.index.root.resolve()),
+                "format": data.index.info.name,
+                "splits": {k: len(v) for k, v in data.index.splits.items()},
+                "patch_size_px": data.patch_size_px,
+                "mpp": data.mpp,
+                "background_seed": dataclasses.asdict(data.seed),
+            },
+            "model": model_cfg.to_dict(),
+        })
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+        pscl_loss.reseed(cfg.seed * 1_000_003 + epoch * 101 + dist_info.rank)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        sums = {"loss": 0.0, "mlsm": 0.0, "pscl": 0.0, "pscl_pixels": 0.0}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not (cfg.progress and dist_info.is_main), leave=False)
+        for batch in bar:
+            images = batch["image"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            with autocast:
+                logits, class_maps, features = forward(images)
+            mlsm = mlsm_loss(logits, labels)
+            total = mlsm
+            pscl_value = torch.zeros((), device=device)
+            if cfg.pscl.enabled:
+                cams = cams_from_class_maps(class_maps.detach().float())
+                background = batch["background"].to(device) if data.seed.enabled else None
+                pscl_value = pscl_loss(features.float(), cams, background, image_labels=labels, logits=logits)
+                total = mlsm + cfg.pscl.weight * pscl_value
+                sums["pscl_pixels"] += pscl_loss.last_stats.get("sampled_pixels", 0)
+            loss_value = total.item()
+            if not math.isfinite(loss_value) and not use_scaler:
+                raise ConfigError(f"loss became {loss_value} at step {step + 1} (epoch {epoch + 1}); lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            sums["loss"] += loss_value
+            sums["mlsm"] += mlsm.item()
+            sums["pscl"] += pscl_value.item()
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+        means = mean_across_ranks({k: v / steps_per_epoch for k, v in sums.items()}, dist_info, device)
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": round(means["loss"], 6),
+            "mlsm": round(means["mlsm"], 6),
+            "pscl": round(means["pscl"], 6) if cfg.pscl.enabled else None,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 3),  # training only
+            "val_miou": None,
+            "val_seconds": None,
+            "pscl_pixels": round(means["pscl_pixels"], 1) if cfg.pscl.enabled else None,
+        }
+        if val_loader is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            max_batches = None
+            if cfg.val_max_patches is not None:
+                max_batches = max(1, math.ceil(cfg.val_max_patches / val_loader.batch_size))
+            t_val = time.perf_counter()
+            cm = confusion_on_loader(net, val_loader, device, "gt", pscl_loss.gating_threshold, max_batches)
+            row["val_miou"] = round(cm.scores("mlps").miou, 6)
+            row["val_seconds"] = round(time.perf_counter() - t_val, 3)
+        history.append(row)
+        if dist_info.is_main:
+            rng_tensors, rng_values = rng_state()
+            save_run_state(
+                run_dir, net, optimizer,
+                RunState(epoch=epoch + 1, step=step, fingerprint=fp, history=history,
+                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if use_scaler else {},
+                         rng_values=rng_values),
+                rng_tensors,
+            )
+            _write_metrics_csv(run_dir / "metrics.csv", history)
+            val = f", val mIoU {100 * row['val_miou']:.2f} %" if row["val_miou"] is not None else ""
+            log.info("epoch %d/%d: loss %.4f (mlsm %.4f, pscl %s), lr %.3g, %.1f s%s",
+                     epoch + 1, cfg.epochs, row["loss"], row["mlsm"],
+                     f"{row['pscl']:.4f}" if row["pscl"] is not None else "off", row["lr"], row["seconds"], val)
+        barrier(dist_info)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
+
+    checkpoint = None
+    if dist_info.is_main:
+        final_cfg = model_cfg.replace(provenance=_provenance(cfg, data, run_dir))
+        checkpoint = save_checkpoint(net, run_dir / "checkpoint", config=final_cfg)
+        log.info("stage-1 checkpoint written to %s", checkpoint)
+    barrier(dist_info)
+    return Stage1Result(run_dir=run_dir, checkpoint=checkpoint, history=history, resumed_from_epoch=start_epoch)
+
+
+def _val_loader(cfg: Stage1Config, data: ResolvedData, info: DistInfo) -> DataLoader | None:
+    if cfg.val_every == 0 or not info.is_main or not data.index.has_masks("val"):
+        return None
+    dataset = PatchDataset(data.index.split("val", need_masks=True), data.index.num_classes,
+                           seed=data.seed, with_masks=True)
+    return DataLoader(dataset, batch_size=max(1, cfg.batch_size // info.world_size), shuffle=False,
+                      num_workers=cfg.data.workers)
+
+
+def _provenance(cfg: Stage1Config, data: ResolvedData, run_dir: Path) -> dict[str, Any]:
+    return {
+        "training": {
+            "stage": 1,
+            "method": "PSCL" if cfg.pscl.enabled else "CAM baseline (MLSM only)",
+            "dataset": str(data.index.root.resolve()),
+            "dataset_format": data.index.info.name,
+            "train_patches": len(data.index.splits["train"]),
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "optim": dataclasses.asdict(cfg.optim),
+            "pscl": dataclasses.asdict(cfg.pscl),
+            "background_seed": dataclasses.asdict(data.seed),
+            "pretrained": cfg.model.pretrained,
+            "run_dir": str(run_dir.resolve()),
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "software": software_versions(),
+            "git": git_state(),
+        }
+    }
