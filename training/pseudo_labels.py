@@ -50,7 +50,7 @@ class CamLabels:
 
 def seed_params_of(cfg: ModelConfig) -> SeedParams:
     """The background seeding a stage-1 checkpoint was trained with."""
-    return SeedParams(enabled=cfg.background_seeding, gray_threshold=cfg.bkg_gray_threshold, min_size_px=cfg.bkg_min_size_px)
+    return SeedParams.of_model(cfg)
 
 
 def stage1_label_maps(

@@ -6,8 +6,6 @@ nearest pyramid level), resized to the model's µm/px, and cut into patches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -15,15 +13,7 @@ from torch.utils.data import Dataset
 from wsi_seg.errors import WsiSegError
 from wsi_seg.slide import Slide
 from wsi_seg.tiling import Block, TileGrid
-from wsi_seg.tissue import background_seed
-
-
-@dataclass(frozen=True)
-class SeedParams:
-    """Background seeding of blocks for stage-1 models (None-able in BlockDataset)."""
-
-    gray_threshold: float
-    min_size_px: int
+from wsi_seg.tissue import SeedParams
 
 
 class BlockDataset(Dataset):
@@ -38,7 +28,7 @@ class BlockDataset(Dataset):
         slide_mpp: float,
         grid: TileGrid,
         blocks: list[Block],
-        seed: SeedParams | None = None,
+        seed: SeedParams = SeedParams(enabled=False),
     ) -> None:
         self.slide_path = slide_path
         self.slide_mpp = slide_mpp
@@ -76,9 +66,7 @@ class BlockDataset(Dataset):
             # returned, not raised: a worker's exception would reach the user wrapped
             # in its traceback; the consumer raises it again as one clean line
             return {"block": idx, "error": str(exc)}
-        bkg = None
-        if self.seed is not None:
-            bkg = background_seed(rgb, self.seed.gray_threshold, self.seed.min_size_px)
+        bkg = self.seed.seed(rgb) if self.seed.enabled else None
         p, s = self.grid.patch_px, self.grid.stride_px
         n = len(block.patches)
         patches = np.empty((n, p, p, 3), np.uint8)

@@ -20,10 +20,10 @@ from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.output import ResultStore, is_complete, partial_path, read_provenance
 from wsi_seg.predict import autocast_context, predict_patches, resolve_device
-from wsi_seg.reader import BlockDataset, SeedParams
+from wsi_seg.reader import BlockDataset
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
-from wsi_seg.tissue import TissueParams, tissue_mask
+from wsi_seg.tissue import SeedParams, TissueParams, tissue_mask
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ def segment_slide(
     n_total = int(run.sum())
     n_resumed = sum(len(b.patches) for b in blocks if b.index in done)
     n_skipped = grid.grid_shape[0] * grid.grid_shape[1] - n_total
-    seed = SeedParams(cfg.bkg_gray_threshold, cfg.bkg_min_size_px) if cfg.background_seeding else None
+    seed = SeedParams.of_model(cfg)
     dataset = BlockDataset(str(slide_path), info.mpp if options.mpp is None else options.mpp, grid, todo, seed)
     loader = DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=options.workers,
@@ -294,7 +294,7 @@ def segment_slide(
         with torch.inference_mode(), autocast:
             for patches, backgrounds, owners in _batches(loader, options.batch_size):
                 patches = patches.to(device, non_blocking=True)
-                bkg = backgrounds.to(device, non_blocking=True) if seed is not None else None
+                bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
                 pred = predict_patches(net, patches, bkg)
                 acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
                 masks = pred.mask.cpu().numpy()

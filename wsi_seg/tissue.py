@@ -9,10 +9,14 @@ thumbnail (sizes in µm², so they hold at any resolution).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from skimage.color import rgb2gray
 from skimage.morphology import remove_small_holes, remove_small_objects
+
+if TYPE_CHECKING:
+    from wsi_seg.model.config import ModelConfig
 
 
 def _gray_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -31,6 +35,26 @@ def background_seed(rgb: np.ndarray, gray_threshold: float = 200, min_size_px: i
     if min_size_px > 0:
         candidates = remove_small_objects(candidates, max_size=min_size_px - 1)
     return candidates
+
+
+@dataclass(frozen=True)
+class SeedParams:
+    """Background seeding of patches and blocks; ``enabled=False`` seeds no background."""
+
+    enabled: bool = True
+    gray_threshold: float = 200
+    min_size_px: int = 200
+
+    @classmethod
+    def of_model(cls, cfg: ModelConfig) -> SeedParams:
+        """The seeding a checkpoint was trained with (and runs with)."""
+        return cls(cfg.background_seeding, cfg.bkg_gray_threshold, cfg.bkg_min_size_px)
+
+    def seed(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W) bool background seed of an (H, W, 3) uint8 image."""
+        if not self.enabled:
+            return np.zeros(rgb.shape[:2], bool)
+        return background_seed(rgb, gray_threshold=self.gray_threshold, min_size_px=self.min_size_px)
 
 
 @dataclass(frozen=True)

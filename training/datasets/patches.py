@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from wsi_seg.errors import DatasetError
-from wsi_seg.tissue import background_seed
+from wsi_seg.tissue import SeedParams
 
 from training.augment import apply_joint
 from training.datasets.io import read_mask, read_rgb
 from training.datasets.layout import PatchRecord
-
-
-@dataclass(frozen=True)
-class SeedParams:
-    """Background seeding of patches (thesis §4.3.2); ``enabled=False`` gives no background."""
-
-    enabled: bool = True
-    gray_threshold: float = 200
-    min_size_px: int = 200
-
-    def seed(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W) bool background seed of an (H, W, 3) uint8 patch."""
-        if not self.enabled:
-            return np.zeros(rgb.shape[:2], bool)
-        return background_seed(rgb, gray_threshold=self.gray_threshold, min_size_px=self.min_size_px)
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
