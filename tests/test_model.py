@@ -88,3 +88,22 @@ def test_bad_checkpoints(tmp_path, checkpoints):
     (broken / "config.json").write_text("{nope")
     with pytest.raises(CheckpointError, match="JSON"):
         load_checkpoint(broken)
+
+
+def test_pretrained_file_that_does_not_fit_is_one_clear_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from wsi_seg.model.encoder import TimmEncoder
+
+    weights = tmp_path / "enc.safetensors"
+    tiny = TimmEncoder("swin_tiny_patch4_window7_224", **preset_config("tiny").backbone_kwargs)
+    save_file({k: v.contiguous() for k, v in tiny.body.model.state_dict().items()}, str(weights))
+    with pytest.raises(CheckpointError, match="enc.safetensors: weights do not fit") as info:
+        TimmEncoder("swin_tiny_patch4_window7_224", pretrained=weights, **preset_config("small").backbone_kwargs)
+    assert "\n" not in str(info.value)
+    prefixed = tmp_path / "prefixed.safetensors"
+    save_file({f"model.{k}": v.contiguous() for k, v in tiny.body.model.state_dict().items()}, str(prefixed))
+    with pytest.raises(CheckpointError, match="prefixed.safetensors: weights do not fit"):
+        TimmEncoder("swin_tiny_patch4_window7_224", pretrained=prefixed, **preset_config("tiny").backbone_kwargs)
+    with pytest.raises(CheckpointError, match="not found"):
+        TimmEncoder("swin_tiny_patch4_window7_224", pretrained=tmp_path / "missing.safetensors")

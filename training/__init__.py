@@ -1,6 +1,7 @@
-"""PSCL training for wsi-seg (thesis ch. 4–5): datasets, losses, stage 1, pseudo-labels, metrics.
+"""PSCL training for wsi-seg (thesis ch. 4–5): datasets, losses, pre-training, stages 1 and 2, metrics.
 
 Modules follow the data flow: ``datasets`` → ``augment`` → ``losses`` / ``cams`` →
-``stage1`` → ``pseudo_labels`` → ``metrics`` / ``evaluate``; ``cli`` wraps them as
-``wsi-seg train | pseudo-labels | evaluate``. Importing this package imports nothing heavy.
+(``pretrain``) → ``stage1`` → ``pseudo_labels`` → ``stage2`` → ``metrics`` / ``evaluate``,
+the loops sharing ``loop``; ``cli`` wraps them as ``wsi-seg train | pretrain |
+pseudo-labels | evaluate``. Importing this package imports nothing heavy.
 """

@@ -1,4 +1,4 @@
-"""``wsi-seg train | pseudo-labels | evaluate``: thin wrappers over the training library.
+"""``wsi-seg train | pretrain | pseudo-labels | evaluate``: thin wrappers over the training library.
 
 Joined to the ``wsi-seg`` CLI through the ``wsi_seg.commands`` entry-point group
 (:func:`register`). ``python -m training …`` runs the same commands without the
@@ -46,6 +46,53 @@ _TRAIN_OVERRIDES = {
     "mpp": "data.mpp",
     "val_every": "val_every",
 }
+# argparse dest → dotted Stage2Config key
+_TRAIN2_OVERRIDES = {
+    "data": "data.path",
+    "format": "data.format",
+    "pseudo_labels": "data.pseudo_labels",
+    "init": "init",
+    "out": "out",
+    "loss": "loss.name",
+    "gumbel_tau": "loss.gumbel_tau",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "device": "device",
+    "precision": "precision",
+    "workers": "data.workers",
+    "seed": "seed",
+    "val_every": "val_every",
+}
+# argparse dest → dotted PretrainConfig key
+_PRETRAIN_OVERRIDES = {
+    "data": "data.path",
+    "format": "data.format",
+    "patch_size": "data.patch_size_px",
+    "out": "out",
+    "preset": "model.preset",
+    "backbone": "model.backbone",
+    "pretrained": "model.pretrained",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "temperature": "contrast.temperature",
+    "inter_weight": "contrast.inter_weight",
+    "device": "device",
+    "precision": "precision",
+    "workers": "data.workers",
+    "seed": "seed",
+}
+# flags of one stage only (argparse dest → flag), refused with the other
+_STAGE1_ONLY = {
+    "preset": "--preset", "backbone": "--backbone", "pretrained": "--pretrained", "momentum": "--momentum",
+    "pscl_weight": "--pscl-weight", "pscl_threshold": "--pscl-threshold", "no_pscl": "--no-pscl",
+    "pscl_background": "--pscl-background", "gating": "--gating", "gating_threshold": "--gating-threshold",
+    "background_seed": "--background-seed", "bkg_min_size": "--bkg-min-size", "mpp": "--mpp",
+}
+_STAGE2_ONLY = {"pseudo_labels": "--pseudo-labels", "init": "--init", "loss": "--loss", "gumbel_tau": "--gumbel-tau"}
 
 
 def _show_training_logs() -> None:
@@ -55,32 +102,45 @@ def _show_training_logs() -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``pseudo-labels`` and ``evaluate`` to a ``wsi-seg`` sub-parser set."""
+    """Add ``train``, ``pretrain``, ``pseudo-labels`` and ``evaluate`` to a ``wsi-seg`` sub-parser set."""
     _register_train(sub)
+    _register_pretrain(sub)
     _register_pseudo_labels(sub)
     _register_evaluate(sub)
 
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a PSCL model from patch-level labels (stage 1: classification + PSCL)",
-        description="Train PSCL stage 1 into RUN_DIR; rerun the same command to resume an interrupted run. "
-                    "Defaults are the thesis' (SGD lr 0.1, poly decay, 5 epochs, batch 16, λ 0.1, τ 0.25).",
+        "train", help="train a PSCL model: stage 1 (classification + PSCL) or stage 2 (segmentation on pseudo-labels)",
+        description="Train PSCL stage 1 or 2 into RUN_DIR; rerun the same command to resume an interrupted run. "
+                    "Defaults are the thesis': stage 1 SGD lr 0.1, poly decay, 5 epochs, batch 16, λ 0.1, τ 0.25; "
+                    "stage 2 AdamW lr 1e-4, 20 epochs, batch 32, cross-entropy.",
     )
-    p.add_argument("--stage", type=int, choices=[1, 2], required=True, help="training stage (2: not implemented yet)")
+    p.add_argument("--stage", type=int, choices=[1, 2], required=True,
+                   help="1: classifier + PSCL from patch labels; 2: encoder + decoder on stage-1 pseudo-labels")
     p.add_argument("--data", type=Path, default=None, metavar="DIR", help="dataset folder")
     p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default=None, help="dataset layout (default: auto)")
     p.add_argument("--out", type=Path, default=None, metavar="RUN_DIR", help="run directory (checkpoint, metrics, state)")
     p.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML/TOML/JSON settings; flags override it")
+    s2 = p.add_argument_group("stage 2")
+    s2.add_argument("--pseudo-labels", type=Path, default=None, metavar="DIR",
+                    help="pseudo-labels of the train split, written by wsi-seg pseudo-labels")
+    s2.add_argument("--init", type=Path, default=None, metavar="CKPT", help="stage-1 checkpoint to start from")
+    s2.add_argument("--loss", choices=["ce", "nr"], default=None,
+                    help="ce: cross-entropy (default); nr: noise-reduced loss (thesis eq. 4.10–4.11)")
+    s2.add_argument("--gumbel-tau", type=float, default=None, metavar="TAU", help="Gumbel-softmax temperature of nr (default 1)")
     model = p.add_mutually_exclusive_group()
-    model.add_argument("--preset", default=None, help="model preset (swin-t, convnext-t, resnet50, small, tiny; default swin-t)")
-    model.add_argument("--backbone", default=None, metavar="NAME", help="any timm backbone with strides 4–32 instead of a preset")
-    p.add_argument("--pretrained", default=None, metavar="PATH", help="local backbone weights file (ImageNet etc.)")
-    p.add_argument("--epochs", type=int, default=None, metavar="N", help="default 5")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="global batch, split over torchrun processes (default 16)")
-    p.add_argument("--lr", type=float, default=None, help="SGD learning rate, decayed polynomially (power 0.9; default 0.1)")
-    p.add_argument("--momentum", type=float, default=None, help="default 0.9")
-    p.add_argument("--weight-decay", type=float, default=None, metavar="WD", help="default 1e-4")
+    model.add_argument("--preset", default=None, help="stage 1: model preset (swin-t, convnext-t, resnet50, small, tiny; default swin-t)")
+    model.add_argument("--backbone", default=None, metavar="NAME", help="stage 1: any timm backbone with strides 4–32 instead of a preset")
+    p.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="stage 1: local backbone weights file (ImageNet, or RUN_DIR/encoder.safetensors of wsi-seg pretrain)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="default 5 (stage 1), 20 (stage 2)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="global batch, split over torchrun processes (default 16 stage 1, 32 stage 2)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="stage 1: SGD, decayed polynomially (power 0.9; default 0.1); stage 2: AdamW (default 1e-4)")
+    p.add_argument("--momentum", type=float, default=None, help="stage 1: default 0.9")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="WD", help="default 1e-4 (stage 1), 0.01 (stage 2)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
                    help="autocast (auto: bf16 on CUDA if supported, else fp32)")
@@ -103,39 +163,117 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
 
-def train_config_from_args(args: argparse.Namespace) -> Any:
-    """The Stage1Config of parsed ``train`` arguments: defaults ← --config ← flags."""
-    from training.config import load_stage1_config
-
+def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
+    """Dotted config keys of the flags that were given (unset flags keep the file's value)."""
     overrides: dict[str, Any] = {}
-    for dest, key in _TRAIN_OVERRIDES.items():
+    for dest, key in mapping.items():
         value = getattr(args, dest, None)
         if value is not None:
             overrides[key] = str(value) if isinstance(value, Path) else value
+    if getattr(args, "no_progress", False):
+        overrides["progress"] = False
+    return overrides
+
+
+def _refuse(args: argparse.Namespace, flags: dict[str, str], stage: int) -> None:
+    """ConfigError when flags of the other stage were given (store_true flags: False = not given)."""
+    store_true = ("no_pscl", "gating")
+    given = [flag for dest, flag in flags.items()
+             if getattr(args, dest, None) is not None and not (dest in store_true and not getattr(args, dest))]
+    if given:
+        other = 2 if stage == 1 else 1
+        raise ConfigError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --stage {other} only, not --stage {stage}")
+
+
+def train_config_from_args(args: argparse.Namespace) -> Any:
+    """The Stage1Config or Stage2Config of parsed ``train`` arguments: defaults ← --config ← flags."""
+    from training.config import Stage2Config, load_config, load_stage1_config
+
+    if args.stage == 2:
+        _refuse(args, _STAGE1_ONLY, 2)
+        return load_config(Stage2Config, args.config, _overrides(args, _TRAIN2_OVERRIDES))
+    _refuse(args, _STAGE2_ONLY, 1)
+    overrides = _overrides(args, _TRAIN_OVERRIDES)
     if args.no_pscl:
         overrides["pscl.enabled"] = False
     if args.gating:
         overrides["pscl.gating"] = True
-    if args.no_progress:
-        overrides["progress"] = False
     return load_stage1_config(args.config, overrides)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    if args.stage == 2:
-        raise ConfigError(
-            "wsi-seg train --stage 2 is not implemented yet in this version; train --stage 1, "
-            "then write pseudo-labels with wsi-seg pseudo-labels"
-        )
-    from training.stage1 import train_stage1
-
     _show_training_logs()
     cfg = train_config_from_args(args).validate()
-    result = train_stage1(cfg, overwrite=args.overwrite)
+    if args.stage == 2:
+        from training.stage2 import train_stage2
+
+        result = train_stage2(cfg, overwrite=args.overwrite)
+    else:
+        from training.stage1 import train_stage1
+
+        result = train_stage1(cfg, overwrite=args.overwrite)
     if result.checkpoint is not None:
         last = result.history[-1] if result.history else {}
         val = f", val mIoU {100 * last['val_miou']:.2f} %" if last.get("val_miou") is not None else ""
-        print(f"stage 1: {len(result.history)} epochs, loss {last.get('loss', float('nan')):.4f}{val} → {result.checkpoint}")
+        loss = f" ({cfg.loss.name})" if args.stage == 2 else ""
+        print(f"stage {args.stage}: {len(result.history)} epochs, loss{loss} {last.get('loss', float('nan')):.4f}{val} "
+              f"→ {result.checkpoint}")
+    return 0
+
+
+def _register_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain", help="unsupervised pre-training of the encoder on unlabelled patches (NT-Xent)",
+        description="Pre-train the encoder on any folder of patches (thesis §4.2: NT-Xent, L_intra + 0.5·L_inter; "
+                    "AdamW lr 1e-4, 20 epochs, batch 6) into RUN_DIR/encoder.safetensors, for "
+                    "wsi-seg train --stage 1 --pretrained FILE with the same preset. Rerun to resume.",
+    )
+    p.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="a dataset (its train split) or any folder of images (searched recursively)")
+    p.add_argument("--format", choices=["auto", "folder", "luad", "bcss", "csv"], default=None,
+                   help="auto (default): a dataset if DIR is one, else a plain image folder")
+    p.add_argument("--out", type=Path, default=None, metavar="RUN_DIR", help="run directory (weights, metrics, state)")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML/TOML/JSON settings; flags override it")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--preset", default=None, help="model preset whose encoder to train (default swin-t)")
+    model.add_argument("--backbone", default=None, metavar="NAME", help="any timm backbone with strides 4–32")
+    p.add_argument("--pretrained", default=None, metavar="PATH", help="local weights to start from (e.g. ImageNet)")
+    p.add_argument("--patch-size", type=int, default=None, metavar="PX",
+                   help="training crop size (default: the preset's, 224); larger images are cropped at random")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="default 20")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per step, split over torchrun processes (default 6)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="WD", help="default 0.01")
+    p.add_argument("--temperature", type=float, default=None, metavar="T", help="NT-Xent temperature (default 0.1)")
+    p.add_argument("--inter-weight", type=float, default=None, metavar="LAMBDA", help="λ_inter of eq. 4.1 (default 0.5)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="autocast (auto: bf16 on CUDA if supported, else fp32)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="DataLoader worker processes (default 2)")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing run in RUN_DIR and start over")
+    p.set_defaults(func=run_pretrain)
+
+
+def pretrain_config_from_args(args: argparse.Namespace) -> Any:
+    """The PretrainConfig of parsed ``pretrain`` arguments: defaults ← --config ← flags."""
+    from training.config import PretrainConfig, load_config
+
+    return load_config(PretrainConfig, args.config, _overrides(args, _PRETRAIN_OVERRIDES))
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from training.pretrain import train_pretrain
+
+    _show_training_logs()
+    cfg = pretrain_config_from_args(args).validate()
+    result = train_pretrain(cfg, overwrite=args.overwrite)
+    if result.weights is not None:
+        last = result.history[-1] if result.history else {}
+        preset = f"--backbone {cfg.model.backbone}" if cfg.model.backbone else f"--preset {cfg.model.preset}"
+        print(f"pretrain: {len(result.history)} epochs, loss {last.get('loss', float('nan')):.4f} → {result.weights} "
+              f"(use: wsi-seg train --stage 1 {preset} --pretrained {result.weights} …)")
     return 0
 
 

@@ -1,9 +1,16 @@
-"""Stage-1 training configuration: typed dataclasses, loadable from YAML or TOML.
+"""Training configuration: typed dataclasses, loadable from YAML, TOML or JSON.
 
-Defaults are the thesis' (table 5.1, §4.3): SGD lr 0.1 with polynomial decay (power
-0.9), 5 epochs, batch 16, λ_PSCL = 0.1, τ = 0.25, SupCon temperature 0.1, background in
-PSCL, no gating (τ_g = 0.8 when on). The thesis does not state SGD momentum or weight
-decay; 0.9 and 1e-4 are the usual values for this recipe.
+:class:`Stage1Config` (classification + PSCL), :class:`Stage2Config` (segmentation on
+the stage-1 pseudo-labels) and :class:`PretrainConfig` (unsupervised NT-Xent
+pre-training of the encoder); :func:`load_config` reads any of them.
+
+Defaults are the thesis' (table 5.1). Stage 1 (§4.3): SGD lr 0.1 with polynomial decay
+(power 0.9), 5 epochs, batch 16, λ_PSCL = 0.1, τ = 0.25, SupCon temperature 0.1,
+background in PSCL, no gating (τ_g = 0.8 when on); the thesis does not state SGD
+momentum or weight decay, 0.9 and 1e-4 are the usual values for this recipe. Stage 2
+(§4.4): AdamW lr 1e-4, 20 epochs, batch 32, cross-entropy. Pre-training (§4.2): AdamW
+lr 1e-4, 20 epochs, batch 6, L_intra + 0.5·L_inter. Values the thesis leaves open are
+named in each dataclass' docstring.
 
 A config file holds any subset of the fields, nested like the dataclasses::
 
@@ -26,6 +33,24 @@ from typing import Any
 from wsi_seg.errors import ConfigError
 
 CONFIG_FORMAT_VERSION = 1
+
+
+class _ConfigFile:
+    """``to_dict`` / ``from_dict`` of the top-level config dataclasses (format versioned)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        d["format_version"] = CONFIG_FORMAT_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls: type[_C], data: dict[str, Any], source: str = "config") -> _C:
+        data = dict(data)
+        data.pop("format_version", None)
+        return _build(cls, data, source)
+
+
+_C = typing.TypeVar("_C", bound=_ConfigFile)
 
 
 @dataclass
@@ -81,7 +106,7 @@ class PsclConfig:
 
 
 @dataclass
-class Stage1Config:
+class Stage1Config(_ConfigFile):
     """Everything a stage-1 run depends on; saved resolved as ``RUN_DIR/config.yaml``."""
 
     out: str = ""
@@ -122,16 +147,144 @@ class Stage1Config:
             raise ConfigError("no run directory given (--out DIR or out in the config file)")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["format_version"] = CONFIG_FORMAT_VERSION
-        return d
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Stage1Config:
-        data = dict(data)
-        data.pop("format_version", None)
-        return _build(cls, data, source)
+def _check(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+@dataclass
+class Stage2DataConfig:
+    """The dataset (its train split: images; val split: masks for val mIoU) and the
+    pseudo-label folder ``wsi-seg pseudo-labels`` wrote for its train split."""
+
+    path: str = ""
+    format: str = "auto"
+    pseudo_labels: str = ""
+    workers: int = 2
+
+
+@dataclass
+class AdamWConfig:
+    """AdamW at a constant learning rate (thesis table 5.1: lr 1e-4, no scheduler). The
+    thesis does not state weight decay; 0.01 is torch's AdamW default."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+
+
+@dataclass
+class Stage2LossConfig:
+    """``name`` ce (cross-entropy, the thesis' best) or nr (noise-reduced, eq. 4.10–4.11);
+    ``gumbel_tau``: temperature of the NR loss' Gumbel softmax (not stated; 1.0)."""
+
+    name: str = "ce"
+    gumbel_tau: float = 1.0
+
+
+@dataclass
+class Stage2Config(_ConfigFile):
+    """Everything a stage-2 run depends on; saved resolved as ``RUN_DIR/config.yaml``.
+
+    Defaults are the thesis' (table 5.1, §4.4): AdamW lr 1e-4, 20 epochs, batch 32,
+    cross-entropy. ``init`` is the stage-1 checkpoint whose encoder (and classifier)
+    the network starts from; its architecture, classes and µm/px carry over.
+    """
+
+    out: str = ""
+    init: str = ""
+    data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
+    optim: AdamWConfig = field(default_factory=AdamWConfig)
+    loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
+    epochs: int = 20
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = True
+    val_every: int = 1
+    val_max_patches: int | None = None
+
+    def validate(self) -> Stage2Config:
+        """Raise ConfigError on values no run could use; returns self."""
+        _check([
+            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
+            (self.optim.lr > 0, f"lr must be positive, got {self.optim.lr}"),
+            (self.optim.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.optim.weight_decay}"),
+            (self.loss.name in ("ce", "nr"), f"loss must be ce or nr, got {self.loss.name!r}"),
+            (self.loss.gumbel_tau > 0, f"gumbel_tau must be positive, got {self.loss.gumbel_tau}"),
+            (self.data.workers >= 0, f"workers must be ≥ 0, got {self.data.workers}"),
+            (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"),
+            (self.val_every >= 0, f"val_every must be ≥ 0, got {self.val_every}"),
+            (bool(self.data.path), "no dataset given (--data DIR or data.path in the config file)"),
+            (bool(self.data.pseudo_labels),
+             "no pseudo-labels given (--pseudo-labels DIR, written by wsi-seg pseudo-labels, or data.pseudo_labels)"),
+            (bool(self.init), "no stage-1 checkpoint given (--init CKPT or init in the config file)"),
+            (bool(self.out), "no run directory given (--out DIR or out in the config file)"),
+        ])
+        return self
+
+
+@dataclass
+class PretrainDataConfig:
+    """Any folder of patches: a dataset (its train split) or a plain folder of images
+    (``format`` folder, or auto when the folder is no known dataset; searched
+    recursively). Images larger than ``patch_size_px`` are randomly cropped to it."""
+
+    path: str = ""
+    format: str = "auto"
+    patch_size_px: int | None = None  # None: the model preset's (224)
+    workers: int = 2
+
+
+@dataclass
+class ContrastConfig:
+    """Thesis eq. 4.1: L = L_intra + ``inter_weight`` · L_inter (λ_inter = 0.5, Zeng et
+    al. 2025a). NT-Xent ``temperature`` and ``projection_dim`` are not stated in the
+    thesis: 0.1 (the temperature of its SupCon) and SimCLR's 128."""
+
+    inter_weight: float = 0.5
+    temperature: float = 0.1
+    projection_dim: int = 128
+
+
+@dataclass
+class PretrainConfig(_ConfigFile):
+    """Everything an unsupervised pre-training run depends on (thesis §4.2, table 5.1:
+    AdamW lr 1e-4, 20 epochs, batch 6, NT-Xent); saved as ``RUN_DIR/config.yaml``."""
+
+    out: str = ""
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    optim: AdamWConfig = field(default_factory=AdamWConfig)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
+    epochs: int = 20
+    batch_size: int = 6
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> PretrainConfig:
+        """Raise ConfigError on values no run could use; returns self."""
+        size = self.data.patch_size_px
+        _check([
+            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"batch_size must be ≥ 2 (NT-Xent needs other images), got {self.batch_size}"),
+            (self.optim.lr > 0, f"lr must be positive, got {self.optim.lr}"),
+            (self.optim.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.optim.weight_decay}"),
+            (self.contrast.inter_weight >= 0, f"inter_weight must be ≥ 0, got {self.contrast.inter_weight}"),
+            (self.contrast.temperature > 0, f"temperature must be positive, got {self.contrast.temperature}"),
+            (self.contrast.projection_dim >= 1, f"projection_dim must be ≥ 1, got {self.contrast.projection_dim}"),
+            (size is None or (size > 0 and size % 32 == 0), f"patch_size_px must be a positive multiple of 32, got {size}"),
+            (self.data.workers >= 0, f"workers must be ≥ 0, got {self.data.workers}"),
+            (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"),
+            (bool(self.data.path), "no image folder given (--data DIR or data.path in the config file)"),
+            (bool(self.out), "no run directory given (--out DIR or out in the config file)"),
+        ])
+        return self
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -225,6 +378,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def load_stage1_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Stage1Config:
     """Defaults ← config file ← ``overrides`` (dotted keys, e.g. ``{"optim.lr": 0.01}``)."""
+    return load_config(Stage1Config, path, overrides)
+
+
+def load_config(cls: type[_C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> _C:
+    """A config of class ``cls``: defaults ← config file ← ``overrides`` (dotted keys)."""
     data: dict[str, Any] = load_config_file(path) if path is not None else {}
     source = str(path) if path is not None else "config"
     for dotted, value in (overrides or {}).items():
@@ -235,10 +393,10 @@ def load_stage1_config(path: str | Path | None = None, overrides: dict[str, Any]
             if not isinstance(node, dict):
                 raise ConfigError(f"{source}: {p} must be a mapping")
         node[leaf] = value
-    return Stage1Config.from_dict(data, source=source)
+    return cls.from_dict(data, source=source)
 
 
-def dump_yaml(cfg: Stage1Config) -> str:
+def dump_yaml(cfg: Stage1Config | Stage2Config | PretrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -18,14 +18,9 @@ rank 0 writes.
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import dataclasses
-import io
-import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,21 +30,32 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
-from wsi_seg.errors import ConfigError, DatasetError, OutputError, WsiSegError
+from wsi_seg.errors import ConfigError, DatasetError, WsiSegError
 from wsi_seg.model import PsclNet, cams_from_class_maps, preset_config, save_checkpoint
 from wsi_seg.model.config import ModelConfig
 
 from training.augment import flips
 from training.config import Stage1Config, dump_yaml
 from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_dataset
-from training.distributed import DistInfo, barrier, init_distributed, mean_across_ranks, shutdown
+from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.evaluate import confusion_on_loader
 from training.losses import MLSMLoss, PSCLLoss, default_supcon
-from training.reproducibility import rng_state, seed_everything, seed_worker, set_rng_state
+from training.loop import (
+    autocast_for,
+    device_and_dist,
+    epoch_seed,
+    per_rank_batch,
+    prepare_run_dir,
+    result_settings,
+    train_loader,
+    worker_error,
+    write_metrics_csv,
+)
+from training.reproducibility import rng_state, seed_everything, set_rng_state
 from training.run_info import git_state, software_versions, write_run_json
-from training.run_state import RunState, find_run_state, fingerprint, load_run_state, save_run_state
+from training.run_state import RunState, fingerprint, load_run_state, save_run_state
 
 log = logging.getLogger(__name__)
 
@@ -126,89 +132,7 @@ def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
 
 
 def _result_settings(cfg: Stage1Config) -> dict[str, Any]:
-    d = cfg.to_dict()
-    for dotted in _NON_RESULT_KEYS:
-        node = d
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node.pop(leaf, None)
-    return d
-
-
-def _device_and_dist(cfg: Stage1Config) -> tuple[torch.device, DistInfo]:
-    from wsi_seg.predict import resolve_device
-
-    device = resolve_device(cfg.device)
-    info = init_distributed(device.type)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    if not info.is_main:  # rank 0 reports for everyone
-        logging.getLogger("training").setLevel(logging.WARNING)
-    return device, info
-
-
-def _autocast(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, bool]:
-    """(autocast context, needs a grad scaler)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext(), False
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("fp16 training is for CUDA; use bf16 or fp32 on the CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype), precision == "fp16"
-
-
-def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRICS_COLUMNS})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _worker_error(exc: Exception) -> Exception:
-    """A WsiSegError re-raised by a DataLoader worker carries the worker's traceback in
-    its message; give back an error whose message is the original one line."""
-    text = str(exc)
-    if isinstance(exc, WsiSegError) and text.startswith("Caught "):
-        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
-        _, _, message = last.partition(": ")
-        return type(exc)(message or last)
-    return exc
-
-
-def _prepare_run_dir(cfg: Stage1Config, fp: str, overwrite: bool, info: DistInfo) -> Path | None:
-    """Create or check the run dir; the state folder to resume from, if any."""
-    run_dir = Path(cfg.out)
-    if info.is_main and overwrite and run_dir.exists():
-        for name in ("state", "state.tmp", "state.old", "checkpoint", "metrics.csv", "config.yaml", "run.json"):
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    barrier(info)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"{run_dir}: exists and is not a directory")
-    state_dir = find_run_state(run_dir)
-    if state_dir is None:
-        if (run_dir / "checkpoint").exists():
-            raise OutputError(f"{run_dir}: holds a checkpoint but no run state; use --overwrite or another --out")
-        return None
-    saved = json.loads((state_dir / "trainer.json").read_text(encoding="utf-8"))
-    if saved.get("fingerprint") != fp:
-        raise ConfigError(
-            f"{run_dir}: holds a run with different settings (see its config.yaml); "
-            "use the same settings to resume, --overwrite to start over, or another --out"
-        )
-    if saved.get("epoch", 0) >= cfg.epochs and (run_dir / "checkpoint" / "model.safetensors").is_file():
-        raise OutputError(f"{run_dir}: already holds a finished run; use --overwrite or another --out")
-    return state_dir
+    return result_settings(cfg.to_dict(), _NON_RESULT_KEYS)
 
 
 def train_stage1(
@@ -223,11 +147,11 @@ def train_stage1(
     """
     cfg.validate()
     fp = fingerprint(_result_settings(cfg))
-    device, dist_info = _device_and_dist(cfg)
+    device, dist_info = device_and_dist(cfg.device)
     try:
         return _train(cfg, fp, device, dist_info, overwrite, on_epoch_end)
     except WsiSegError as exc:
-        raise _worker_error(exc) from exc
+        raise worker_error(exc) from exc
     finally:
         shutdown(dist_info)
 
@@ -245,16 +169,18 @@ def _train(
     run_dir = Path(cfg.out)
     data = resolve_data(cfg)
     model_cfg = build_model_config(cfg, data)
-    if cfg.batch_size % dist_info.world_size:
-        raise ConfigError(f"batch size {cfg.batch_size} does not split over {dist_info.world_size} processes")
-    per_rank_batch = cfg.batch_size // dist_info.world_size
+    if cfg.model.pretrained:
+        from training.pretrain import check_pretrained_file
+
+        check_pretrained_file(cfg.model.pretrained, model_cfg)
+    per_rank_batch(cfg.batch_size, dist_info)
     train_records = data.index.split("train", need_labels=True)
     if len(train_records) < cfg.batch_size:
         raise ConfigError(
             f"{data.index.root}: {len(train_records)} train patches, fewer than one batch of {cfg.batch_size}; "
             "lower --batch-size"
         )
-    state_dir = _prepare_run_dir(cfg, fp, overwrite, dist_info)
+    state_dir = prepare_run_dir(run_dir, fp, cfg.epochs, overwrite, dist_info)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
@@ -271,28 +197,12 @@ def _train(
         net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
     )
     dataset = PatchDataset(train_records, data.index.num_classes, seed=data.seed, transform=flips())
-    sampler = (
-        DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                           shuffle=True, seed=cfg.seed, drop_last=True)
-        if dist_info.enabled else None
-    )
-    loader_gen = torch.Generator()
-    loader = DataLoader(
-        dataset,
-        batch_size=per_rank_batch,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=cfg.data.workers,
-        worker_init_fn=seed_worker,
-        generator=loader_gen,
-        drop_last=True,
-        pin_memory=device.type == "cuda",
-    )
+    loader, sampler, loader_gen = train_loader(dataset, cfg.batch_size, dist_info, cfg.seed, cfg.data.workers, device)
     steps_per_epoch = len(loader)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(
         optimizer, total_iters=cfg.epochs * steps_per_epoch, power=cfg.optim.poly_power
     )
-    autocast, use_scaler = _autocast(device, cfg.precision)
+    autocast, use_scaler = autocast_for(device, cfg.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     mlsm_loss = MLSMLoss()
     pscl_loss = PSCLLoss(
@@ -333,7 +243,7 @@ def _train(
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+        loader_gen.manual_seed(epoch_seed(cfg.seed, epoch))
         pscl_loss.reseed(cfg.seed * 1_000_003 + epoch * 101 + dist_info.rank)
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -397,7 +307,7 @@ def _train(
                          rng_values=rng_values),
                 rng_tensors,
             )
-            _write_metrics_csv(run_dir / "metrics.csv", history)
+            write_metrics_csv(run_dir / "metrics.csv", history, METRICS_COLUMNS)
             val = f", val mIoU {100 * row['val_miou']:.2f} %" if row["val_miou"] is not None else ""
             log.info("epoch %d/%d: loss %.4f (mlsm %.4f, pscl %s), lr %.3g, %.1f s%s",
                      epoch + 1, cfg.epochs, row["loss"], row["mlsm"],

@@ -37,9 +37,11 @@ class TimmEncoder(nn.Module):
             create_kwargs["pretrained"] = bool(pretrained)
         try:
             self.body = timm.create_model(name, **create_kwargs)
-        except RuntimeError as exc:
+        except (RuntimeError, AttributeError, KeyError) as exc:  # what timm raises on foreign weights
             if isinstance(pretrained, (str, Path)) and str(pretrained):
-                raise CheckpointError(f"{pretrained}: cannot load into {name}: {exc}") from exc
+                first = str(exc).strip().splitlines()
+                detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")
+                raise CheckpointError(f"{pretrained}: weights do not fit {name} ({detail})") from exc
             raise
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"cannot build backbone {name!r}: {exc}") from exc

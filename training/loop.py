@@ -1,0 +1,184 @@
+"""Training-loop plumbing shared by stage 1, stage 2 and unsupervised pre-training.
+
+Each trainer (``stage1``, ``stage2``, ``pretrain``) owns its forward pass and loss;
+what they have in common lives here: device and torchrun setup, autocast, the run
+directory (create, check the settings fingerprint, refuse a finished run), the seeded
+(distributed) train loader, the per-epoch ``metrics.csv`` and the one-line error of a
+DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from wsi_seg.errors import ConfigError, OutputError, WsiSegError
+
+from training.distributed import DistInfo, barrier, init_distributed
+from training.reproducibility import seed_worker
+from training.run_state import find_run_state
+
+# what every run directory holds besides its result (checkpoint / weights file)
+RUN_FILES = ("state", "state.tmp", "state.old", "metrics.csv", "config.yaml", "run.json")
+
+
+def device_and_dist(device_name: str) -> tuple[torch.device, DistInfo]:
+    """The device to train on and the torchrun process group (if any) joined."""
+    from wsi_seg.predict import resolve_device
+
+    device = resolve_device(device_name)
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    if not info.is_main:  # rank 0 reports for everyone
+        logging.getLogger("training").setLevel(logging.WARNING)
+    return device, info
+
+
+def autocast_for(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, bool]:
+    """(autocast context, needs a grad scaler) of ``precision`` (auto | fp32 | bf16 | fp16).
+
+    ``auto``: bf16 on CUDA devices that support it, else fp32.
+    """
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext(), False
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 training is for CUDA; use bf16 or fp32 on the CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype), precision == "fp16"
+
+
+def result_settings(settings: dict[str, Any], ignored: Sequence[str]) -> dict[str, Any]:
+    """``settings`` (a config's ``to_dict()``) without the dotted keys in ``ignored``:
+    those that do not change a run's result, so a resumed run may differ in them."""
+    d = json.loads(json.dumps(settings, default=str))
+    for dotted in ignored:
+        node = d
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return d
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Write one row per epoch (missing values empty), atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    tmp.replace(path)
+
+
+def worker_error(exc: Exception) -> Exception:
+    """A WsiSegError re-raised by a DataLoader worker carries the worker's traceback in
+    its message; give back an error whose message is the original one line."""
+    text = str(exc)
+    if isinstance(exc, WsiSegError) and text.startswith("Caught "):
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        _, _, message = last.partition(": ")
+        return type(exc)(message or last)
+    return exc
+
+
+def prepare_run_dir(
+    run_dir: Path,
+    fp: str,
+    epochs: int,
+    overwrite: bool,
+    info: DistInfo,
+    result: str = "checkpoint",
+    finished: Path | None = None,
+) -> Path | None:
+    """Create or check a run directory; the state folder to resume from, if any.
+
+    ``result`` is the name of the run's final output inside ``run_dir`` (removed with
+    ``overwrite``); ``finished`` the file whose presence, with ``epochs`` done, marks
+    the run finished (default ``run_dir/result/model.safetensors``).
+    """
+    finished = finished or run_dir / result / "model.safetensors"
+    if info.is_main and overwrite and run_dir.exists():
+        for name in (*RUN_FILES, result):
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    barrier(info)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"{run_dir}: exists and is not a directory")
+    state_dir = find_run_state(run_dir)
+    if state_dir is None:
+        if (run_dir / result).exists():
+            raise OutputError(f"{run_dir}: holds {result}/ but no run state; use --overwrite or another --out"
+                              if (run_dir / result).is_dir() else
+                              f"{run_dir}: holds {result} but no run state; use --overwrite or another --out")
+        return None
+    saved = json.loads((state_dir / "trainer.json").read_text(encoding="utf-8"))
+    if saved.get("fingerprint") != fp:
+        raise ConfigError(
+            f"{run_dir}: holds a run with different settings (see its config.yaml); "
+            "use the same settings to resume, --overwrite to start over, or another --out"
+        )
+    if saved.get("epoch", 0) >= epochs and finished.is_file():
+        raise OutputError(f"{run_dir}: already holds a finished run; use --overwrite or another --out")
+    return state_dir
+
+
+def per_rank_batch(batch_size: int, info: DistInfo) -> int:
+    """The patches each torchrun process takes a step; ConfigError if they do not split."""
+    if batch_size % info.world_size:
+        raise ConfigError(f"batch size {batch_size} does not split over {info.world_size} processes")
+    return batch_size // info.world_size
+
+
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    info: DistInfo,
+    seed: int,
+    workers: int,
+    device: torch.device,
+) -> tuple[DataLoader, DistributedSampler | None, torch.Generator]:
+    """A shuffling, last-batch-dropping loader of ``batch_size / world_size`` samples a
+    step; (loader, sampler or None, generator). Reseed the generator (and ``set_epoch``
+    the sampler) at each epoch's start so a resumed run draws the same batches."""
+    per_rank = per_rank_batch(batch_size, info)
+    sampler = (
+        DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
+                           shuffle=True, seed=seed, drop_last=True)
+        if info.enabled else None
+    )
+    generator = torch.Generator()
+    loader = DataLoader(
+        dataset,
+        batch_size=per_rank,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
+    return loader, sampler, generator
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The loader seed of an epoch (the same in every trainer, so runs are comparable)."""
+    return seed * 1_000_003 + epoch
