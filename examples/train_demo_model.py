@@ -23,7 +23,7 @@ from wsi_seg.model.default import DEMO_MODEL_DIR
 
 from training.config import load_stage1_config
 from training.evaluate import evaluate_checkpoint
-from training.metrics import format_table, write_json
+from wsi_seg.metrics import format_table, write_json
 from training.stage1 import train_stage1
 from training.synthetic_dataset import write_dataset
 

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wsi_seg.errors import ConfigError, WsiSegError
+from wsi_seg.errors import ConfigError
 
 log = logging.getLogger(__name__)
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 # argparse dest → dotted Stage1Config key (flags left unset keep the config file's value)
 _TRAIN_OVERRIDES = {
@@ -327,7 +324,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_checkpoint
-    from training.metrics import PROTOCOLS, format_table, write_json
+    from wsi_seg.metrics import PROTOCOLS, format_table, write_json
 
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     result = evaluate_checkpoint(
@@ -356,17 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training``: the training commands with wsi-seg's error handling."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=max(logging.WARNING - 10 * args.verbose, logging.DEBUG),
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except WsiSegError as exc:
-        if args.traceback:
-            raise
-        print(f"wsi-seg: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("wsi-seg: interrupted; rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    """``python -m training``: the training commands with wsi-seg's logging and error handling."""
+    from wsi_seg.cli.main import run
+
+    return run(build_parser().parse_args(argv))

@@ -24,7 +24,7 @@ from wsi_seg.errors import ConfigError
 from wsi_seg.model import PsclNet, load_checkpoint
 
 from training.datasets import PatchDataset, SeedParams, open_dataset
-from training.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
+from wsi_seg.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
 from training.pseudo_labels import seed_params_of, stage1_label_maps
 
 log = logging.getLogger(__name__)

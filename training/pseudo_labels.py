@@ -9,7 +9,7 @@ Output of :func:`generate_pseudo_labels` (``OUT`` = ``--out``)::
     OUT/pseudo_labels.json              manifest: conventions, classes, checkpoint, counts
 
 Note the mask convention differs from the datasets' ground truth (there N =
-background): pseudo-labels use the internal convention of ``training.metrics``.
+background): pseudo-labels use the internal convention of ``wsi_seg.metrics``.
 """
 
 from __future__ import annotations

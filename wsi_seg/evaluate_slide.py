@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wsi_seg.metrics import ConfusionMatrix
+
 
 def result_mask_at(result: str | Path, mpp: float, shape_hw: tuple[int, int]) -> np.ndarray:
     """The result's class mask resampled (nearest) to ``shape_hw`` at ``mpp`` µm/px."""
@@ -30,18 +32,12 @@ def result_mask_at(result: str | Path, mpp: float, shape_hw: tuple[int, int]) ->
 
 
 def slide_miou(result: str | Path, ground_truth_png: str | Path) -> dict[str, Any]:
-    """Per-class IoU and mIoU over ground-truth tissue pixels (MLPS protocol)."""
+    """Per-class IoU and mIoU of a result against a ground-truth mask (MLPS protocol:
+    ground-truth background excluded, tissue predicted as background counts as a miss)."""
     from wsi_seg.synthetic import read_ground_truth
 
     gt, gt_mpp, names = read_ground_truth(ground_truth_png)
-    pred = result_mask_at(result, gt_mpp, gt.shape)
-    n = len(names)
-    tissue = gt > 0
-    conf = np.bincount(
-        (gt[tissue].astype(np.int64) - 1) * (n + 1) + pred[tissue].astype(np.int64), minlength=n * (n + 1)
-    ).reshape(n, n + 1)[:, 1:]  # predicted background on tissue counts as a miss of the true class
-    inter = np.diag(conf).astype(np.float64)
-    gt_count = np.bincount(gt[tissue].astype(np.int64) - 1, minlength=n)[:n]
-    union = conf.sum(0) + gt_count - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-    return {"iou": dict(zip(names, iou.tolist())), "miou": float(np.nanmean(iou))}
+    cm = ConfusionMatrix(names)
+    cm.update(gt, result_mask_at(result, gt_mpp, gt.shape))
+    scores = cm.scores("mlps")
+    return {"iou": dict(zip(scores.class_names, scores.iou)), "miou": scores.miou}
