@@ -34,7 +34,9 @@ from training.evaluate import confusion_on_loader
 from training.losses import MLSMLoss, PSCLLoss
 from training.pseudo_labels import seed_params_of
 from training.stage1 import train_stage1
-from training.synthetic_dataset import default_patch_fn, write_dataset
+from wsi_seg.synthetic import synthesize_patch
+
+from training.synthetic_dataset import write_dataset
 
 log = logging.getLogger("measure_pscl")
 
@@ -88,7 +90,7 @@ def main() -> None:
 
     data = args.out / "data"
     if not (data / "train").is_dir():
-        fn = default_patch_fn()
+        fn = synthesize_patch
         log.info("writing %d/%d/%d synthetic patches with %s.%s", args.train, args.val, args.test,
                  fn.__module__, fn.__name__)
         write_dataset(data, n_train=args.train, n_val=args.val, n_test=args.test, seed=args.seed, patch_fn=fn,

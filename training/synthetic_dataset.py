@@ -1,9 +1,9 @@
 """Small synthetic patch datasets in the published layouts, for tests, examples and demos.
 
-Patches come from :func:`wsi_seg.synthetic.synthesize_patch` when that module is
-installed (H&E-like texture), else from :func:`shapes_patch` (flat-coloured Voronoi
-regions with noise: enough for a network to learn colours). Image labels are the
-classes actually present in each patch's mask, as in LUAD-HistoSeg.
+Patches come from :func:`wsi_seg.synthetic.synthesize_patch` (H&E-like texture, the
+same renderer as the demo slide) by default; :func:`shapes_patch` (flat-coloured Voronoi
+regions with noise) is a faster stand-in for tests. Image labels are the classes
+actually present in each patch's mask, as in LUAD-HistoSeg.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from wsi_seg.errors import ConfigError
+from wsi_seg.synthetic import synthesize_patch
 
 PatchFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 NUM_CLASSES = 4
@@ -47,15 +48,6 @@ def shapes_patch(
     palette = np.vstack([_GLASS_RGB, _CLASS_RGB])
     rgb = palette[mask] + rng.normal(0, 8, size=(size_px, size_px, 3))
     return np.clip(rgb, 0, 255).astype(np.uint8), mask
-
-
-def default_patch_fn() -> PatchFn:
-    """``wsi_seg.synthetic.synthesize_patch`` if available, else :func:`shapes_patch`."""
-    try:
-        from wsi_seg.synthetic import synthesize_patch
-    except ImportError:
-        return shapes_patch
-    return synthesize_patch
 
 
 def _dataset_mask(mask: np.ndarray) -> np.ndarray:
@@ -98,7 +90,7 @@ def write_dataset(
         raise ConfigError(f"classes_per_patch must be within 1..{NUM_CLASSES}, got {classes_per_patch}")
     root = Path(root)
     rng = np.random.default_rng(seed)
-    patch_fn = patch_fn or default_patch_fn()
+    patch_fn = patch_fn or synthesize_patch
     rows: list[list[str]] = []
     for i in range(n_train):
         rgb, mask = _draw(rng, patch_fn, size_px, mpp, classes_per_patch)
