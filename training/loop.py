@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,13 @@ def train_loader(
 def epoch_seed(seed: int, epoch: int) -> int:
     """The loader seed of an epoch (the same in every trainer, so runs are comparable)."""
     return seed * 1_000_003 + epoch
+
+
+@dataclass
+class RunResult:
+    """What a training run (stage 1, stage 2) leaves: its folder, checkpoint and history."""
+
+    run_dir: Path
+    checkpoint: Path | None  # None on ranks other than 0
+    history: list[dict[str, Any]]
+    resumed_from_epoch: int

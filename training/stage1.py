@@ -43,6 +43,7 @@ from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.evaluate import confusion_on_loader
 from training.losses import MLSMLoss, PSCLLoss, default_supcon
 from training.loop import (
+    RunResult,
     autocast_for,
     device_and_dist,
     epoch_seed,
@@ -62,14 +63,6 @@ log = logging.getLogger(__name__)
 METRICS_COLUMNS = ("epoch", "loss", "mlsm", "pscl", "lr", "seconds", "val_miou", "val_seconds", "pscl_pixels")
 # settings that do not change a run's result: a resumed run may differ in these
 _NON_RESULT_KEYS = ("out", "device", "progress", "data.workers", "val_every", "val_max_patches")
-
-
-@dataclass
-class Stage1Result:
-    run_dir: Path
-    checkpoint: Path | None  # None on ranks other than 0
-    history: list[dict[str, Any]]
-    resumed_from_epoch: int
 
 
 class _Stage1Forward(nn.Module):
@@ -139,7 +132,7 @@ def train_stage1(
     cfg: Stage1Config,
     overwrite: bool = False,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-) -> Stage1Result:
+) -> RunResult:
     """Train stage 1 into ``cfg.out``, resuming an interrupted run; see the module doc.
 
     ``on_epoch_end(epoch, row)`` is called after each epoch's state is saved (epochs
@@ -163,7 +156,7 @@ def _train(
     dist_info: DistInfo,
     overwrite: bool,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
-) -> Stage1Result:
+) -> RunResult:
     from tqdm import tqdm
 
     run_dir = Path(cfg.out)
@@ -322,7 +315,7 @@ def _train(
         checkpoint = save_checkpoint(net, run_dir / "checkpoint", config=final_cfg)
         log.info("stage-1 checkpoint written to %s", checkpoint)
     barrier(dist_info)
-    return Stage1Result(run_dir=run_dir, checkpoint=checkpoint, history=history, resumed_from_epoch=start_epoch)
+    return RunResult(run_dir=run_dir, checkpoint=checkpoint, history=history, resumed_from_epoch=start_epoch)
 
 
 def _val_loader(cfg: Stage1Config, data: ResolvedData, info: DistInfo) -> DataLoader | None:

@@ -32,7 +32,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from training.datasets.pseudo import PseudoLabelDataset, PseudoLabels, open_pseu
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.evaluate import confusion_on_loader
 from training.loop import (
+    RunResult,
     autocast_for,
     device_and_dist,
     epoch_seed,
@@ -71,14 +71,6 @@ log = logging.getLogger(__name__)
 
 METRICS_COLUMNS = ("epoch", "loss", "lr", "seconds", "val_miou", "val_seconds")
 _NON_RESULT_KEYS = ("out", "device", "progress", "data.workers", "val_every", "val_max_patches")
-
-
-@dataclass
-class Stage2Result:
-    run_dir: Path
-    checkpoint: Path | None  # None on ranks other than 0
-    history: list[dict[str, Any]]
-    resumed_from_epoch: int
 
 
 class _SegmentationForward(nn.Module):
@@ -144,7 +136,7 @@ def train_stage2(
     cfg: Stage2Config,
     overwrite: bool = False,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-) -> Stage2Result:
+) -> RunResult:
     """Train stage 2 into ``cfg.out``, resuming an interrupted run; see the module doc.
 
     ``on_epoch_end(epoch, row)`` is called after each epoch's state is saved (epochs
@@ -166,7 +158,7 @@ def _train(
     dist_info: DistInfo,
     overwrite: bool,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
-) -> Stage2Result:
+) -> RunResult:
     from tqdm import tqdm
 
     run_dir = Path(cfg.out)
@@ -300,7 +292,7 @@ def _train(
         checkpoint = save_checkpoint(net, run_dir / "checkpoint", config=final_cfg)
         log.info("stage-2 checkpoint written to %s", checkpoint)
     barrier(dist_info)
-    return Stage2Result(run_dir=run_dir, checkpoint=checkpoint, history=history, resumed_from_epoch=start_epoch)
+    return RunResult(run_dir=run_dir, checkpoint=checkpoint, history=history, resumed_from_epoch=start_epoch)
 
 
 def _check_pseudo_label_origin(labels: PseudoLabels, init: LoadedModel, index: DatasetIndex) -> None:
