@@ -115,3 +115,15 @@ def test_commands_join_the_wsi_seg_cli_through_the_entry_point(tmp_path, capsys,
     bad = tmp_path / "nowhere"
     assert wsi_main.main(["train", "--stage", "1", "--data", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.strip() == f"wsi-seg: error: {bad}: dataset folder not found"
+
+
+def test_synth_dataset_command_writes_a_dataset_that_opens(tmp_path, capsys):
+    from training.datasets import open_dataset
+
+    out = tmp_path / "synth"
+    args = _parser().parse_args(["synth-dataset", str(out), "--n-train", "4", "--n-val", "1", "--n-test", "2"])
+    assert args.func(args) == 0
+    index = open_dataset(out)
+    assert len(index.splits["train"]) == 4 and len(index.splits["test"]) == 2
+    with pytest.raises(ConfigError, match="not empty"):
+        args.func(args)

@@ -99,11 +99,38 @@ def _show_training_logs() -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``pretrain``, ``pseudo-labels`` and ``evaluate`` to a ``wsi-seg`` sub-parser set."""
+    """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate`` and ``synth-dataset``."""
     _register_train(sub)
     _register_pretrain(sub)
     _register_pseudo_labels(sub)
     _register_evaluate(sub)
+    _register_synth_dataset(sub)
+
+
+def _register_synth_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth-dataset",
+        help="write a synthetic H&E-like WSSS dataset (image labels in the names, masks for val/test)",
+    )
+    p.add_argument("out", type=Path, metavar="OUT")
+    p.add_argument("--format", default="luad", choices=["luad", "bcss", "csv"], help="dataset layout (default: luad)")
+    p.add_argument("--n-train", type=int, default=800)
+    p.add_argument("--n-val", type=int, default=32)
+    p.add_argument("--n-test", type=int, default=128)
+    p.add_argument("--mpp", type=float, default=1.0, help="µm/px of the patches (default: 1.0, as LUAD-HistoSeg)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_synth_dataset)
+
+
+def _run_synth_dataset(args: argparse.Namespace) -> int:
+    from training.synthetic_dataset import write_dataset
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise ConfigError(f"{args.out}: folder exists and is not empty; choose a new one")
+    write_dataset(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                  format=args.format, seed=args.seed, mpp=args.mpp)
+    print(f"wrote {args.n_train} train, {args.n_val} val, {args.n_test} test patches ({args.format}) → {args.out}")
+    return 0
 
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
