@@ -75,8 +75,8 @@ class SegmentResult:
         )
 
 
-def plan(slide: Slide, model_mpp: float, patch_px: int, options: SegmentOptions) -> tuple[TileGrid, np.ndarray, np.ndarray]:
-    """(grid, tissue fraction per patch, run mask per patch) for a slide."""
+def plan(slide: Slide, model_mpp: float, patch_px: int, options: SegmentOptions) -> tuple[TileGrid, np.ndarray]:
+    """(grid, which patches to run: (rows, cols) bool) for a slide."""
     grid = make_grid(slide.dimensions, slide.mpp, model_mpp, patch_px, options.overlap_px)
     if min(grid.out_shape) < patch_px:
         raise SlideError(
@@ -86,11 +86,10 @@ def plan(slide: Slide, model_mpp: float, patch_px: int, options: SegmentOptions)
     thumb_mpp = max(options.tissue.thumbnail_mpp, slide.mpp)
     thumb, thumb_mpp = slide.thumbnail(thumb_mpp)
     tissue = tissue_mask(thumb, thumb_mpp, options.tissue)
-    fractions = grid.tissue_fractions(tissue)
-    run = fractions >= max(options.tissue.min_tissue_fraction, 1e-6)
+    run = grid.tissue_fractions(tissue) >= max(options.tissue.min_tissue_fraction, 1e-6)
     if not run.any():
         raise NoTissueError(f"{slide.path}: no tissue found (threshold {options.tissue.min_tissue_fraction:.2f}); nothing to segment")
-    return grid, fractions, run
+    return grid, run
 
 
 def _provenance(info: SlideInfo, model: LoadedModel, grid: TileGrid, options: SegmentOptions) -> dict[str, Any]:
@@ -116,16 +115,16 @@ def _provenance(info: SlideInfo, model: LoadedModel, grid: TileGrid, options: Se
     }
 
 
-_RESUME_KEYS = ("slide", "model", "patch_size_px", "overlap_px", "block_px", "output_shape_px", "tissue")
+# settings that must match for an interrupted run to be resumed (besides slide and model)
+_RESUME_KEYS = ("patch_size_px", "overlap_px", "block_px", "output_shape_px", "tissue")
 
 
 def _same_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
     def key(p: dict[str, Any]) -> list[Any]:
-        slide = dict(p.get("slide", {}))
-        model = dict(p.get("model", {}))
         return [
-            slide.get("fingerprint"), model.get("sha256"),
-            *[p.get(k) for k in _RESUME_KEYS if k not in ("slide", "model")],
+            p.get("slide", {}).get("fingerprint"),
+            p.get("model", {}).get("sha256"),
+            *[p.get(k) for k in _RESUME_KEYS],
         ]
 
     return key(old) == key(new)
@@ -266,7 +265,7 @@ def segment_slide(
         info = slide.info()
         _ = slide.mpp  # raises MissingMppError early
         t = time.perf_counter()
-        grid, _fractions, run = plan(slide, cfg.mpp, cfg.patch_size_px, options)
+        grid, run = plan(slide, cfg.mpp, cfg.patch_size_px, options)
         timings["tissue"] = time.perf_counter() - t
     provenance = _provenance(info, model, grid, options)
     store = _prepare_store(out, grid, model, provenance, options.overwrite)

@@ -45,11 +45,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from wsi_seg.predict import resolve_device
     from wsi_seg.preview import save_overlay
     from wsi_seg.segment import SegmentOptions, segment_slide
-    from wsi_seg.synthetic import write_demo_slide
+    from wsi_seg.synthetic import mask_paths, write_demo_slide
 
     device = resolve_device(args.device)
     model = load_checkpoint(args.model or default_model_path(), device=device)
-    mask_path = args.slide.with_name(args.slide.stem + "_mask.png")
+    mask_path, _ = mask_paths(args.slide)
     if not (args.slide.exists() and mask_path.exists()):
         print(f"generating the demo slide {args.slide} ({args.size} × {args.size} px) …")
         write_demo_slide(args.slide, size_px=(args.size, args.size), seed=0)
