@@ -22,15 +22,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from wsi_seg.model.default import DEMO_MODEL_DIR
-
-from training.config import Stage1Config, Stage2Config, load_config
-from training.evaluate import evaluate_checkpoint
-from training.pseudo_labels import generate_pseudo_labels
+from training import experiment
 from wsi_seg.metrics import format_table, write_json
-from training.stage1 import train_stage1
-from training.stage2 import train_stage2
-from training.synthetic_dataset import write_dataset
+from wsi_seg.model.default import DEMO_MODEL_DIR
 
 ASSETS = Path(__file__).resolve().parents[1] / "wsi_seg" / "assets" / DEMO_MODEL_DIR
 
@@ -48,32 +42,18 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    data = args.work / "data"
-    if not (data / "train").is_dir():
-        write_dataset(data, n_train=args.train, n_val=32, n_test=args.test, seed=args.seed)
-    cfg = load_config(Stage1Config, None, {
-        "data.path": str(data), "out": str(args.work / "stage1"), "model.preset": "small",
-        "epochs": args.epochs, "pscl.enabled": not args.no_pscl, "data.workers": 0,
-        "device": "cpu", "seed": args.seed,
-    })
-    train_stage1(cfg)
-    stage1 = Path(cfg.out) / "checkpoint"
-    result = evaluate_checkpoint(stage1, data, split="test", device="cpu", progress=False)
-    print("stage 1 pseudo-labels, test split\n" + format_table(result.scores))
-    write_json(args.work / "stage1_test_scores.json", result.scores)
+    work, seed = args.work, args.seed
+    data = experiment.synthetic_data(work / "data", args.train, 32, args.test, seed)
+    stage1 = experiment.stage1(data, work / "stage1", "small", args.epochs, seed, "cpu", pscl=not args.no_pscl)
+    scores = experiment.evaluate(stage1, data, "cpu")
+    print("stage 1 pseudo-labels, test split\n" + format_table(scores))
+    write_json(work / "stage1_test_scores.json", scores)
 
-    labels = args.work / "pseudo_labels"
-    generate_pseudo_labels(stage1, data, labels, device="cpu", overwrite=True, progress=False)
-    cfg2 = load_config(Stage2Config, None, {
-        "data.path": str(data), "data.pseudo_labels": str(labels), "init": str(stage1),
-        "out": str(args.work / "stage2"), "epochs": args.stage2_epochs, "batch_size": 16,
-        "data.workers": 0, "device": "cpu", "seed": args.seed,
-    })
-    train_stage2(cfg2)
-    ckpt = Path(cfg2.out) / "checkpoint"
-    result = evaluate_checkpoint(ckpt, data, split="test", device="cpu", progress=False)
-    print("stage 2, test split\n" + format_table(result.scores))
-    write_json(args.work / "stage2_test_scores.json", result.scores)
+    labels = experiment.pseudo_labels(stage1, data, work / "pseudo_labels", "cpu")
+    ckpt = experiment.stage2(data, labels, stage1, work / "stage2", "ce", args.stage2_epochs, seed, "cpu")
+    scores = experiment.evaluate(ckpt, data, "cpu")
+    print("stage 2, test split\n" + format_table(scores))
+    write_json(work / "stage2_test_scores.json", scores)
     if args.install:
         ASSETS.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "model.safetensors"):

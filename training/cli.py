@@ -8,6 +8,7 @@ entry points installed (e.g. under ``torchrun``).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,12 +100,54 @@ def _show_training_logs() -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate`` and ``synth-dataset``."""
+    """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate``, ``synth-dataset`` and ``benchmark-method``."""
     _register_train(sub)
     _register_pretrain(sub)
     _register_pseudo_labels(sub)
     _register_evaluate(sub)
     _register_synth_dataset(sub)
+    _register_benchmark_method(sub)
+
+
+def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
+    from training.experiment import MethodBenchmarkConfig as D
+
+    p = sub.add_parser(
+        "benchmark-method",
+        help="train and score CAM baseline vs PSCL, PSCL without background, stage 2 CE vs NR on synthetic data",
+        description="The thesis's comparisons on the synthetic WSSS benchmark, printed as its tables "
+                    "(both protocols). Resumable: rerun the same command to continue.",
+    )
+    p.add_argument("--work", type=Path, required=True, metavar="DIR", help="folder for the dataset, runs and results")
+    p.add_argument("--n-train", type=int, default=D.n_train)
+    p.add_argument("--n-test", type=int, default=D.n_test)
+    p.add_argument("--preset", default=D.preset, help="model preset (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=D.stage1_epochs, help="stage-1 epochs (default: %(default)s)")
+    p.add_argument("--stage2-epochs", type=int, default=D.stage2_epochs)
+    p.add_argument("--stage1-batch-size", type=int, default=None)
+    p.add_argument("--stage2-batch-size", type=int, default=D.stage2_batch_size)
+    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--device", default=D.device)
+    p.set_defaults(func=run_benchmark_method)
+
+
+def run_benchmark_method(args: argparse.Namespace) -> int:
+    from training.experiment import MethodBenchmarkConfig, benchmark_method, format_thesis_tables
+
+    _show_training_logs()
+    cfg = MethodBenchmarkConfig(
+        work=str(args.work), n_train=args.n_train, n_test=args.n_test, preset=args.preset,
+        stage1_epochs=args.epochs, stage2_epochs=args.stage2_epochs, stage1_batch_size=args.stage1_batch_size,
+        stage2_batch_size=args.stage2_batch_size, seed=args.seed, device=args.device,
+    )
+    bench = benchmark_method(cfg)
+    table = format_thesis_tables(bench)
+    print(table)
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.work / "results.txt").write_text(table + "\n", encoding="utf-8")
+    (args.work / "results.json").write_text(json.dumps(bench.to_dict(), indent=1) + "\n", encoding="utf-8")
+    print(f"results in {args.work / 'results.txt'} and results.json")
+    return 0
 
 
 def _register_synth_dataset(sub: argparse._SubParsersAction) -> None:

@@ -136,9 +136,20 @@ def prepare_run_dir(
             f"{run_dir}: holds a run with different settings (see its config.yaml); "
             "use the same settings to resume, --overwrite to start over, or another --out"
         )
-    if saved.get("epoch", 0) >= epochs and finished.is_file():
+    if run_finished(run_dir, epochs, finished):
         raise OutputError(f"{run_dir}: already holds a finished run; use --overwrite or another --out")
     return state_dir
+
+
+def run_finished(run_dir: Path, epochs: int, finished: Path | None = None) -> bool:
+    """Whether ``run_dir`` holds a run with ``epochs`` epochs done and its result written
+    (``finished``, default ``run_dir/checkpoint/model.safetensors``)."""
+    finished = finished or run_dir / "checkpoint" / "model.safetensors"
+    state_dir = find_run_state(run_dir)
+    if state_dir is None or not finished.is_file():
+        return False
+    saved = json.loads((state_dir / "trainer.json").read_text(encoding="utf-8"))
+    return saved.get("epoch", 0) >= epochs
 
 
 def per_rank_batch(batch_size: int, info: DistInfo) -> int:
