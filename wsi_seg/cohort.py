@@ -2,7 +2,9 @@
 
 Each slide gets ``OUT_DIR/<stem>.zarr``. Finished slides (a complete result of the same
 slide and model) are skipped, a failed slide does not stop the others, and the summary
-(CSV + JSON) says what happened to each.
+(CSV + JSON) says what happened to each. ``run_cohort`` goes through the slides one by
+one; ``wsi_seg.cohort_dask`` runs the same pieces (``segment_one``, ``CohortSummary``) on
+a dask cluster.
 """
 
 from __future__ import annotations
@@ -75,7 +77,13 @@ def _read_manifest(path: Path) -> list[Path]:
             for r in body if r and r[col].strip()]
 
 
-def _finished(slide: Path, out: Path, model: LoadedModel) -> bool:
+def output_path(out_dir: Path, slide: Path) -> Path:
+    """Where a cohort puts the result of ``slide``: ``OUT_DIR/<stem>.zarr``."""
+    return out_dir / f"{slide.stem}.zarr"
+
+
+def is_finished(slide: Path, out: Path, model_sha256: str) -> bool:
+    """True when ``out`` is a complete result of this very slide by the model with this sha256."""
     if not is_complete(out):
         return False
     prov = read_provenance(out) or {}
@@ -83,7 +91,63 @@ def _finished(slide: Path, out: Path, model: LoadedModel) -> bool:
         same_slide = prov["slide"]["fingerprint"] == slide_fingerprint(slide)
     except (KeyError, OSError):
         return False
-    return same_slide and prov.get("model", {}).get("sha256") == model.sha256
+    return same_slide and prov.get("model", {}).get("sha256") == model_sha256
+
+
+def skipped_outcome(slide: Path, out: Path, model_sha256: str, options: SegmentOptions) -> SlideOutcome | None:
+    """The ``skipped`` row for a slide already finished (unless ``overwrite``), else None."""
+    if options.overwrite or not is_finished(slide, out, model_sha256):
+        return None
+    return SlideOutcome(str(slide), str(out), "skipped")
+
+
+def failed_outcome(slide: Path, out: Path, error: WsiSegError, started: float) -> SlideOutcome:
+    """The ``failed`` row of a slide whose run raised ``error`` (``started``: a perf_counter time)."""
+    seconds = round(time.perf_counter() - started, 2)
+    return SlideOutcome(str(slide), str(out), "failed", seconds=seconds, error=str(error))
+
+
+def segment_one(
+    slide: Path,
+    out: Path,
+    model: LoadedModel,
+    options: SegmentOptions,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SlideOutcome:
+    """Segment one slide of a cohort; a WsiSegError becomes a ``failed`` row, not a stop.
+
+    Shared by the sequential and the distributed runs, so both write the same outputs.
+    """
+    started = time.perf_counter()
+    try:
+        res = segment_slide(slide, out, model, options, on_progress=on_progress)
+    except WsiSegError as exc:
+        return failed_outcome(slide, out, exc, started)
+    return SlideOutcome(str(slide), str(out), "done", res.patches_run, round(res.seconds, 2))
+
+
+class CohortSummary:
+    """Outcomes kept in input order; each new one is reported and the summary files rewritten.
+
+    Outcomes may arrive in any order (a cluster finishes slides out of order); the files
+    always list the slides seen so far in the order of the input list.
+    """
+
+    def __init__(self, out_dir: Path, report: Callable[[SlideOutcome], None] | None = None) -> None:
+        self.out_dir = out_dir
+        self.report = report
+        self._by_index: dict[int, SlideOutcome] = {}
+
+    def add(self, index: int, outcome: SlideOutcome) -> None:
+        """Record the outcome of the ``index``-th input slide."""
+        self._by_index[index] = outcome
+        if self.report is not None:
+            self.report(outcome)
+        write_summary(self.out_dir, self.outcomes)
+
+    @property
+    def outcomes(self) -> list[SlideOutcome]:
+        return [self._by_index[i] for i in sorted(self._by_index)]
 
 
 def run_cohort(
@@ -93,24 +157,16 @@ def run_cohort(
     options: SegmentOptions,
     report: Callable[[SlideOutcome], None] | None = None,
 ) -> list[SlideOutcome]:
-    """Segment every slide into ``out_dir``; never stops at a failed slide."""
-    outcomes = []
-    for slide in slides:
-        out = out_dir / f"{slide.stem}.zarr"
-        if not options.overwrite and _finished(slide, out, model):
-            outcome = SlideOutcome(str(slide), str(out), "skipped")
-        else:
-            t = time.perf_counter()
-            try:
-                res = segment_slide(slide, out, model, options)
-                outcome = SlideOutcome(str(slide), str(out), "done", res.patches_run, round(res.seconds, 2))
-            except WsiSegError as exc:
-                outcome = SlideOutcome(str(slide), str(out), "failed", seconds=round(time.perf_counter() - t, 2), error=str(exc))
-        outcomes.append(outcome)
-        if report is not None:
-            report(outcome)
-        write_summary(out_dir, outcomes)
-    return outcomes
+    """Segment every slide into ``out_dir`` one after the other; never stops at a failed slide.
+
+    ``wsi_seg.cohort_dask.run_cohort_dask`` does the same on a dask cluster.
+    """
+    summary = CohortSummary(out_dir, report)
+    for index, slide in enumerate(slides):
+        out = output_path(out_dir, slide)
+        outcome = skipped_outcome(slide, out, model.sha256, options) or segment_one(slide, out, model, options)
+        summary.add(index, outcome)
+    return summary.outcomes
 
 
 def write_summary(out_dir: Path, outcomes: list[SlideOutcome]) -> tuple[Path, Path]:

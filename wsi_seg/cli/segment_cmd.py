@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="autocast precision (auto: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run the cohort on the dask cluster at ADDRESS (e.g. tcp://host:8786), one task per "
+                        "slide; CUDA slides take a worker resource GPU=1 (dask worker --resources GPU=1)")
+    p.add_argument("--local-cluster", type=int, metavar="N", default=None,
+                   help="run the cohort on a local dask cluster of N worker processes (with CUDA: worker i "
+                        "uses GPU i); needs wsi-seg[distributed]")
     p.set_defaults(func=run)
 
 
@@ -43,6 +49,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None and len(args.slides) != 1:
         raise ConfigError(f"--out takes one slide, got {len(args.slides)}; use --out-dir for several")
+    on_cluster = args.scheduler is not None or args.local_cluster is not None
+    if args.scheduler is not None and args.local_cluster is not None:
+        raise ConfigError("--scheduler and --local-cluster exclude each other; give one")
+    if on_cluster and args.out is not None:
+        raise ConfigError("--scheduler and --local-cluster run cohorts; use --out-dir instead of --out")
+    if args.local_cluster is not None and args.local_cluster < 1:
+        raise ConfigError(f"--local-cluster needs at least 1 worker, got {args.local_cluster}")
     options = SegmentOptions(
         device=args.device,
         batch_size=args.batch_size,
@@ -54,7 +67,16 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    device = resolve_device(args.device)
+    if on_cluster:
+        from wsi_seg.cohort_dask import import_distributed
+
+        import_distributed()  # before any work: a one-line install hint when it is missing
+        # distributed logs what wsi-seg reports itself (lost scheduler, workers killed at close):
+        # -v shows its warnings and errors, -vv its info
+        levels = [logging.CRITICAL, logging.WARNING, logging.INFO]
+        logging.getLogger("distributed").setLevel(levels[min(args.verbose, 2)])
+    # on a cluster the workers load the model; the client only checks it and takes its sha256
+    device = "cpu" if on_cluster else resolve_device(args.device)
     model = load_checkpoint(args.model if args.model is not None else default_model_path(), device=device)
     if args.out is not None:
         result = segment_slide(Path(args.slides[0]), args.out, model, options)
@@ -70,7 +92,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{Path(o.slide).name}: {o.patches} patches run, {o.seconds:.1f} s → {o.out}")
 
-    outcomes = run_cohort(slides, args.out_dir, model, options, report=report)
+    if on_cluster:
+        from wsi_seg.cohort_dask import run_cohort_dask
+
+        outcomes = run_cohort_dask(slides, args.out_dir, model, options, scheduler=args.scheduler,
+                                   local_workers=args.local_cluster, report=report)
+    else:
+        outcomes = run_cohort(slides, args.out_dir, model, options, report=report)
     failed = [o for o in outcomes if o.status == "failed"]
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
