@@ -97,6 +97,7 @@ def test_output_is_ome_zarr_with_labels(tmp_path, blob_slide, checkpoints):
     prov = root.attrs["wsi_seg"]
     assert prov["complete"] is True and prov["model"]["sha256"] == model.sha256
     assert prov["slide"]["mpp"] == 0.5 and prov["mpp"] == 0.5
+    assert prov["inference"]["device"] == "cpu" and prov["inference"]["precision"] in ("fp32", "bf16")
     assert json.dumps(prov)  # plain JSON
     assert not (res.out / ".wsi_seg_progress").exists()
 
@@ -116,3 +117,22 @@ def test_glass_is_background_and_resolution_follows_the_model(tmp_path, checkpoi
     assert (mask[glass] == 0).all()
     assert (mask[400:600, 400:600] > 0).mean() > 0.9  # the blob is tissue: classes, not background
     assert res.patches_skipped > 0
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native_bf16, expected):
+    import wsi_seg.predict as predict
+
+    monkeypatch.setattr(predict, "cpu_has_native_bf16", lambda: native_bf16)
+    assert predict.resolve_precision(torch.device("cpu"), "auto") == expected
+    assert predict.resolve_precision(torch.device("cpu"), "fp32") == "fp32"
+
+
+@pytest.mark.parametrize("precision, message", [("fp16", "fp16 autocast is for CUDA"), ("fp8", "unknown precision")])
+def test_bad_precision_is_refused_before_any_work(tmp_path, blob_slide, checkpoints, precision, message):
+    from wsi_seg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        segment_slide(blob_slide, tmp_path / "o.zarr", load_checkpoint(checkpoints[2]),
+                      SegmentOptions(**OPTS, precision=precision))
+    assert not (tmp_path / "o.zarr").exists() and not partial_path(tmp_path / "o.zarr").exists()

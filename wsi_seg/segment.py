@@ -19,7 +19,7 @@ from wsi_seg import __version__
 from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.output import ResultStore, is_complete, partial_path, read_provenance
-from wsi_seg.predict import autocast_context, predict_patches, resolve_device
+from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
 from wsi_seg.reader import BlockDataset
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
@@ -260,7 +260,8 @@ def segment_slide(
     out = Path(out)
     cfg = model.config
     device = resolve_device(options.device)
-    autocast = autocast_context(device, options.precision)  # validates before any work
+    precision = resolve_precision(device, options.precision)  # validates before any work
+    autocast = autocast_context(device, precision)
     with Slide(slide_path, mpp=options.mpp) as slide:
         info = slide.info()
         _ = slide.mpp  # raises MissingMppError early
@@ -268,6 +269,7 @@ def segment_slide(
         grid, run = plan(slide, cfg.mpp, cfg.patch_size_px, options)
         timings["tissue"] = time.perf_counter() - t
     provenance = _provenance(info, model, grid, options)
+    provenance["inference"] = {"device": str(device), "precision": precision}
     store = _prepare_store(out, grid, model, provenance, options.overwrite)
     blocks = grid.blocks(run)
     done = store.done_blocks()

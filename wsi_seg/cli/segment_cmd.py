@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction,
                    help="minimum tissue fraction of a patch to run it (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (auto: fp16 on CUDA, fp32 on CPU)")
+                   help="autocast precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
