@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from wsi_seg.model import PsclNet, load_checkpoint, preset_config, save_checkpoint
-from wsi_seg.predict import autocast_context, predict_patches, resolve_device
-from wsi_seg.segment import SegmentOptions, segment_slide
+from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
+from wsi_seg.segment import SegmentOptions, resolve_workers, segment_slide
 from wsi_seg.synthetic import write_demo_slide
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8192, help="demo slide side, px at 0.25 µm/px")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=None, help="reader processes (default: the engine's auto)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -74,7 +74,8 @@ def main() -> None:
             e2e = res.patches_per_second
             mo = model_only(model.net, device, args.batch_size, res.patches_run, args.precision)
             rows.append((preset, res.patches_run, res.seconds, e2e, mo, res.timings))
-    print(f"device {device}, batch {args.batch_size}, workers {args.workers}, precision {args.precision}, "
+    print(f"device {device}, batch {args.batch_size}, workers {resolve_workers(device, args.workers)}, "
+          f"precision {args.precision} = {resolve_precision(device, args.precision)}, "
           f"threads {torch.get_num_threads()}, slide {args.size}² px @0.25 µm/px")
     print(f"{'preset':>8} {'patches':>8} {'wall s':>8} {'e2e p/s':>9} {'model p/s':>10} {'ratio':>6}  split (s)")
     for preset, n, sec, e2e, mo, tm in rows:

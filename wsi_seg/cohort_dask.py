@@ -312,7 +312,7 @@ def _segment_task(slide: str, out: str, model_path: str, model_sha256: str,
     """One slide on a worker: same options as the client's, but no progress bars."""
     started = time.perf_counter()
     options = replace(options, progress=False, device=_worker_device(options.device, placement))
-    if options.workers and multiprocessing.current_process().daemon:
+    if options.workers != 0 and multiprocessing.current_process().daemon:
         log.info("daemonic dask worker: reading %s in-process (start workers with "
                  "DASK_DISTRIBUTED__WORKER__DAEMON=False for reader processes)", slide)
         options = replace(options, workers=0)

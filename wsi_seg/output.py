@@ -56,7 +56,7 @@ def is_complete(path: Path) -> bool:
 def _compressor() -> Any:
     import zarr
 
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")  # level 5: 1.5× slower, 1 % smaller
 
 
 class ResultStore:
@@ -158,8 +158,9 @@ class ResultStore:
             src_act = da.from_zarr(group[str(level - 1)], chunks=(1, 2 * chunk, 2 * chunk))
             src_mask = da.from_zarr(label_group[str(level - 1)], chunks=(2 * chunk, 2 * chunk))
             hh, ww = src_mask.shape[0] // 2, src_mask.shape[1] // 2
-            act = da.coarsen(np.mean, src_act[:, : 2 * hh, : 2 * ww].astype(np.float32), {1: 2, 2: 2})
-            act = (act + 0.5).astype(np.uint8)
+            # rounded mean of 2×2 pixels in integers: floor(sum / 4 + 0.5), as exact as float and faster
+            act = da.coarsen(np.sum, src_act[:, : 2 * hh, : 2 * ww].astype(np.uint16), {1: 2, 2: 2})
+            act = ((act + 2) // 4).astype(np.uint8)
             mask = src_mask[: 2 * hh : 2, : 2 * ww : 2]
             dst_act = group.create_array(
                 str(level), shape=act.shape, dtype="uint8", chunks=(1, chunk, chunk),

@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None, help="checkpoint directory or .safetensors (default: the bundled demo model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--batch-size", type=int, default=8, help="patches per model call (default: 8)")
-    p.add_argument("--workers", type=int, default=1, help="slide-reading worker processes (default: 1; 0 = in-process)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="slide-reading worker processes (default: 0 = in-process on CPU, where the model uses "
+                        "every core; up to 8 on CUDA)")
     p.add_argument("--overlap", type=int, default=32, help="patch overlap in px at the model resolution; centre-cropped (default: 32)")
     p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides whose metadata lacks it")
     p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction,
