@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from wsi_seg.errors import OutputError
+from wsi_seg.pyramid import level_shapes
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class ResultStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._progress = None
+        self._levels: dict[int, tuple[Any, Any]] = {}
 
     # -- creation / reopening -------------------------------------------------
     @classmethod
@@ -138,40 +140,58 @@ class ResultStore:
             self._progress = None
 
     # -- pyramid and metadata -------------------------------------------------
+    def create_levels(self, shapes: list[tuple[int, int]]) -> None:
+        """Empty arrays for pyramid levels 1… of (H, W) ``shapes[1:]``, chunked like level 0."""
+        import zarr
+
+        group = zarr.open_group(str(self.root), mode="r+")
+        label_group = group["labels"][LABEL_NAME]
+        c, chunk = group["0"].shape[0], group["0"].chunks[-1]
+        self._levels = {}
+        for level, (h, w) in enumerate(shapes[1:], start=1):
+            act = group.create_array(
+                str(level), shape=(c, h, w), dtype="uint8", chunks=(1, chunk, chunk),
+                compressors=_compressor(), fill_value=0, dimension_names=("c", "y", "x"), overwrite=True,
+            )
+            mask = label_group.create_array(
+                str(level), shape=(h, w), dtype="uint8", chunks=(chunk, chunk),
+                compressors=_compressor(), fill_value=0, dimension_names=("y", "x"), overwrite=True,
+            )
+            self._levels[level] = (act, mask)
+
+    def write_level_chunk(self, level: int, y0: int, x0: int, activations: np.ndarray, mask: np.ndarray) -> None:
+        """Write one whole chunk of pyramid level ``level`` (see :meth:`create_levels`)."""
+        act, msk = self._levels[level]
+        h, w = mask.shape
+        try:
+            act[:, y0 : y0 + h, x0 : x0 + w] = activations
+            msk[y0 : y0 + h, x0 : x0 + w] = mask
+        except OSError as exc:
+            raise OutputError(f"{self.root}: write failed ({exc.strerror or exc})") from exc
+
     def build_pyramid(self, min_size_px: int, progress: bool = True) -> int:
-        """Add 2× levels until the image fits in one chunk; returns the level count."""
+        """Add 2× levels (see ``wsi_seg.pyramid``) from the finished level 0, for runs
+        whose pyramid was not built while they ran (resumed runs); returns the level count."""
         import dask.array as da
         import zarr
         from tqdm.auto import tqdm
 
         group = zarr.open_group(str(self.root), mode="r+")
         label_group = group["labels"][LABEL_NAME]
-        act0 = group["0"]
-        chunk = act0.chunks[-1]
-        h, w = act0.shape[1:]
-        n_levels = 1
-        while max(h, w) > min_size_px and min(h, w) >= 2:
-            h, w = h // 2, w // 2
-            n_levels += 1
-        bar = tqdm(range(1, n_levels), desc="pyramid", unit="level", disable=not progress, leave=False)
+        chunk = group["0"].chunks[-1]
+        shapes = level_shapes(group["0"].shape[1:], min_size_px)
+        self.create_levels(shapes)
+        bar = tqdm(range(1, len(shapes)), desc="pyramid", unit="level", disable=not progress, leave=False)
         for level in bar:
             src_act = da.from_zarr(group[str(level - 1)], chunks=(1, 2 * chunk, 2 * chunk))
             src_mask = da.from_zarr(label_group[str(level - 1)], chunks=(2 * chunk, 2 * chunk))
-            hh, ww = src_mask.shape[0] // 2, src_mask.shape[1] // 2
-            # rounded mean of 2×2 pixels in integers: floor(sum / 4 + 0.5), as exact as float and faster
+            hh, ww = shapes[level]
+            # rounded mean of 2×2 pixels in integers, as pyramid.halve
             act = da.coarsen(np.sum, src_act[:, : 2 * hh, : 2 * ww].astype(np.uint16), {1: 2, 2: 2})
             act = ((act + 2) // 4).astype(np.uint8)
             mask = src_mask[: 2 * hh : 2, : 2 * ww : 2]
-            dst_act = group.create_array(
-                str(level), shape=act.shape, dtype="uint8", chunks=(1, chunk, chunk),
-                compressors=_compressor(), fill_value=0, dimension_names=("c", "y", "x"), overwrite=True,
-            )
-            dst_mask = label_group.create_array(
-                str(level), shape=mask.shape, dtype="uint8", chunks=(chunk, chunk),
-                compressors=_compressor(), fill_value=0, dimension_names=("y", "x"), overwrite=True,
-            )
-            da.store([act.rechunk((1, chunk, chunk)), mask.rechunk((chunk, chunk))], [dst_act, dst_mask], lock=False)
-        return n_levels
+            da.store([act.rechunk((1, chunk, chunk)), mask.rechunk((chunk, chunk))], list(self._levels[level]), lock=False)
+        return len(shapes)
 
     def write_ome_metadata(
         self,

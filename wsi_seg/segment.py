@@ -20,6 +20,7 @@ from wsi_seg import __version__
 from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.output import ResultStore, is_complete, partial_path, read_provenance
+from wsi_seg.pyramid import StreamingPyramid, level_shapes
 from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
 from wsi_seg.reader import BlockDataset
 from wsi_seg.slide import Slide, SlideInfo
@@ -199,8 +200,8 @@ class _BackgroundWriter:
     """Writes blocks on one thread (one writer per chunk, as zarr needs) while the model
     runs; at most ``max_pending`` blocks wait, so memory stays bounded."""
 
-    def __init__(self, store: ResultStore, max_pending: int = 8) -> None:
-        self.store = store
+    def __init__(self, store: ResultStore, pyramid: StreamingPyramid | None = None, max_pending: int = 8) -> None:
+        self.store, self.pyramid = store, pyramid
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-seg-writer")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._futures: list[Future] = []
@@ -208,9 +209,14 @@ class _BackgroundWriter:
     def submit(self, index: tuple[int, int], y0: int, x0: int, acts: np.ndarray, mask: np.ndarray) -> None:
         self._raise_failed()
         self._slots.acquire()
-        future = self._pool.submit(self.store.write_block, index, y0, x0, acts, mask)
+        future = self._pool.submit(self._write, index, y0, x0, acts, mask)
         future.add_done_callback(lambda _: self._slots.release())
         self._futures.append(future)
+
+    def _write(self, index: tuple[int, int], y0: int, x0: int, acts: np.ndarray, mask: np.ndarray) -> None:
+        self.store.write_block(index, y0, x0, acts, mask)
+        if self.pyramid is not None:
+            self.pyramid.add(index, acts, mask)
 
     def _raise_failed(self) -> None:
         done = [f for f in self._futures if f.done()]
@@ -304,7 +310,14 @@ def segment_slide(
     )
     net = model.net.to(device).eval()
     store.open_for_writing()
-    writer = _BackgroundWriter(store)
+    # a fresh run builds the pyramid while it runs; a resumed one builds it at the end
+    shapes = level_shapes(grid.out_shape, grid.block_px)
+    pyramid = None
+    if not done and grid.block_px % 2 == 0:
+        store.create_levels(shapes)
+        pyramid = StreamingPyramid(shapes, grid.block_px, cfg.num_classes, [b.index for b in todo],
+                                   store.write_level_chunk)
+    writer = _BackgroundWriter(store, pyramid)
     assembler = _BlockAssembler(grid, todo, cfg.num_classes, writer)
     n_run = 0
     t_infer = time.perf_counter()
@@ -333,7 +346,10 @@ def segment_slide(
     if assembler.pending:  # cannot happen unless a block's patches went missing
         raise OutputError(f"{store.root}: {len(assembler.pending)} blocks incomplete after inference")
     t = time.perf_counter()
-    n_levels = store.build_pyramid(min_size_px=grid.block_px, progress=options.progress)
+    if pyramid is not None and pyramid.pending == 0:
+        n_levels = pyramid.levels
+    else:
+        n_levels = store.build_pyramid(min_size_px=grid.block_px, progress=options.progress)
     store.write_ome_metadata(n_levels, cfg.mpp, cfg.class_names, cfg.class_colors)
     timings["pyramid"] = time.perf_counter() - t
     seconds = time.perf_counter() - t_start

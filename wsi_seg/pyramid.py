@@ -1,0 +1,99 @@
+"""The 2× pyramid of a result, built while inference runs.
+
+Level L+1 is level L halved: activations by the rounded mean of 2×2 pixels, the class
+mask by taking the top-left pixel of each 2×2 (labels are not averaged). Every level
+has the same chunk size as level 0, so a level-(L+1) chunk is made of the 2×2 level-L
+chunks under it. :class:`StreamingPyramid` receives each level-0 block as it is
+written, keeps a half-size copy in the parent chunk's buffer, and writes the parent as
+soon as all its children that will ever be written have arrived — so the pyramid costs
+no pass over the finished level 0, and memory holds only the parents still open (about
+one row of chunks per level, as blocks arrive in row order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+
+def level_shapes(shape_hw: tuple[int, int], min_size_px: int) -> list[tuple[int, int]]:
+    """(H, W) of level 0, 1, …: halved (floor) until the image fits in ``min_size_px``."""
+    h, w = shape_hw
+    shapes = [(h, w)]
+    while max(h, w) > min_size_px and min(h, w) >= 2:
+        h, w = h // 2, w // 2
+        shapes.append((h, w))
+    return shapes
+
+
+def halve(activations: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) uint8 activations and (H, W) mask → half size (odd edges dropped)."""
+    h, w = mask.shape[0] // 2 * 2, mask.shape[1] // 2 * 2
+    a = activations[:, :h, :w].astype(np.uint16)
+    total = a[:, 0::2, 0::2] + a[:, 1::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 1::2]
+    return ((total + 2) // 4).astype(np.uint8), mask[:h:2, :w:2]
+
+
+WriteChunk = Callable[[int, int, int, np.ndarray, np.ndarray], None]  # (level, y0, x0, acts, mask)
+
+
+class StreamingPyramid:
+    """Builds levels 1…n from level-0 chunks as they are written.
+
+    ``expected``: the level-0 chunk indices (row, col) that will be written; chunks not
+    in it stay at the fill value 0, and so do their parents' quarters. ``write(level,
+    y0, x0, activations, mask)`` stores one whole chunk of a level.
+    """
+
+    def __init__(self, shapes: list[tuple[int, int]], chunk_px: int, num_classes: int,
+                 expected: Iterable[tuple[int, int]], write: WriteChunk) -> None:
+        if chunk_px % 2:
+            raise ValueError(f"chunks of {chunk_px} px do not halve into their parents; use an even size")
+        self.shapes, self.chunk, self.num_classes, self.write = shapes, chunk_px, num_classes, write
+        # children still to come, per parent chunk, per level ≥ 1
+        self._waiting: list[dict[tuple[int, int], int]] = [{} for _ in shapes]
+        children = set(expected)
+        for level in range(1, len(shapes)):
+            parents: dict[tuple[int, int], int] = {}
+            for i, j in children:
+                parents[(i // 2, j // 2)] = parents.get((i // 2, j // 2), 0) + 1
+            self._waiting[level] = parents
+            children = set(parents)
+        self._open: list[dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]] = [{} for _ in shapes]
+
+    @property
+    def levels(self) -> int:
+        return len(self.shapes)
+
+    @property
+    def pending(self) -> int:
+        """Parent chunks still waiting for children (0 once every expected chunk came)."""
+        return sum(len(w) for w in self._waiting[1:])
+
+    def add(self, index: tuple[int, int], activations: np.ndarray, mask: np.ndarray) -> None:
+        """A level-0 chunk ``index`` was written with these contents."""
+        self._add(1, index, activations, mask)
+
+    def _add(self, level: int, child: tuple[int, int], activations: np.ndarray, mask: np.ndarray) -> None:
+        if level >= len(self.shapes):
+            return
+        parent = (child[0] // 2, child[1] // 2)
+        half_a, half_m = halve(activations, mask)
+        if parent not in self._open[level]:
+            size = self._chunk_size(level, parent)
+            self._open[level][parent] = (np.zeros((self.num_classes, *size), np.uint8), np.zeros(size, np.uint8))
+        acts, msk = self._open[level][parent]
+        y, x = (child[0] % 2) * (self.chunk // 2), (child[1] % 2) * (self.chunk // 2)
+        hh, ww = min(half_m.shape[0], msk.shape[0] - y), min(half_m.shape[1], msk.shape[1] - x)
+        acts[:, y : y + hh, x : x + ww] = half_a[:, :hh, :ww]
+        msk[y : y + hh, x : x + ww] = half_m[:hh, :ww]
+        self._waiting[level][parent] -= 1
+        if self._waiting[level][parent] == 0:
+            del self._waiting[level][parent], self._open[level][parent]
+            self.write(level, parent[0] * self.chunk, parent[1] * self.chunk, acts, msk)
+            self._add(level + 1, parent, acts, msk)
+
+    def _chunk_size(self, level: int, index: tuple[int, int]) -> tuple[int, int]:
+        h, w = self.shapes[level]
+        return min(self.chunk, h - index[0] * self.chunk), min(self.chunk, w - index[1] * self.chunk)
