@@ -48,7 +48,7 @@ class SegmentRequest:
     out: Path
     model_path: Path | None = None  # None: the bundled demo model
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the engine's default for the device
     overlap_px: int = 32
     mpp: float | None = None  # level-0 µm/px for slides without metadata
     overwrite: bool = False

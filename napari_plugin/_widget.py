@@ -58,7 +58,7 @@ class SegmentWidget(Container):
         self.model = FileEdit(label="model", mode="r", filter="Checkpoints (*.safetensors)")
         self.model.tooltip = "checkpoint directory or .safetensors file; empty: the bundled demo model"
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        self.batch_size = SpinBox(label="batch size", value=8, min=1, max=1024)
+        self.batch_size = SpinBox(label="batch size (0 = auto)", value=0, min=0, max=1024)
         self.overlap = SpinBox(label="overlap (px)", value=32, min=0, max=96)
         self.mpp = FloatSpinBox(label="µm/px (0: from slide)", value=0.0, min=0.0, max=100.0, step=0.01)
         self.output = FileEdit(label="output", mode="w", filter="OME-Zarr (*.zarr)")
@@ -113,7 +113,7 @@ class SegmentWidget(Container):
             out=Path(out) if out else slide_path.with_name(slide_path.stem + ".zarr"),
             model_path=Path(model) if model else None,
             device=str(self.device.value),
-            batch_size=int(self.batch_size.value),
+            batch_size=int(self.batch_size.value) or None,
             overlap_px=int(self.overlap.value),
             mpp=float(self.mpp.value) or None,
             overwrite=bool(self.overwrite.value),

@@ -136,3 +136,22 @@ def test_bad_precision_is_refused_before_any_work(tmp_path, blob_slide, checkpoi
         segment_slide(blob_slide, tmp_path / "o.zarr", load_checkpoint(checkpoints[2]),
                       SegmentOptions(**OPTS, precision=precision))
     assert not (tmp_path / "o.zarr").exists() and not partial_path(tmp_path / "o.zarr").exists()
+
+
+def test_auto_batch_size_and_readers_follow_the_device(monkeypatch):
+    from wsi_seg.segment import resolve_batch_size, resolve_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_batch_size(cpu, None) == 2 and resolve_batch_size(cuda, None) == 32
+    assert resolve_batch_size(cpu, 5) == 5
+    monkeypatch.setattr(segment_mod.os, "cpu_count", lambda: 16)
+    assert resolve_workers(cpu, None) == 0 and resolve_workers(cuda, None) == 8 and resolve_workers(cpu, 3) == 3
+    monkeypatch.setattr(segment_mod.os, "cpu_count", lambda: 1)
+    assert resolve_workers(cuda, None) == 1
+
+
+def test_resolved_settings_are_recorded(tmp_path, blob_slide, checkpoints):
+    res = segment_slide(blob_slide, tmp_path / "o.zarr", load_checkpoint(checkpoints[2]),
+                        SegmentOptions(device="cpu", progress=False))
+    inference = zarr.open_group(str(res.out), mode="r").attrs["wsi_seg"]["inference"]
+    assert inference["batch_size"] == 2 and inference["reader_workers"] == 0

@@ -35,7 +35,7 @@ class SegmentOptions:
     """How to run one slide; the CLI flags map onto these fields."""
 
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None  # patches per model call; None: auto (see resolve_batch_size)
     workers: int | None = None  # reader processes; None: auto (see resolve_workers)
     overlap_px: int = 32
     mpp: float | None = None  # level-0 µm/px override for slides without metadata
@@ -45,12 +45,24 @@ class SegmentOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be ≥ 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
         if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
             raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
+
+
+def resolve_batch_size(device: torch.device, batch_size: int | None) -> int:
+    """Patches per model call for ``batch_size`` (None: auto).
+
+    Auto is 2 on the CPU, where small batches stay in cache: swin-t ran 1.3–1.5× faster
+    per patch at batch 2 than at 8 (fp32 and bf16, 2 cores), the ``small`` preset about
+    10 % slower. 32 on CUDA.
+    """
+    if batch_size is not None:
+        return batch_size
+    return 2 if device.type == "cpu" else 32
 
 
 def resolve_workers(device: torch.device, workers: int | None) -> int:
@@ -292,7 +304,8 @@ def segment_slide(
         timings["tissue"] = time.perf_counter() - t
     provenance = _provenance(info, model, grid, options)
     provenance["inference"] = {"device": str(device), "precision": precision,
-                               "reader_workers": resolve_workers(device, options.workers)}
+                               "reader_workers": resolve_workers(device, options.workers),
+                               "batch_size": resolve_batch_size(device, options.batch_size)}
     store = _prepare_store(out, grid, model, provenance, options.overwrite)
     blocks = grid.blocks(run)
     done = store.done_blocks()
@@ -324,7 +337,7 @@ def segment_slide(
     bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
     try:
         with torch.inference_mode(), autocast:
-            for patches, backgrounds, owners in _batches(loader, options.batch_size):
+            for patches, backgrounds, owners in _batches(loader, resolve_batch_size(device, options.batch_size)):
                 patches = patches.to(device, non_blocking=True)
                 bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
                 pred = predict_patches(net, patches, bkg)
