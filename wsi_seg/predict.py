@@ -9,6 +9,7 @@ give softmax probabilities of their background + N class logits.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast
     runs the networks 1.5–2× faster than fp32 (``benchmarks/precision.py``); elsewhere

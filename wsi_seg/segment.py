@@ -296,6 +296,8 @@ def segment_slide(
     device = resolve_device(options.device)
     precision = resolve_precision(device, options.precision)  # validates before any work
     autocast = autocast_context(device, precision)
+    batch_size = resolve_batch_size(device, options.batch_size)
+    workers = resolve_workers(device, options.workers)
     with Slide(slide_path, mpp=options.mpp) as slide:
         info = slide.info()
         _ = slide.mpp  # raises MissingMppError early
@@ -304,8 +306,7 @@ def segment_slide(
         timings["tissue"] = time.perf_counter() - t
     provenance = _provenance(info, model, grid, options)
     provenance["inference"] = {"device": str(device), "precision": precision,
-                               "reader_workers": resolve_workers(device, options.workers),
-                               "batch_size": resolve_batch_size(device, options.batch_size)}
+                               "reader_workers": workers, "batch_size": batch_size}
     store = _prepare_store(out, grid, model, provenance, options.overwrite)
     blocks = grid.blocks(run)
     done = store.done_blocks()
@@ -315,7 +316,6 @@ def segment_slide(
     n_skipped = grid.grid_shape[0] * grid.grid_shape[1] - n_total
     seed = SeedParams.of_model(cfg)
     dataset = BlockDataset(str(slide_path), info.mpp if options.mpp is None else options.mpp, grid, todo, seed)
-    workers = resolve_workers(device, options.workers)
     loader = DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers,
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
@@ -324,9 +324,9 @@ def segment_slide(
     net = model.net.to(device).eval()
     store.open_for_writing()
     # a fresh run builds the pyramid while it runs; a resumed one builds it at the end
-    shapes = level_shapes(grid.out_shape, grid.block_px)
     pyramid = None
     if not done and grid.block_px % 2 == 0:
+        shapes = level_shapes(grid.out_shape, grid.block_px)
         store.create_levels(shapes)
         pyramid = StreamingPyramid(shapes, grid.block_px, cfg.num_classes, [b.index for b in todo],
                                    store.write_level_chunk)
@@ -337,7 +337,7 @@ def segment_slide(
     bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
     try:
         with torch.inference_mode(), autocast:
-            for patches, backgrounds, owners in _batches(loader, resolve_batch_size(device, options.batch_size)):
+            for patches, backgrounds, owners in _batches(loader, batch_size):
                 patches = patches.to(device, non_blocking=True)
                 bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
                 pred = predict_patches(net, patches, bkg)
