@@ -32,17 +32,16 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    benchmark_model,
     demo_slide,
     engine_precision,
     engine_workers,
     print_table,
-    random_model,
     read_result_mask,
     work_folder,
 )
 
-from wsi_seg.model import LoadedModel, load_checkpoint  # noqa: E402
-from wsi_seg.model.default import default_model_path  # noqa: E402
+from wsi_seg.model import LoadedModel  # noqa: E402
 from wsi_seg.predict import autocast_context, predict_patches, resolve_device  # noqa: E402
 from wsi_seg.segment import SegmentOptions, plan, segment_slide  # noqa: E402
 from wsi_seg.slide import Slide  # noqa: E402
@@ -106,15 +105,6 @@ def owned_area(slide_path: Path, model: LoadedModel) -> np.ndarray:
     return area
 
 
-def load_model(args: argparse.Namespace, work: Path) -> tuple[LoadedModel, str]:
-    """The network both runs use, and a description of it."""
-    if args.checkpoint == "demo":
-        return load_checkpoint(default_model_path()), "bundled demo model (trained, synthetic tissue)"
-    if args.checkpoint:
-        return load_checkpoint(args.checkpoint), f"checkpoint {args.checkpoint}"
-    return random_model(args.preset, work, stage=2), f"preset {args.preset} (random init, stage 2)"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=None, help="folder for the slide (kept and reused)")
@@ -138,7 +128,7 @@ def main() -> None:
     with work_folder(args.work) as work:
         slide = demo_slide(work, args.size, args.tissue_fraction)
         print(f"slide {slide.path.name}: {'reused' if slide.reused else f'generated in {slide.seconds:.1f} s'}")
-        model, what = load_model(args, work)
+        model, what = benchmark_model(args.checkpoint, args.preset, work)
         opts = SegmentOptions(device=str(device), batch_size=args.batch_size, workers=args.workers,
                               precision=args.precision, overwrite=True, progress=False)
         base_s, eng_s, timings = [], [], {}

@@ -86,6 +86,19 @@ def work_folder(work: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def benchmark_model(checkpoint: str, preset: str, folder: Path) -> tuple[LoadedModel, str]:
+    """The network a comparison runs, and a description of it: ``checkpoint`` ("demo" =
+    the bundled model, a path, or "" for a random-init stage-2 ``preset``)."""
+    from wsi_seg.model import load_checkpoint
+    from wsi_seg.model.default import default_model_path
+
+    if checkpoint == "demo":
+        return load_checkpoint(default_model_path()), "bundled demo model (trained, synthetic tissue)"
+    if checkpoint:
+        return load_checkpoint(checkpoint), f"checkpoint {checkpoint}"
+    return random_model(preset, folder, stage=2), f"preset {preset} (random init, stage 2)"
+
+
 def random_model(preset: str, folder: Path, stage: int = 2, seed: int = 0, **overrides: object) -> LoadedModel:
     """A random-init network of ``preset`` saved as a checkpoint and loaded back, as the
     engine would load it (seeded: the same weights every run)."""

@@ -45,16 +45,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    benchmark_model,
     demo_slide,
     engine_precision,
     print_table,
-    random_model,
     read_result_mask,
     work_folder,
 )
 
-from wsi_seg.model import LoadedModel, PsclNet, load_checkpoint  # noqa: E402
-from wsi_seg.model.default import default_model_path  # noqa: E402
+from wsi_seg.model import LoadedModel, PsclNet  # noqa: E402
 from wsi_seg.predict import autocast_context, predict_patches  # noqa: E402
 from wsi_seg.segment import SegmentOptions, plan, segment_slide  # noqa: E402
 from wsi_seg.slide import Slide  # noqa: E402
@@ -178,11 +177,7 @@ def main() -> None:
     with work_folder(args.work) as work:
         slide = demo_slide(work, args.size, args.tissue_fraction)
         print(f"slide {slide.path.name}: {'reused' if slide.reused else f'generated in {slide.seconds:.1f} s'}")
-        if args.checkpoint:
-            path = default_model_path() if args.checkpoint == "demo" else Path(args.checkpoint)
-            model, what = load_checkpoint(path), f"checkpoint {path}"
-        else:
-            model, what = random_model(args.preset, work, stage=2), f"preset {args.preset} (random init, stage 2)"
+        model, what = benchmark_model(args.checkpoint, args.preset, work)
         with Slide(slide.path) as sl:
             grid, run = plan(sl, model.config.mpp, model.config.patch_size_px, SegmentOptions())
         mask = patch_selection_mask(grid, run) if args.mask == "ours" else None
