@@ -49,6 +49,9 @@ def test_benchmark_trains_every_model_and_prints_thesis_tables(bench_dir, capsys
     header = next(line for line in table.splitlines() if line.startswith("Model"))
     assert header.split()[1:] == ["TE", "NEC", "LYM", "TAS", "mIoU", "fwIoU", "train", "s"]
     assert all(name in table for name in ROWS)
+    markdown = (bench_dir / "results.md").read_text()
+    assert "Protocol mlps:" in markdown and "Protocol tpro:" in markdown
+    assert all(f"| {name} |" in markdown for name in ROWS)
 
 
 @pytest.mark.slow

@@ -132,7 +132,8 @@ def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
 
 
 def run_benchmark_method(args: argparse.Namespace) -> int:
-    from training.experiment import MethodBenchmarkConfig, benchmark_method, format_thesis_tables
+    from training.experiment import MethodBenchmarkConfig, benchmark_method, format_markdown, format_thesis_tables
+    from wsi_seg.metrics import PROTOCOLS
 
     _show_training_logs()
     cfg = MethodBenchmarkConfig(
@@ -143,10 +144,11 @@ def run_benchmark_method(args: argparse.Namespace) -> int:
     bench = benchmark_method(cfg)
     table = format_thesis_tables(bench)
     print(table)
-    args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "results.txt").write_text(table + "\n", encoding="utf-8")
+    (args.work / "results.md").write_text(
+        "\n\n".join(f"Protocol {p}:\n\n{format_markdown(bench, p)}" for p in PROTOCOLS) + "\n", encoding="utf-8")
     (args.work / "results.json").write_text(json.dumps(bench.to_dict(), indent=1) + "\n", encoding="utf-8")
-    print(f"results in {args.work / 'results.txt'} and results.json")
+    print(f"results in {args.work / 'results.txt'}, results.md and results.json")
     return 0
 
 
