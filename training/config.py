@@ -125,26 +125,18 @@ class Stage1Config(_ConfigFile):
 
     def validate(self) -> Stage1Config:
         """Raise ConfigError on values no run could use; returns self."""
-        checks = [
-            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+        _check([
+            *_run_checks(self),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            (self.optim.lr > 0, f"lr must be positive, got {self.optim.lr}"),
             (self.pscl.weight >= 0, f"pscl weight must be ≥ 0, got {self.pscl.weight}"),
             (0 <= self.pscl.threshold < 1, f"pscl threshold must be in [0, 1), got {self.pscl.threshold}"),
             (0 <= self.pscl.gating_threshold < 1, f"gating threshold must be in [0, 1), got {self.pscl.gating_threshold}"),
             (self.pscl.temperature > 0, f"pscl temperature must be positive, got {self.pscl.temperature}"),
-            (self.data.workers >= 0, f"workers must be ≥ 0, got {self.data.workers}"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"),
             (self.val_every >= 0, f"val_every must be ≥ 0, got {self.val_every}"),
             (self.data.mpp is None or self.data.mpp > 0, f"mpp must be positive, got {self.data.mpp}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        if not self.data.path:
-            raise ConfigError("no dataset given (--data DIR or data.path in the config file)")
-        if not self.out:
-            raise ConfigError("no run directory given (--out DIR or out in the config file)")
+            (bool(self.data.path), "no dataset given (--data DIR or data.path in the config file)"),
+            (bool(self.out), "no run directory given (--out DIR or out in the config file)"),
+        ])
         return self
 
 
@@ -152,6 +144,16 @@ def _check(checks: list[tuple[bool, str]]) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _run_checks(cfg: Any) -> list[tuple[bool, str]]:
+    """The checks every training config shares (its epochs, optimizer, loader, precision)."""
+    return [
+        (cfg.epochs >= 1, f"epochs must be ≥ 1, got {cfg.epochs}"),
+        (cfg.optim.lr > 0, f"lr must be positive, got {cfg.optim.lr}"),
+        (cfg.data.workers >= 0, f"workers must be ≥ 0, got {cfg.data.workers}"),
+        (cfg.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be auto, fp32, bf16 or fp16, got {cfg.precision!r}"),
+    ]
 
 
 @dataclass
@@ -209,14 +211,11 @@ class Stage2Config(_ConfigFile):
     def validate(self) -> Stage2Config:
         """Raise ConfigError on values no run could use; returns self."""
         _check([
-            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            *_run_checks(self),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            (self.optim.lr > 0, f"lr must be positive, got {self.optim.lr}"),
             (self.optim.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.optim.weight_decay}"),
             (self.loss.name in ("ce", "nr"), f"loss must be ce or nr, got {self.loss.name!r}"),
             (self.loss.gumbel_tau > 0, f"gumbel_tau must be positive, got {self.loss.gumbel_tau}"),
-            (self.data.workers >= 0, f"workers must be ≥ 0, got {self.data.workers}"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"),
             (self.val_every >= 0, f"val_every must be ≥ 0, got {self.val_every}"),
             (bool(self.data.path), "no dataset given (--data DIR or data.path in the config file)"),
             (bool(self.data.pseudo_labels),
@@ -271,16 +270,13 @@ class PretrainConfig(_ConfigFile):
         """Raise ConfigError on values no run could use; returns self."""
         size = self.data.patch_size_px
         _check([
-            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            *_run_checks(self),
             (self.batch_size >= 2, f"batch_size must be ≥ 2 (NT-Xent needs other images), got {self.batch_size}"),
-            (self.optim.lr > 0, f"lr must be positive, got {self.optim.lr}"),
             (self.optim.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.optim.weight_decay}"),
             (self.contrast.inter_weight >= 0, f"inter_weight must be ≥ 0, got {self.contrast.inter_weight}"),
             (self.contrast.temperature > 0, f"temperature must be positive, got {self.contrast.temperature}"),
             (self.contrast.projection_dim >= 1, f"projection_dim must be ≥ 1, got {self.contrast.projection_dim}"),
             (size is None or (size > 0 and size % 32 == 0), f"patch_size_px must be a positive multiple of 32, got {size}"),
-            (self.data.workers >= 0, f"workers must be ≥ 0, got {self.data.workers}"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"),
             (bool(self.data.path), "no image folder given (--data DIR or data.path in the config file)"),
             (bool(self.out), "no run directory given (--out DIR or out in the config file)"),
         ])
