@@ -26,8 +26,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from wsi_seg.errors import ConfigError, OutputError, WsiSegError
 
 from training.distributed import DistInfo, barrier, init_distributed
-from training.reproducibility import seed_worker
-from training.run_state import find_run_state
+from training.reproducibility import seed_worker, set_rng_state
+from training.run_state import find_run_state, load_run_state
+
+log = logging.getLogger(__name__)
 
 # what every run directory holds besides its result (checkpoint / weights file)
 RUN_FILES = ("state", "state.tmp", "state.old", "metrics.csv", "config.yaml", "run.json")
@@ -150,6 +152,28 @@ def run_finished(run_dir: Path, epochs: int, finished: Path | None = None) -> bo
         return False
     saved = json.loads((state_dir / "trainer.json").read_text(encoding="utf-8"))
     return saved.get("epoch", 0) >= epochs
+
+
+def resume_run(
+    state_dir: Path | None,
+    epochs: int,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    scheduler: Any = None,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Restore a run from ``state_dir`` (from :func:`prepare_run_dir`) into the weights,
+    optimizer, grad scaler, scheduler and RNGs; (history, epochs done, steps done)."""
+    if state_dir is None:
+        return [], 0, 0
+    state, rng_tensors = load_run_state(state_dir, net, optimizer)
+    if scheduler is not None:
+        scheduler.load_state_dict(state.scheduler)
+    if state.scaler:
+        scaler.load_state_dict(state.scaler)
+    set_rng_state(rng_tensors, state.rng_values)
+    log.info("%s: resuming after epoch %d of %d", state_dir.parent, state.epoch, epochs)
+    return list(state.history), state.epoch, state.step
 
 
 def per_rank_batch(batch_size: int, info: DistInfo) -> int:

@@ -57,15 +57,16 @@ from training.loop import (
     epoch_seed,
     per_rank_batch,
     prepare_run_dir,
+    resume_run,
     result_settings,
     train_loader,
     worker_error,
     write_metrics_csv,
 )
 from training.losses import GumbelSoftmax, NRLoss
-from training.reproducibility import rng_state, seed_everything, set_rng_state
+from training.reproducibility import rng_state, seed_everything
 from training.run_info import git_state, software_versions, write_run_json
-from training.run_state import RunState, fingerprint, load_run_state, save_run_state
+from training.run_state import RunState, fingerprint, save_run_state
 
 log = logging.getLogger(__name__)
 
@@ -203,15 +204,7 @@ def _train(
     nr_loss = NRLoss(probabilities=gumbel) if cfg.loss.name == "nr" else None
     val_loader = _val_loader(cfg, index, dist_info)
 
-    history: list[dict[str, Any]] = []
-    start_epoch, step = 0, 0
-    if state_dir is not None:
-        state, rng_tensors = load_run_state(state_dir, net, optimizer)
-        if state.scaler:
-            scaler.load_state_dict(state.scaler)
-        set_rng_state(rng_tensors, state.rng_values)
-        history, start_epoch, step = list(state.history), state.epoch, state.step
-        log.info("%s: resuming after epoch %d of %d", run_dir, start_epoch, cfg.epochs)
+    history, start_epoch, step = resume_run(state_dir, cfg.epochs, net, optimizer, scaler)
     if dist_info.is_main:
         write_run_json(run_dir, {
             "resumed_after_epoch": start_epoch,
