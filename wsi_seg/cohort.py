@@ -22,7 +22,7 @@ from wsi_seg.errors import ConfigError, WsiSegError
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.output import is_complete, read_provenance
 from wsi_seg.segment import SegmentOptions, segment_slide
-from wsi_seg.slide import slide_fingerprint
+from wsi_seg.slide import Slide
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,9 @@ def is_finished(slide: Path, out: Path, model_sha256: str) -> bool:
         return False
     prov = read_provenance(out) or {}
     try:
-        same_slide = prov["slide"]["fingerprint"] == slide_fingerprint(slide)
-    except (KeyError, OSError):
+        with Slide(slide) as s:
+            same_slide = prov["slide"]["fingerprint"] == s.fingerprint()
+    except (KeyError, TypeError, OSError):  # SlideError is an OSError: segment_slide reports it
         return False
     return same_slide and prov.get("model", {}).get("sha256") == model_sha256
 

@@ -10,14 +10,12 @@ Layout (SPEC §6)::
 
 A run writes to ``<out>.partial`` and renames it on success; ``.wsi_seg_progress``
 inside it lists finished blocks so an interrupted run resumes where it stopped.
+``wsi_seg.ownership`` decides what may be replaced; ``wsi_seg.lock`` keeps one run per output.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,28 +23,20 @@ from typing import Any
 import numpy as np
 
 from wsi_seg.errors import OutputError
+from wsi_seg.ownership import PROGRESS_FILE, clear_partial, partial_path, provenance_of, swap_into_place
 from wsi_seg.pyramid import level_shapes
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-PROGRESS_FILE = ".wsi_seg_progress"
 LABEL_NAME = "mask"
-
-
-def partial_path(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
+__all__ = ["FORMAT_VERSION", "LABEL_NAME", "PROGRESS_FILE", "ResultStore", "is_complete", "partial_path",
+           "read_provenance"]
 
 
 def read_provenance(path: Path) -> dict[str, Any] | None:
     """The ``wsi_seg`` attributes of a store, or None if it is not one of ours."""
-    meta = path / "zarr.json"
-    try:
-        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
-    except (OSError, ValueError):
-        return None
-    prov = attrs.get("wsi_seg")
-    return prov if isinstance(prov, dict) else None
+    return provenance_of(path)
 
 
 def is_complete(path: Path) -> bool:
@@ -78,13 +68,14 @@ class ResultStore:
         chunk_px: int,
         provenance: dict[str, Any],
     ) -> ResultStore:
-        """A fresh store at ``root`` (removed first if it exists)."""
+        """A fresh store at ``root``, which must be new or our own ``.partial``: it is
+        emptied first, except for the lock file of the run that holds it."""
         import zarr
 
-        if root.exists():
-            shutil.rmtree(root)
         try:
-            group = zarr.open_group(str(root), mode="w", zarr_format=3)
+            if root.exists():
+                clear_partial(root)
+            group = zarr.open_group(str(root), mode="a", zarr_format=3)  # emptied above
             h, w = shape_hw
             group.create_array(
                 "0", shape=(num_classes, h, w), dtype="uint8", chunks=(1, chunk_px, chunk_px),
@@ -255,12 +246,12 @@ class ResultStore:
         group.attrs["wsi_seg"] = {**group.attrs["wsi_seg"], **fields}
 
     def finalize(self, final: Path) -> None:
-        """Mark complete (last write), drop the progress file, rename into place."""
+        """Drop the progress file, swap into place (an old result of ours at ``final`` is
+        removed only once the new one is there), then mark complete: the last write, so a
+        store that failed to move is never taken for a result."""
         self.close()
         (self.root / PROGRESS_FILE).unlink(missing_ok=True)
-        self.update_provenance(complete=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(self.root, final)
+        swap_into_place(self.root, final)
         self.root = final
+        self.update_provenance(complete=True)
 

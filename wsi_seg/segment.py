@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -19,7 +20,9 @@ from torch.utils.data import DataLoader
 from wsi_seg import __version__
 from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
 from wsi_seg.model.checkpoint import LoadedModel
-from wsi_seg.output import ResultStore, is_complete, partial_path, read_provenance
+from wsi_seg.lock import RunLock
+from wsi_seg.output import ResultStore, partial_path, read_provenance
+from wsi_seg.ownership import check_output, output_lock
 from wsi_seg.pyramid import StreamingPyramid, level_shapes
 from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
 from wsi_seg.reader import BlockDataset
@@ -28,6 +31,11 @@ from wsi_seg.tiling import Block, TileGrid, make_grid
 from wsi_seg.tissue import SeedParams, TissueParams, tissue_mask
 
 log = logging.getLogger(__name__)
+
+
+# 4·10¹⁰ px: a 200,000 × 200,000 px output, beyond any 40x slide at the model's resolution
+DEFAULT_MAX_OUTPUT_PX = 40_000_000_000
+MAX_UPSAMPLING = 2.0  # model px per slide level-0 px without --allow-upsampling
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class SegmentOptions:
     tissue: TissueParams = field(default_factory=TissueParams)
     overwrite: bool = False
     progress: bool = True
+    allow_upsampling: bool = False  # read the slide more than 2× finer than level 0
+    max_output_px: int = DEFAULT_MAX_OUTPUT_PX  # level-0 output pixels a run may plan
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -51,6 +61,10 @@ class SegmentOptions:
             raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
         if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
             raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
+        if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise ConfigError(f"--mpp must be a positive number of µm per pixel, got {self.mpp}")
+        if self.max_output_px < 1:
+            raise ConfigError(f"--max-output-px must be ≥ 1, got {self.max_output_px}")
 
 
 def resolve_batch_size(device: torch.device, batch_size: int | None) -> int:
@@ -104,9 +118,54 @@ class SegmentResult:
         )
 
 
+@dataclass(frozen=True)
+class SegmentPlan:
+    """What a run will do, known before it starts; the CLI prints it first."""
+
+    slide: str
+    out_shape: tuple[int, int]  # (H, W) px of output level 0
+    out_mpp: float
+    slide_mpp: float
+    tissue_patches: int
+    todo_patches: int  # tissue patches not done by an earlier, interrupted run
+    seconds_per_patch: float  # measured on one batch of the model on its device
+    device: str
+
+    @property
+    def estimate_s(self) -> float:
+        return self.todo_patches * self.seconds_per_patch
+
+    def describe(self) -> str:
+        h, w = self.out_shape
+        est = self.estimate_s
+        when = f"{est:.0f} s" if est < 120 else f"{est / 60:.0f} min" if est < 7200 else f"{est / 3600:.1f} h"
+        return (
+            f"{Path(self.slide).name}: planned output {w} × {h} px ({w * h / 1e6:,.1f} Mpx) at {self.out_mpp:g} µm/px "
+            f"from a {self.slide_mpp:g} µm/px slide; {self.todo_patches} of {self.tissue_patches} tissue patches to run, "
+            f"≈ {when} of model time on {self.device}"
+        )
+
+
+def check_bounds(slide: Slide, grid: TileGrid, model_mpp: float, options: SegmentOptions) -> None:
+    """Refuse, before any reading, a run that would upsample absurdly or plan a huge output."""
+    if grid.scale > MAX_UPSAMPLING and not options.allow_upsampling:
+        raise SlideError(
+            f"{slide.path}: the slide is {slide.mpp:g} µm/px and the model runs at {model_mpp:g} µm/px: "
+            f"{grid.scale:.3g}× upsampling of level 0 (more than {MAX_UPSAMPLING:g}×); check the slide's µm/px "
+            "(--mpp), or pass --allow-upsampling"
+        )
+    h, w = grid.out_shape
+    if h * w > options.max_output_px:
+        raise SlideError(
+            f"{slide.path}: the output would be {w} × {h} px ({h * w / 1e9:.3g} Gpx) at the model's {model_mpp:g} µm/px, "
+            f"over --max-output-px {options.max_output_px:.3g}; check the slide's µm/px (--mpp), or raise --max-output-px"
+        )
+
+
 def plan(slide: Slide, model_mpp: float, patch_px: int, options: SegmentOptions) -> tuple[TileGrid, np.ndarray]:
-    """(grid, which patches to run: (rows, cols) bool) for a slide."""
+    """(grid, which patches to run: (rows, cols) bool) for a slide; bounds are checked first."""
     grid = make_grid(slide.dimensions, slide.mpp, model_mpp, patch_px, options.overlap_px)
+    check_bounds(slide, grid, model_mpp, options)
     if min(grid.out_shape) < patch_px:
         raise SlideError(
             f"{slide.path}: slide is {grid.out_shape[1]}×{grid.out_shape[0]} px at the model's "
@@ -159,27 +218,51 @@ def _same_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return key(old) == key(new)
 
 
+def _mismatch(tmp: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Why the interrupted run in ``tmp`` is not this run, naming both sides."""
+    old_slide, new_slide = old.get("slide", {}), new.get("slide", {})
+    if old_slide.get("fingerprint") != new_slide.get("fingerprint"):
+        return (
+            f"{tmp}: holds an interrupted run of another slide ({old_slide.get('path')}, fingerprint "
+            f"{old_slide.get('fingerprint')}), not of {new_slide.get('path')} (fingerprint "
+            f"{new_slide.get('fingerprint')}); pass --overwrite to discard it"
+        )
+    if old.get("model", {}).get("sha256") != new.get("model", {}).get("sha256"):
+        return (
+            f"{tmp}: holds an interrupted run of another model ({old.get('model', {}).get('path')}), not of "
+            f"{new.get('model', {}).get('path')}; pass --overwrite to discard it"
+        )
+    keys = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
+    return f"{tmp}: holds an interrupted run with other settings ({', '.join(keys)}); pass --overwrite to discard it"
+
+
 def _prepare_store(out: Path, grid: TileGrid, model: LoadedModel, provenance: dict[str, Any], overwrite: bool) -> ResultStore:
-    """A store to write into: resumed if a matching partial run exists, else fresh."""
-    if out.exists():
-        if not overwrite:
-            what = "a complete wsi-seg result" if is_complete(out) else "something that is not a complete wsi-seg result"
-            raise OutputError(f"{out}: output already exists ({what}); pass --overwrite to replace it")
+    """A store to write into: resumed if a matching partial run exists, else fresh.
+
+    ``out`` was checked by ``ownership.check_output`` and its ``.partial`` is locked by this run.
+    """
     tmp = partial_path(out)
-    if tmp.exists() and not overwrite:
-        old = read_provenance(tmp)
-        if old is not None and _same_run(old, provenance):
+    old = read_provenance(tmp)
+    if old is not None and not overwrite:
+        if _same_run(old, provenance):
             log.info("resuming the interrupted run in %s", tmp)
             return ResultStore(tmp)
-        raise OutputError(
-            f"{tmp}: holds an interrupted run of a different slide, model or settings; "
-            "pass --overwrite to discard it"
-        )
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out.parent}: cannot create output folder ({exc.strerror or exc})") from exc
+        raise OutputError(_mismatch(tmp, old, provenance))
     return ResultStore.create(tmp, grid.out_shape, model.config.num_classes, grid.block_px, provenance)
+
+
+def _seconds_per_patch(net: torch.nn.Module, device: torch.device, autocast: Any, batch_size: int,
+                       patch_px: int, seeded: bool) -> float:
+    """Model time per patch, from the second of two batches of noise (the first warms up)."""
+    x = torch.randint(0, 256, (batch_size, 3, patch_px, patch_px), dtype=torch.uint8, device=device)
+    bkg = torch.zeros((batch_size, patch_px, patch_px), dtype=torch.bool, device=device) if seeded else None
+    with torch.inference_mode(), autocast:
+        predict_patches(net, x, bkg)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        predict_patches(net, x, bkg).mask.cpu()
+    return (time.perf_counter() - t) / batch_size
 
 
 def _batches(loader: DataLoader, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]]:
@@ -281,17 +364,34 @@ def segment_slide(
     model: LoadedModel,
     options: SegmentOptions = SegmentOptions(),
     on_progress: Callable[[int, int], None] | None = None,
+    on_plan: Callable[[SegmentPlan], None] | None = None,
 ) -> SegmentResult:
     """Segment one slide into an OME-Zarr at ``out`` (see ``wsi_seg.output``).
 
-    ``on_progress(patches_done, patches_total)`` is called after every batch; raising
-    from it (e.g. a GUI's cancel) stops the run and leaves a resumable ``.partial``.
+    ``out`` must be new or a result of ours (``--overwrite``); the run holds the lock of
+    ``out`` throughout. ``on_plan(plan)`` is called once the work is known, before
+    inference. ``on_progress(patches_done, patches_total)`` is called after every batch;
+    raising from it (e.g. a GUI's cancel) stops the run and leaves a resumable ``.partial``.
     """
+    out = Path(out)
+    check_output(out, options.overwrite)
+    with output_lock(out) as lock:
+        return _segment_locked(Path(slide_path), out, model, options, on_progress, on_plan, lock)
+
+
+def _segment_locked(
+    slide_path: Path,
+    out: Path,
+    model: LoadedModel,
+    options: SegmentOptions,
+    on_progress: Callable[[int, int], None] | None,
+    on_plan: Callable[[SegmentPlan], None] | None,
+    lock: RunLock,
+) -> SegmentResult:
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    out = Path(out)
     cfg = model.config
     device = resolve_device(options.device)
     precision = resolve_precision(device, options.precision)  # validates before any work
@@ -322,6 +422,15 @@ def segment_slide(
         persistent_workers=False,
     )
     net = model.net.to(device).eval()
+    todo_patches = sum(len(b.patches) for b in todo)
+    plan_ = SegmentPlan(
+        str(slide_path), grid.out_shape, cfg.mpp, info.mpp if options.mpp is None else options.mpp, n_total,
+        todo_patches, _seconds_per_patch(net, device, autocast, batch_size, cfg.patch_size_px, seed.enabled) if todo else 0.0,
+        str(device),
+    )
+    log.info("%s", plan_.describe())
+    if on_plan is not None:
+        on_plan(plan_)
     store.open_for_writing()
     # a fresh run builds the pyramid while it runs; a resumed one builds it at the end
     pyramid = None
@@ -371,4 +480,5 @@ def segment_slide(
                "tissue_patches": n_total, "seconds": round(seconds, 3), "levels": n_levels},
     )
     store.finalize(out)
+    lock.moved(out)
     return SegmentResult(out, n_run, n_skipped, n_resumed, seconds, timings)
