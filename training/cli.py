@@ -201,8 +201,12 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     model = p.add_mutually_exclusive_group()
     model.add_argument("--preset", default=None, help="stage 1: model preset (swin-t, convnext-t, resnet50, small, tiny; default swin-t)")
     model.add_argument("--backbone", default=None, metavar="NAME", help="stage 1: any timm backbone with strides 4–32 instead of a preset")
-    p.add_argument("--pretrained", default=None, metavar="PATH",
-                   help="stage 1: local backbone weights file (ImageNet, or RUN_DIR/encoder.safetensors of wsi-seg pretrain)")
+    p.add_argument("--pretrained", default=None, metavar="WEIGHTS",
+                   help="stage 1: initial encoder weights — auto (default: ImageNet for swin-t/convnext-t/swinv2-t/"
+                        "resnet50, random for small/tiny), imagenet (swin-t: timm's ImageNet-22k "
+                        "swin_tiny_patch4_window7_224.ms_in22k, thesis §4.1.1), timm:<tag>, a .safetensors file "
+                        "(e.g. RUN_DIR/encoder.safetensors of wsi-seg pretrain) or none; hub weights come from the "
+                        "Hugging Face cache (HF_HUB_OFFLINE=1: cache only)")
     p.add_argument("--epochs", type=int, default=None, metavar="N", help="default 5 (stage 1), 20 (stage 2)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="global batch, split over torchrun processes (default 16 stage 1, 32 stage 2)")
@@ -306,7 +310,8 @@ def _register_pretrain(sub: argparse._SubParsersAction) -> None:
     model = p.add_mutually_exclusive_group()
     model.add_argument("--preset", default=None, help="model preset whose encoder to train (default swin-t)")
     model.add_argument("--backbone", default=None, metavar="NAME", help="any timm backbone with strides 4–32")
-    p.add_argument("--pretrained", default=None, metavar="PATH", help="local weights to start from (e.g. ImageNet)")
+    p.add_argument("--pretrained", default=None, metavar="WEIGHTS",
+                   help="weights to start from: auto (default), imagenet, timm:<tag>, a .safetensors file or none")
     p.add_argument("--patch-size", type=int, default=None, metavar="PX",
                    help="training crop size (default: the preset's, 224); larger images are cropped at random")
     p.add_argument("--epochs", type=int, default=None, metavar="N", help="default 20")

@@ -73,11 +73,19 @@ class DataConfig:
 
 @dataclass
 class ModelSettings:
-    """The network: a wsi_seg preset, optionally with another timm backbone, and weights."""
+    """The network: a wsi_seg preset, optionally with another timm backbone, and weights.
+
+    ``pretrained``: ``auto`` (ImageNet weights for the standard presets — the thesis'
+    ImageNet-22k Swin-T for swin-t, §4.1.1, table 5.13 — random for small/tiny),
+    ``imagenet``, ``timm:<tag>``, a ``.safetensors`` file, or ``none`` / null (random
+    init); see :mod:`wsi_seg.model.pretrained`. ``pretrained_sha256``: filled in by the run with the
+    hash of the file loaded (so config.yaml records it); when given, a pin the file must match.
+    """
 
     preset: str = "swin-t"
     backbone: str | None = None
-    pretrained: str | None = None
+    pretrained: str | None = "auto"
+    pretrained_sha256: str | None = None
 
 
 @dataclass
