@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from wsi_seg.errors import ConfigError, DatasetError, WsiSegError
 from wsi_seg.model import PsclNet, cams_from_class_maps, preset_config, save_checkpoint
+from wsi_seg.model.backbones import resolve_hub_backbone
 from wsi_seg.model.config import ModelConfig
 from wsi_seg.model.pretrained import PretrainedWeights
 
@@ -43,7 +44,7 @@ from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_datas
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.evaluate import confusion_on_loader
 from training.losses import MLSMLoss, PSCLLoss, default_supcon
-from training.pretrain import resolve_run_weights
+from training.pretrain import initial_weights, resolve_run_weights
 from training.loop import (
     RunResult,
     autocast_for,
@@ -110,7 +111,8 @@ def resolve_data(cfg: Stage1Config) -> ResolvedData:
 
 
 def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
-    """The stage-1 ModelConfig: preset (or backbone), dataset classes, µm/px, seeding."""
+    """The stage-1 ModelConfig: preset (or backbone), dataset classes, µm/px, seeding; a
+    hub backbone (``hf-hub:…``) resolved to its timm architecture, arguments, mean/std."""
     overrides: dict[str, Any] = dict(
         stage=1,
         class_names=data.index.class_names,
@@ -125,7 +127,7 @@ def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
         overrides["cam_score_threshold"] = cfg.pscl.gating_threshold
     if cfg.model.backbone:
         overrides.update(backbone=cfg.model.backbone, backbone_kwargs={}, preset="")
-    return preset_config(cfg.model.preset, **overrides)
+    return resolve_hub_backbone(preset_config(cfg.model.preset, **overrides))[0]
 
 
 def _result_settings(cfg: Stage1Config) -> dict[str, Any]:
@@ -180,7 +182,7 @@ def _train(
         (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
 
     seed_everything(cfg.seed)
-    net = PsclNet(model_cfg, pretrained=weights or False).to(device)
+    net = PsclNet(model_cfg, pretrained=initial_weights(weights)).to(device)
     net.train()
     forward: nn.Module = _Stage1Forward(net)
     if dist_info.enabled:
@@ -304,7 +306,7 @@ def _train(
 
     checkpoint = None
     if dist_info.is_main:
-        final_cfg = model_cfg.replace(provenance=_provenance(cfg, data, run_dir, weights))
+        final_cfg = model_cfg.replace(provenance={**model_cfg.provenance, **_provenance(cfg, data, run_dir, weights)})
         checkpoint = save_checkpoint(net, run_dir / "checkpoint", config=final_cfg)
         log.info("stage-1 checkpoint written to %s", checkpoint)
     barrier(dist_info)

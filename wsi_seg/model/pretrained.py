@@ -12,6 +12,8 @@ about 30 mIoU points (table 5.13). ``--pretrained`` takes one of:
   thesis' checkpoint);
 * ``timm:<tag>`` or ``timm:<arch>.<tag>`` — any pretrained tag timm knows for the
   backbone (``timm.list_pretrained('<arch>*')``);
+* for an ``hf-hub:`` backbone (:mod:`wsi_seg.model.backbones`), ``auto`` means that hub
+  model's own weights (:func:`hub_backbone_weights`);
 * a path to a ``.safetensors`` file with timm key names (e.g. ``wsi-seg pretrain``'s
   ``encoder.safetensors``).
 
@@ -85,7 +87,7 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
 
 
 def is_hub_spec(spec: str) -> bool:
-    """Whether ``spec`` names hub weights (``imagenet``, ``timm:…``) rather than a file."""
+    """Whether ``spec`` names timm hub weights (``imagenet``, ``timm:…``) rather than a file."""
     return spec == "imagenet" or spec.startswith(TIMM_PREFIX)
 
 
@@ -133,41 +135,50 @@ def _hub_repo_of(model_name: str) -> str:
     return cfg.hf_hub_id
 
 
-def fetch_command(repo_id: str, filenames: tuple[str, ...] = (HUB_WEIGHTS_NAME, "config.json")) -> str:
-    """The shell command that puts a hub repository's files into the Hugging Face cache."""
-    return f"hf download {repo_id} {' '.join(filenames)}"
-
-
-def hub_file(repo_id: str, filename: str = HUB_WEIGHTS_NAME, what: str | None = None) -> Path:
+def hub_file(repo_id: str, filename: str = HUB_WEIGHTS_NAME, revision: str | None = None) -> Path:
     """A file of a Hugging Face hub repository, from the cache or downloaded into it.
 
     The cache (``HF_HUB_CACHE``) is looked at first; only when the file is not there is
-    the hub asked (never with ``HF_HUB_OFFLINE=1``). CheckpointError, one line naming
-    ``what`` (default: the repository) and the command that fetches the file on a
-    machine with internet, when it is neither cached nor reachable.
+    the hub asked (never with ``HF_HUB_OFFLINE=1``). Failures are one-line
+    CheckpointErrors (:func:`wsi_seg.model.hub.hub_errors`) naming the repository and the
+    ``hf download`` command that fills the cache on a machine with internet.
     """
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, filename)
+    from wsi_seg.model.hub import hub_errors
+
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
     if isinstance(cached, str):
         return Path(cached)
-    label = what or repo_id
-    where = constants.HF_HUB_CACHE
-    if constants.HF_HUB_OFFLINE:
-        raise CheckpointError(
-            f"{label}: {filename} of {repo_id} is not in the Hugging Face cache {where} (HF_HUB_OFFLINE=1); "
-            f"fetch it on a machine with internet: `{fetch_command(repo_id)}`, then copy that cache folder "
-            f"models--{repo_id.replace('/', '--')} into {where} here (or point HF_HUB_CACHE at it)"
-        )
     try:
-        return Path(hf_hub_download(repo_id, filename))
-    except Exception as exc:  # huggingface_hub's connection / not-found / auth errors
+        with hub_errors(repo_id):
+            return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # huggingface_hub's other HTTP errors
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{label}: {filename} of {repo_id} is not in the Hugging Face cache {where} and could not be "
-            f"downloaded ({reason}); fetch it on a machine with internet: `{fetch_command(repo_id)}`, then copy "
-            f"that cache folder models--{repo_id.replace('/', '--')} into {where} here"
+            f"hf-hub:{repo_id}: cannot fetch {filename} ({reason}); on a connected machine run "
+            f"`hf download {repo_id}` and copy its cache here (set HF_HUB_CACHE to it)"
         ) from exc
+
+
+def hub_backbone_weights(source: str) -> PretrainedWeights:
+    """The weights of an ``hf-hub:org/name`` backbone (wsi_seg.model.backbones), fetched into
+    the cache so timm's hub loading finds them there: ``model.safetensors``, or the
+    ``pytorch_model.bin`` some foundation encoders publish instead."""
+    from huggingface_hub import errors as hf_errors
+
+    from wsi_seg.model.hub import hub_repo
+
+    repo, _, revision = hub_repo(source).partition("@")
+    try:
+        path = hub_file(repo, HUB_WEIGHTS_NAME, revision or None)
+    except CheckpointError as exc:
+        if not isinstance(exc.__cause__, hf_errors.RemoteEntryNotFoundError):
+            raise
+        path = hub_file(repo, "pytorch_model.bin", revision or None)
+    return PretrainedWeights(spec=source, model_name=source, file=path, sha256=file_sha256(path), hub_repo=repo)
 
 
 def resolve_pretrained(
@@ -192,7 +203,8 @@ def resolve_pretrained(
         try:
             weights = _resolve("imagenet", backbone)
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc}; or --pretrained none to start from random weights") from exc
+            raise CheckpointError(f"{exc} (--pretrained auto means {timm_name_for('imagenet', backbone)}); "
+                                  "or --pretrained none to start from random weights") from exc
     else:
         weights = _resolve(spec, backbone)
     if sha256 and weights.sha256 != sha256:
@@ -207,7 +219,7 @@ def _resolve(spec: str, backbone: str) -> PretrainedWeights:
     if is_hub_spec(spec):
         name = timm_name_for(spec, backbone)
         repo = _hub_repo_of(name)
-        path = hub_file(repo, HUB_WEIGHTS_NAME, what=f"--pretrained {spec} ({name})")
+        path = hub_file(repo, HUB_WEIGHTS_NAME)
         return PretrainedWeights(spec=spec, model_name=name, file=path, sha256=file_sha256(path), hub_repo=repo)
     path = Path(spec)
     if not path.is_file():
