@@ -10,48 +10,31 @@ failed overwrite leaves the old result as it was.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from wsi_seg.errors import OutputError
 from wsi_seg.lock import LOCK_NAME, RunLock
+from wsi_seg.result import partial_path, read_provenance
 
 log = logging.getLogger(__name__)
 
-PARTIAL_SUFFIX = ".partial"
 REPLACED_SUFFIX = ".replaced"  # the old result, between the swap and its removal
 PROGRESS_FILE = ".wsi_seg_progress"
 _BOOKKEEPING = {LOCK_NAME, PROGRESS_FILE}
-
-
-def partial_path(out: Path) -> Path:
-    """Where a run on ``out`` writes until it is finished."""
-    return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
 def replaced_path(out: Path) -> Path:
     return out.with_name(out.name + REPLACED_SUFFIX)
 
 
-def provenance_of(path: Path) -> dict[str, Any] | None:
-    """The ``wsi_seg`` attributes of the store at ``path``, or None if it is not one of ours."""
-    try:
-        attrs = json.loads((path / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
-    except (OSError, ValueError, AttributeError):
-        return None
-    prov = attrs.get("wsi_seg") if isinstance(attrs, dict) else None
-    return prov if isinstance(prov, dict) else None
-
-
 def is_ours(path: Path) -> bool:
     """True for a real folder (not a link) whose root ``zarr.json`` carries the wsi_seg attributes."""
-    return path.is_dir() and not path.is_symlink() and provenance_of(path) is not None
+    return path.is_dir() and not path.is_symlink() and read_provenance(path) is not None
 
 
 def is_our_partial(path: Path) -> bool:
@@ -122,7 +105,7 @@ def check_output(out: Path, overwrite: bool) -> None:
                 "results it wrote, even with --overwrite: choose another --out or move it away"
             )
         if not overwrite:
-            what = "a complete wsi-seg result" if (provenance_of(out) or {}).get("complete") else "an unfinished wsi-seg result"
+            what = "a complete wsi-seg result" if (read_provenance(out) or {}).get("complete") else "an unfinished wsi-seg result"
             raise OutputError(f"{out}: output already exists ({what}); pass --overwrite to replace it")
     tmp = partial_path(out)
     if (tmp.exists() or tmp.is_symlink()) and not is_our_partial(tmp):
