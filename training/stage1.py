@@ -41,6 +41,7 @@ from training.augment import flips
 from training.config import Stage1Config, dump_yaml
 from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_dataset
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
+from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
 from training.losses import MLSMLoss, PSCLLoss, default_supcon
 from training.loop import (
@@ -185,13 +186,15 @@ def _train(
     initial = cfg.model.pretrained or model_cfg.provenance.get("encoder_weights") or False
     net = PsclNet(model_cfg, pretrained=initial).to(device)
     net.train()
+    groups = parameter_groups(net, cfg.optim.lr, cfg.encoder)  # freezes before DDP sees the parameters
     forward: nn.Module = _Stage1Forward(net)
     if dist_info.enabled:
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = torch.optim.SGD(
-        net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
     )
     dataset = PatchDataset(train_records, data.index.num_classes, seed=data.seed, transform=flips())
     loader, sampler, loader_gen = train_loader(dataset, cfg.batch_size, dist_info, cfg.seed, cfg.data.workers, device)
@@ -334,6 +337,7 @@ def _provenance(cfg: Stage1Config, data: ResolvedData, run_dir: Path) -> dict[st
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
             "optim": dataclasses.asdict(cfg.optim),
+            "encoder": dataclasses.asdict(cfg.encoder),
             "pscl": dataclasses.asdict(cfg.pscl),
             "background_seed": dataclasses.asdict(data.seed),
             "pretrained": cfg.model.pretrained,
