@@ -45,8 +45,10 @@ from wsi_seg.errors import CheckpointError, ConfigError, WsiSegError
 from wsi_seg.model import preset_config
 from wsi_seg.model.config import ModelConfig
 from wsi_seg.model.backbones import build_encoder, resolve_hub_backbone
+from wsi_seg.model.hub import is_hub_name
+from wsi_seg.model.pretrained import PretrainedWeights, hub_backbone_weights, resolve_pretrained
 
-from training.config import PretrainConfig, dump_yaml
+from training.config import ModelSettings, PretrainConfig, dump_yaml
 from training.datasets.unlabelled import ContrastiveViews, check_image_sizes, pretrain_images
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.loop import (
@@ -72,7 +74,7 @@ WEIGHTS_NAME = "encoder.safetensors"
 METADATA_KEY = "wsi_seg_pretrain"
 WEIGHTS_FORMAT_VERSION = 1
 METRICS_COLUMNS = ("epoch", "loss", "intra", "inter", "lr", "seconds")
-_NON_RESULT_KEYS = ("out", "device", "progress", "data.workers")
+_NON_RESULT_KEYS = ("out", "device", "progress", "data.workers", "model.pretrained_sha256")
 
 
 @dataclass
@@ -92,7 +94,9 @@ class ContrastiveNet(nn.Module):
     global_s) (B, D); one encoder pass over the 3B images.
     """
 
-    def __init__(self, cfg: ModelConfig, projection_dim: int = 128, pretrained: str | Path | bool = False) -> None:
+    def __init__(
+        self, cfg: ModelConfig, projection_dim: int = 128, pretrained: str | Path | bool | PretrainedWeights = False
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = build_encoder(cfg, pretrained)
@@ -172,6 +176,34 @@ def check_pretrained_file(path: str | Path, cfg: ModelConfig) -> None:
                               f"use the same --preset/--backbone as wsi-seg pretrain")
 
 
+def resolve_run_weights(settings: ModelSettings, model_cfg: ModelConfig) -> PretrainedWeights | None:
+    """The initial encoder weights of a run (``settings.pretrained``), checked against a
+    ``wsi-seg pretrain`` file's backbone and the ``pretrained_sha256`` pin; the hash is
+    written back into ``settings`` so the run's config.yaml records it. An ``hf-hub:``
+    backbone (``model_cfg.provenance["encoder_weights"]``) starts from its own hub weights
+    under ``auto``."""
+    hub = model_cfg.provenance.get("encoder_weights")
+    if hub and settings.pretrained == "auto":
+        weights: PretrainedWeights | None = hub_backbone_weights(hub)
+        if settings.pretrained_sha256 and weights.sha256 != settings.pretrained_sha256:
+            raise CheckpointError(f"{weights.file}: sha256 differs from the pinned {settings.pretrained_sha256[:12]}…")
+    else:
+        weights = resolve_pretrained(settings.pretrained, model_cfg.backbone, dict(model_cfg.backbone_kwargs),
+                                     sha256=settings.pretrained_sha256)
+    if weights is not None and weights.hub_repo is None:
+        check_pretrained_file(weights.file, model_cfg)
+    settings.pretrained_sha256 = weights.sha256 if weights is not None else None
+    return weights
+
+
+def initial_weights(weights: PretrainedWeights | None) -> PretrainedWeights | str | bool:
+    """What the network builders take: an ``hf-hub:`` source by name (timm's hub loading,
+    which then finds the file in the cache), other resolved weights as they are."""
+    if weights is None:
+        return False
+    return weights.spec if is_hub_name(weights.spec) else weights
+
+
 def train_pretrain(
     cfg: PretrainConfig,
     overwrite: bool = False,
@@ -225,8 +257,8 @@ def _train(
         raise ConfigError(f"{cfg.data.path}: {len(images)} images, fewer than one batch of {cfg.batch_size}; lower --batch-size")
     state_dir = prepare_run_dir(run_dir, fp, cfg.epochs, overwrite, dist_info, result=WEIGHTS_NAME, finished=weights_path)
     seed_everything(cfg.seed)
-    initial = cfg.model.pretrained or hub_weights or False
-    net = ContrastiveNet(model_cfg, cfg.contrast.projection_dim, pretrained=initial).to(device)
+    weights = resolve_run_weights(cfg.model, model_cfg)
+    net = ContrastiveNet(model_cfg, cfg.contrast.projection_dim, pretrained=initial_weights(weights)).to(device)
     _check_input_size(net.encoder, model_cfg)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -339,7 +371,8 @@ def _provenance(cfg: PretrainConfig, images: list[Path], run_dir: Path) -> dict[
         "seed": cfg.seed,
         "optim": {"name": "AdamW", **dataclasses.asdict(cfg.optim)},
         "contrast": dataclasses.asdict(cfg.contrast),
-        "initial_weights": cfg.model.pretrained or cfg_hub_weights(cfg),
+        "initial_weights": cfg.model.pretrained if cfg.model.pretrained != "auto" else cfg_hub_weights(cfg) or "auto",
+        "initial_weights_sha256": cfg.model.pretrained_sha256,
         "run_dir": str(run_dir.resolve()),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "software": software_versions(),

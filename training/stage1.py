@@ -36,6 +36,7 @@ from wsi_seg.errors import ConfigError, DatasetError, WsiSegError
 from wsi_seg.model import PsclNet, cams_from_class_maps, preset_config, save_checkpoint
 from wsi_seg.model.backbones import resolve_hub_backbone
 from wsi_seg.model.config import ModelConfig
+from wsi_seg.model.pretrained import PretrainedWeights
 
 from training.augment import flips
 from training.config import Stage1Config, dump_yaml
@@ -44,6 +45,7 @@ from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
 from training.losses import MLSMLoss, PSCLLoss, default_supcon
+from training.pretrain import initial_weights, resolve_run_weights
 from training.loop import (
     RunResult,
     autocast_for,
@@ -65,7 +67,8 @@ log = logging.getLogger(__name__)
 
 METRICS_COLUMNS = ("epoch", "loss", "mlsm", "pscl", "lr", "seconds", "val_miou", "val_seconds", "pscl_pixels")
 # settings that do not change a run's result: a resumed run may differ in these
-_NON_RESULT_KEYS = ("out", "device", "progress", "data.workers", "val_every", "val_max_patches")
+_NON_RESULT_KEYS = ("out", "device", "progress", "data.workers", "val_every", "val_max_patches",
+                    "model.pretrained_sha256")
 
 
 class _Stage1Forward(nn.Module):
@@ -166,10 +169,7 @@ def _train(
     run_dir = Path(cfg.out)
     data = resolve_data(cfg)
     model_cfg = build_model_config(cfg, data)
-    if cfg.model.pretrained:
-        from training.pretrain import check_pretrained_file
-
-        check_pretrained_file(cfg.model.pretrained, model_cfg)
+    weights = resolve_run_weights(cfg.model, model_cfg)
     per_rank_batch(cfg.batch_size, dist_info)
     train_records = data.index.split("train", need_labels=True)
     if len(train_records) < cfg.batch_size:
@@ -183,8 +183,7 @@ def _train(
         (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
 
     seed_everything(cfg.seed)
-    initial = cfg.model.pretrained or model_cfg.provenance.get("encoder_weights") or False
-    net = PsclNet(model_cfg, pretrained=initial).to(device)
+    net = PsclNet(model_cfg, pretrained=initial_weights(weights)).to(device)
     net.train()
     groups = parameter_groups(net, cfg.optim.lr, cfg.encoder)  # freezes before DDP sees the parameters
     forward: nn.Module = _Stage1Forward(net)
@@ -230,6 +229,7 @@ def _train(
                 "background_seed": dataclasses.asdict(data.seed),
             },
             "model": model_cfg.to_dict(),
+            "pretrained": weights.to_dict() if weights else None,
         })
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -309,7 +309,7 @@ def _train(
 
     checkpoint = None
     if dist_info.is_main:
-        final_cfg = model_cfg.replace(provenance={**model_cfg.provenance, **_provenance(cfg, data, run_dir)})
+        final_cfg = model_cfg.replace(provenance={**model_cfg.provenance, **_provenance(cfg, data, run_dir, weights)})
         checkpoint = save_checkpoint(net, run_dir / "checkpoint", config=final_cfg)
         log.info("stage-1 checkpoint written to %s", checkpoint)
     barrier(dist_info)
@@ -325,7 +325,9 @@ def _val_loader(cfg: Stage1Config, data: ResolvedData, info: DistInfo) -> DataLo
                       num_workers=cfg.data.workers)
 
 
-def _provenance(cfg: Stage1Config, data: ResolvedData, run_dir: Path) -> dict[str, Any]:
+def _provenance(
+    cfg: Stage1Config, data: ResolvedData, run_dir: Path, weights: PretrainedWeights | None
+) -> dict[str, Any]:
     return {
         "training": {
             "stage": 1,
@@ -340,7 +342,7 @@ def _provenance(cfg: Stage1Config, data: ResolvedData, run_dir: Path) -> dict[st
             "encoder": dataclasses.asdict(cfg.encoder),
             "pscl": dataclasses.asdict(cfg.pscl),
             "background_seed": dataclasses.asdict(data.seed),
-            "pretrained": cfg.model.pretrained,
+            "pretrained": weights.to_dict() if weights else None,
             "run_dir": str(run_dir.resolve()),
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "software": software_versions(),
