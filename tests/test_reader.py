@@ -118,19 +118,20 @@ def test_rgb_coded_tiles_need_the_colour_marker(aperio_rgb):
     assert np.abs(ref - wrong).mean() > 20
 
 
-@pytest.mark.parametrize("reduce, max_mean_diff", [(2, 3), (4, 8)])
-def test_dct_scaled_regions_match_the_resized_openslide_read(demo_jpeg, reduce, max_mean_diff):
-    """A DCT-scaled pixel averages r × r pixels; PIL's bilinear reduction a 2r-wide triangle
-    (softer): grey levels differ by about 1 at 1/2, 6 at 1/4 on this fine texture."""
+@pytest.mark.parametrize("reduce", [2, 4])
+def test_dct_scaled_regions_match_a_bilinear_reduction(demo_jpeg, reduce):
+    """What the OpenSlide path does when it reduces a level r× (PIL bilinear)."""
     with Slide(demo_jpeg) as slide:
         level, _ = find_jpeg_level(demo_jpeg, slide.level_dimensions[0])
         reader = JpegRegionReader(level, 1.0, reduce)
-        for box, _ in BOXES:
-            out = (round((box[2] - box[0]) / reduce), round((box[3] - box[1]) / reduce))
-            a = slide.read_at_mpp(box, out).astype(int)
+        for box in [(-48, -32, 592, 576), (704, 640, 1296, 1184)]:
+            size = (box[2] - box[0], box[3] - box[1])
+            out = (size[0] // reduce, size[1] // reduce)
+            full = Image.fromarray(slide.read_rgb(box[:2], 0, size))
+            a = np.asarray(full.resize(out, Image.Resampling.BILINEAR)).astype(int)
             b = reader.read_at_mpp(box, out)
             assert b.shape == a.shape
-            assert np.abs(a - b).mean() < max_mean_diff, box
+            assert np.abs(a - b)[2:-2, 2:-2].mean() < 1.5, box
 
 
 def test_dct_reduction_is_the_largest_power_of_two_not_above_the_factor():
@@ -226,12 +227,20 @@ def _demo_png() -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(scope="module")
+def demo_at_half_um(tmp_path_factory):
+    """A demo slide scanned at 0.5 µm/px: the 1.0 µm/px demo model reads level 0 at 1/2."""
+    return write_demo_slide(tmp_path_factory.mktemp("demo05") / "d.tif", size_px=(1000, 1000), mpp=0.5, seed=2).path
+
+
 @pytest.mark.slow
-def test_masks_agree_across_readers_and_the_choice_is_recorded(tmp_path, demo_jpeg, checkpoints):
-    model = load_checkpoint(checkpoints[1])  # stage 1: seeds background on the block
+def test_masks_agree_across_readers_and_the_choice_is_recorded(tmp_path, demo_at_half_um):
+    from wsi_seg.model.default import default_model_path
+
+    model = load_checkpoint(default_model_path())  # trained; seeds background on the block
     masks, readers = {}, {}
     for reader in ("openslide", "jpeg-cpu", "jpeg-device"):
-        res = segment_slide(demo_jpeg, tmp_path / f"{reader}.zarr", model,
+        res = segment_slide(demo_at_half_um, tmp_path / f"{reader}.zarr", model,
                             SegmentOptions(device="cpu", workers=0, progress=False, reader=reader))
         g = zarr.open_group(str(res.out), mode="r")
         masks[reader] = g["labels/mask/0"][:]
@@ -239,10 +248,11 @@ def test_masks_agree_across_readers_and_the_choice_is_recorded(tmp_path, demo_jp
     assert readers["jpeg-cpu"]["dct_reduction"] == 2 and readers["openslide"]["used"] == "openslide"
     assert readers["jpeg-device"]["device_tiles"] > 0 and readers["jpeg-device"]["cpu_fallbacks"] == 0
     assert json.dumps(readers)
-    tissue = masks["openslide"] > 0
-    for reader in ("jpeg-cpu", "jpeg-device"):
-        assert (masks[reader] == masks["openslide"]).mean() >= 0.995, reader
-        assert (masks[reader][tissue] == masks["openslide"][tissue]).mean() >= 0.99, reader
+    assert (masks["openslide"] > 0).mean() > 0.3
+    # the DCT-scaled image differs from the bilinear reduction by ~0.5 grey levels, which
+    # flips ~1 % of this model's pixels on a slide this small (0.4 % on the 1400² demo)
+    assert (masks["jpeg-cpu"] == masks["openslide"]).mean() >= 0.98
+    assert (masks["jpeg-device"] == masks["openslide"]).mean() >= 0.995
 
 
 def test_undecodable_tile_is_one_slide_error(tmp_path, demo_jpeg):
