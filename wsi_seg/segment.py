@@ -18,10 +18,11 @@ import torch
 from wsi_seg import __version__
 from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
 from wsi_seg.model.checkpoint import LoadedModel
-from wsi_seg.output import ResultStore, is_complete, partial_path, read_provenance
+from wsi_seg.output import ResultStore
 from wsi_seg.pyramid import StreamingPyramid, level_shapes
 from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
 from wsi_seg.reader import READERS, BlockReader, plan_reader
+from wsi_seg.result import is_complete, partial_path, read_provenance
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
 from wsi_seg.tissue import SeedParams, TissueParams, tissue_mask
