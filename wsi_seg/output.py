@@ -233,5 +233,7 @@ class ResultStore:
         (self.root / PROGRESS_FILE).unlink(missing_ok=True)
         swap_into_place(self.root, final)
         self.root = final
-        self.update_provenance(complete=True)
+        from datetime import datetime, timezone
+
+        self.update_provenance(complete=True, completed_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
