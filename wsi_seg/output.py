@@ -185,14 +185,14 @@ class ResultStore:
         return len(shapes)
 
     def finish(self, final: Path, stats: dict[str, Any] | None = None, started: float | None = None,
-               progress: bool = True) -> int:
+               progress: bool = True, **provenance: Any) -> int:
         """Complete the result and move it to ``final``; returns the pyramid's level count.
 
         The pyramid is finished (streamed, or built from level 0 when blocks came without
         ``expected`` or an odd chunk size), the NGFF metadata written from the
         provenance's µm/px and classes, ``stats`` (with ``levels``, and ``seconds`` since
-        ``started``, a ``time.perf_counter()`` value) added to the provenance, then
-        ``complete`` (last) and the rename.
+        ``started``, a ``time.perf_counter()`` value) and the other ``provenance`` fields
+        added to the provenance, then ``complete`` (last) and the rename.
         """
         self.close()
         if self._pyramid is not None and self._pyramid.pending == 0:
@@ -204,7 +204,7 @@ class ResultStore:
         stats = {**(stats or {}), "levels": n_levels}
         if started is not None:
             stats["seconds"] = round(time.perf_counter() - started, 3)
-        self.update_provenance(stats=stats)
+        self.update_provenance(**provenance, stats=stats)
         self.finalize(final)
         return n_levels
 
