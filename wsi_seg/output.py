@@ -273,7 +273,9 @@ class ResultStore:
         """Mark complete (last write), drop the progress file, rename into place."""
         self.close()
         (self.root / PROGRESS_FILE).unlink(missing_ok=True)
-        self.update_provenance(complete=True)
+        from datetime import datetime, timezone
+
+        self.update_provenance(complete=True, completed_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         if final.exists():
             shutil.rmtree(final)
         os.replace(self.root, final)
