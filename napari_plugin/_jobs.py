@@ -101,7 +101,7 @@ def segment_job(
     """
     from wsi_seg.model.checkpoint import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.predict import resolve_device
+    from wsi_seg.runtime import resolve_device
     from wsi_seg.segment import segment_slide
 
     cancel = cancel if cancel is not None else threading.Event()

@@ -11,7 +11,7 @@ from conftest import write_slide
 import wsi_seg.segment as segment_mod
 from wsi_seg.model import load_checkpoint
 from wsi_seg.output import is_complete, partial_path
-from wsi_seg.predict import PatchPrediction
+from wsi_seg.model import PatchPrediction, PsclNet
 from wsi_seg.segment import SegmentOptions, segment_slide
 
 OPTS = dict(device="cpu", workers=0, progress=False)
@@ -38,7 +38,7 @@ def ramp_slide(tmp_path):
 
 @pytest.mark.parametrize("overlap", [0, 32, 45])
 def test_stitching_reassembles_the_exact_ramp(tmp_path, ramp_slide, checkpoints, monkeypatch, overlap):
-    monkeypatch.setattr(segment_mod, "predict_patches", echo_predictor)
+    monkeypatch.setattr(PsclNet, "predict", echo_predictor)
     path, rgb = ramp_slide
     model = load_checkpoint(checkpoints[2])
     res = segment_slide(path, tmp_path / "out.zarr", model, SegmentOptions(overlap_px=overlap, batch_size=3, **OPTS))
@@ -121,11 +121,11 @@ def test_glass_is_background_and_resolution_follows_the_model(tmp_path, checkpoi
 
 @pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native_bf16, expected):
-    import wsi_seg.predict as predict
+    import wsi_seg.runtime as runtime
 
-    monkeypatch.setattr(predict, "cpu_has_native_bf16", lambda: native_bf16)
-    assert predict.resolve_precision(torch.device("cpu"), "auto") == expected
-    assert predict.resolve_precision(torch.device("cpu"), "fp32") == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    assert runtime.resolve_precision(torch.device("cpu"), "auto") == expected
+    assert runtime.resolve_precision(torch.device("cpu"), "fp32") == "fp32"
 
 
 @pytest.mark.parametrize("precision, message", [("fp16", "fp16 autocast is for CUDA"), ("fp8", "unknown precision")])
@@ -138,16 +138,14 @@ def test_bad_precision_is_refused_before_any_work(tmp_path, blob_slide, checkpoi
     assert not (tmp_path / "o.zarr").exists() and not partial_path(tmp_path / "o.zarr").exists()
 
 
-def test_auto_batch_size_and_readers_follow_the_device(monkeypatch):
-    from wsi_seg.segment import resolve_batch_size, resolve_workers
+def test_auto_batch_size_and_readers_follow_the_device():
+    from wsi_seg.runtime import resolve_batch_size, resolve_workers
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_batch_size(cpu, None) == 2 and resolve_batch_size(cuda, None) == 32
     assert resolve_batch_size(cpu, 5) == 5
-    monkeypatch.setattr(segment_mod.os, "cpu_count", lambda: 16)
-    assert resolve_workers(cpu, None) == 0 and resolve_workers(cuda, None) == 8 and resolve_workers(cpu, 3) == 3
-    monkeypatch.setattr(segment_mod.os, "cpu_count", lambda: 1)
-    assert resolve_workers(cuda, None) == 1
+    assert resolve_workers(cpu, None, 16) == 0 and resolve_workers(cuda, None, 16) == 8
+    assert resolve_workers(cpu, 3, 16) == 3 and resolve_workers(cuda, None, 1) == 1
 
 
 def test_resolved_settings_are_recorded(tmp_path, blob_slide, checkpoints):

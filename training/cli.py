@@ -212,7 +212,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=None, metavar="WD", help="default 1e-4 (stage 1), 0.01 (stage 2)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
-                   help="autocast (auto: bf16 on CUDA if supported, else fp32)")
+                   help="autocast (default: auto = bf16 where the device computes it natively, fp16 on older CUDA GPUs, else fp32)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="DataLoader worker processes (default 2)")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--pscl-weight", type=float, default=None, metavar="LAMBDA", help="λ of the PSCL term (default 0.1)")
@@ -317,7 +317,7 @@ def _register_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inter-weight", type=float, default=None, metavar="LAMBDA", help="λ_inter of eq. 4.1 (default 0.5)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
-                   help="autocast (auto: bf16 on CUDA if supported, else fp32)")
+                   help="autocast (default: auto = bf16 where the device computes it natively, fp16 on older CUDA GPUs, else fp32)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="DataLoader worker processes (default 2)")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,8 +20,8 @@ from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.output import ResultStore, is_complete, partial_path, read_provenance
 from wsi_seg.pyramid import StreamingPyramid, level_shapes
-from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
 from wsi_seg.reader import BlockDataset
+from wsi_seg.runtime import resolve_runtime, torch_threads
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
 from wsi_seg.tissue import SeedParams, TissueParams, tissue_mask
@@ -35,11 +34,12 @@ class SegmentOptions:
     """How to run one slide; the CLI flags map onto these fields."""
 
     device: str = "auto"
-    batch_size: int | None = None  # patches per model call; None: auto (see resolve_batch_size)
-    workers: int | None = None  # reader processes; None: auto (see resolve_workers)
+    batch_size: int | None = None  # patches per model call; None: auto (see runtime.resolve_batch_size)
+    workers: int | None = None  # reader processes; None: auto (see runtime.resolve_workers)
     overlap_px: int = 32
     mpp: float | None = None  # level-0 µm/px override for slides without metadata
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see wsi_seg.runtime)
+    threads: int | None = None  # torch threads; None: the CPUs this process may use
     tissue: TissueParams = field(default_factory=TissueParams)
     overwrite: bool = False
     progress: bool = True
@@ -49,35 +49,10 @@ class SegmentOptions:
             raise ConfigError(f"batch size must be ≥ 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be ≥ 1, got {self.threads}")
         if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
             raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
-
-
-def resolve_batch_size(device: torch.device, batch_size: int | None) -> int:
-    """Patches per model call for ``batch_size`` (None: auto).
-
-    Auto is 2 on the CPU, where small batches stay in cache: swin-t ran 1.3–1.5× faster
-    per patch at batch 2 than at 8 (fp32 and bf16, 2 cores), the ``small`` preset about
-    10 % slower. 32 on CUDA.
-    """
-    if batch_size is not None:
-        return batch_size
-    return 2 if device.type == "cpu" else 32
-
-
-def resolve_workers(device: torch.device, workers: int | None) -> int:
-    """Reader processes for ``workers`` (None: auto).
-
-    Auto is 0 on the CPU: the model's threads already use every core, and reader
-    processes only compete with them (``benchmarks/segment_throughput.py --workers``:
-    swin-t end-to-end/model-only 1.01 in-process vs 0.93 with one reader on 2 cores).
-    On CUDA, where decoding is the limit, one reader per spare core, up to 8.
-    """
-    if workers is not None:
-        return workers
-    if device.type == "cpu":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 @dataclass
@@ -293,11 +268,9 @@ def segment_slide(
     timings: dict[str, float] = {}
     out = Path(out)
     cfg = model.config
-    device = resolve_device(options.device)
-    precision = resolve_precision(device, options.precision)  # validates before any work
-    autocast = autocast_context(device, precision)
-    batch_size = resolve_batch_size(device, options.batch_size)
-    workers = resolve_workers(device, options.workers)
+    rt = resolve_runtime(options.device, options.precision, options.workers, options.batch_size,
+                         options.threads)  # validates before any work
+    device, workers = rt.device, rt.reader_workers
     with Slide(slide_path, mpp=options.mpp) as slide:
         info = slide.info()
         _ = slide.mpp  # raises MissingMppError early
@@ -305,8 +278,7 @@ def segment_slide(
         grid, run = plan(slide, cfg.mpp, cfg.patch_size_px, options)
         timings["tissue"] = time.perf_counter() - t
     provenance = _provenance(info, model, grid, options)
-    provenance["inference"] = {"device": str(device), "precision": precision,
-                               "reader_workers": workers, "batch_size": batch_size}
+    provenance["inference"] = rt.provenance()
     store = _prepare_store(out, grid, model, provenance, options.overwrite)
     blocks = grid.blocks(run)
     done = store.done_blocks()
@@ -336,11 +308,11 @@ def segment_slide(
     t_infer = time.perf_counter()
     bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
     try:
-        with torch.inference_mode(), autocast:
-            for patches, backgrounds, owners in _batches(loader, batch_size):
+        with torch_threads(rt.torch_threads), torch.inference_mode(), rt.autocast():
+            for patches, backgrounds, owners in _batches(loader, rt.batch_size):
                 patches = patches.to(device, non_blocking=True)
                 bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
-                pred = predict_patches(net, patches, bkg)
+                pred = net.predict(patches, bkg)
                 acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
                 masks = pred.mask.cpu().numpy()
                 for k, (item, patch_idx) in enumerate(owners):

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction,
                    help="minimum tissue fraction of a patch to run it (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32)")
+                   help="autocast precision (default: auto = bf16 where the device computes it natively: CUDA GPUs with bf16, CPUs with AVX512-BF16/AMX; fp16 on older CUDA GPUs; else fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from wsi_seg.cohort import SlideOutcome, expand_inputs, run_cohort
     from wsi_seg.model.checkpoint import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.predict import resolve_device
+    from wsi_seg.runtime import resolve_device
     from wsi_seg.segment import SegmentOptions, segment_slide
 
     if args.out is not None and len(args.slides) != 1:
