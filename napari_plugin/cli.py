@@ -49,11 +49,12 @@ def open_viewer(slide: Path, mask: Path | None = None, mpp: float | None = None,
     require_napari()
     import napari
 
-    from napari_plugin._result_reader import read_result_provenance, result_layer_data
+    from napari_plugin._result_reader import result_layer_data
     from napari_plugin._slide_reader import slide_layer_data
     from napari_plugin._viewer import add_layer_data
+    from wsi_seg.result import read_provenance
 
-    if mask is None and read_result_provenance(slide) is not None:
+    if mask is None and read_provenance(slide) is not None:
         slide_data, mask_data = [], result_layer_data(slide, include_slide=True)
     else:
         if not slide.exists():
@@ -61,7 +62,7 @@ def open_viewer(slide: Path, mask: Path | None = None, mpp: float | None = None,
         slide_data = [slide_layer_data(slide, mpp=mpp)]
         mask_data = []
         if mask is not None:
-            if read_result_provenance(mask) is None:
+            if read_provenance(mask) is None:
                 raise ConfigError(
                     f"{mask}: not a wsi-seg result (no wsi_seg attributes in zarr.json); "
                     "expected the output of wsi-seg segment"

@@ -19,7 +19,7 @@ pytest.importorskip("pytestqt")
 
 from napari.layers import Image, Labels  # noqa: E402
 
-from napari_plugin._result_reader import get_result_reader, result_info  # noqa: E402
+from napari_plugin._result_reader import get_result_reader, open_result  # noqa: E402
 from napari_plugin._slide_reader import read_slides  # noqa: E402
 from napari_plugin._summary_widget import SummaryWidget  # noqa: E402
 from napari_plugin._viewer import add_layer_data  # noqa: E402
@@ -46,7 +46,7 @@ def test_viewer_shows_slide_result_and_summary(make_napari_viewer, blob_slide, r
     assert summary.rows == []
     # the slide is already shown, so the result reader does not add it a second time
     layers = add_layer_data(viewer, get_result_reader(str(result))(str(result)))
-    info = result_info(result)
+    info = open_result(result)
     assert len(viewer.layers) == 1 + len(info.class_names) + 1
     assert isinstance(slide, Image) and slide.rgb and slide.multiscale and len(slide.data) == 2
     assert tuple(slide.scale) == (0.5, 0.5)
@@ -109,13 +109,13 @@ def test_segment_widget_run_adds_the_result(make_napari_viewer, qtbot, blob_slid
     assert widget.running and not widget.run_button.enabled and widget.cancel_button.enabled
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
     result = widget.last_result
-    assert result is not None and result.out == tmp_path / "gui.zarr" and result_info(result.out).complete
+    assert result is not None and result.out == tmp_path / "gui.zarr" and open_result(result.out).complete
     assert widget.progress.value == widget.progress.max == result.patches_run
     assert reports and reports[-1].done == result.patches_run
     assert "patches run" in widget.status.value and widget.run_button.enabled
     names = [layer.name for layer in viewer.layers]
     assert names[0] == blob_slide.name and names[-1] == "gui: mask" and len(names) == 6  # slide not re-added
-    assert [r.name for r in summary.rows] == list(result_info(result.out).class_names)
+    assert [r.name for r in summary.rows] == list(open_result(result.out).class_names)
 
 
 def test_segment_widget_cancel_keeps_a_resumable_partial(
@@ -142,7 +142,7 @@ def test_segment_widget_cancel_keeps_a_resumable_partial(
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
     assert widget.last_result is None and "cancelled" in widget.status.value
     assert not (tmp_path / "gui.zarr").exists()
-    assert (tmp_path / "gui.zarr.partial").is_dir() and not result_info(tmp_path / "gui.zarr.partial").complete
+    assert (tmp_path / "gui.zarr.partial").is_dir() and not open_result(tmp_path / "gui.zarr.partial").complete
     assert len(viewer.layers) == 1  # nothing added for a cancelled run
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 

@@ -26,15 +26,14 @@ from napari_plugin._jobs import (
     segment_job,
 )
 from napari_plugin._result_reader import (
-    ResultFormatError,
     get_result_reader,
+    open_result,
     read_results,
-    result_info,
     result_layer_data,
 )
 from napari_plugin._slide_reader import get_slide_reader, read_slides, slide_layer_data
 from napari_plugin._summary import class_areas
-from wsi_seg.errors import CheckpointError, SlideError
+from wsi_seg.errors import CheckpointError, ResultError, SlideError
 from wsi_seg.model import load_checkpoint
 from wsi_seg.segment import SegmentOptions, segment_slide
 
@@ -102,7 +101,7 @@ def test_result_reader_builds_slide_activations_and_mask(result, blob_slide):
     assert kinds == ["image"] + ["image"] * 4 + ["labels"]
     slide, acts, (mask, mask_kw, _) = layers[0], layers[1:5], layers[5]
     assert slide[1]["metadata"]["wsi_seg_slide"]["path"] == str(blob_slide.resolve())
-    info = result_info(result)
+    info = open_result(result)
     assert info.complete and info.mpp == 0.5
     assert mask_kw["name"] == "blob: mask" and mask_kw["multiscale"]
     assert [m.shape for m in mask] == [(1024, 1024), (512, 512)]
@@ -155,13 +154,13 @@ def test_broken_wsi_seg_store_gives_a_clear_error(tmp_path, result):
     broken = tmp_path / "broken.zarr"
     shutil.copytree(result, broken)
     shutil.rmtree(broken / "labels")
-    with pytest.raises(ResultFormatError, match="broken.zarr: cannot read the result's arrays"):
+    with pytest.raises(ResultError, match="broken.zarr: cannot read the result's arrays"):
         read_results(broken)
     meta = json.loads((broken / "zarr.json").read_text())
     del meta["attributes"]["wsi_seg"]["class_names"]
     (broken / "zarr.json").write_text(json.dumps(meta))
     assert get_result_reader(str(broken)) is not None  # ours, so not handed to others …
-    with pytest.raises(ResultFormatError, match="broken.zarr: wsi_seg attributes are incomplete"):
+    with pytest.raises(ResultError, match="broken.zarr: wsi_seg attributes are incomplete"):
         read_results(broken)  # … but refused with one line
 
 
@@ -181,7 +180,7 @@ def test_job_cancel_leaves_a_resumable_partial_then_resumes(tmp_path, blob_slide
     assert stop.value.value is None
     assert reports[-1].done < reports[-1].total // 2 + 2  # stopped at the next batch
     assert not out.exists() and (tmp_path / "job.zarr.partial").is_dir()
-    partial = result_info(tmp_path / "job.zarr.partial")
+    partial = open_result(tmp_path / "job.zarr.partial")
     assert not partial.complete
     names = [kw["name"] for _, kw, _ in result_layer_data(tmp_path / "job.zarr.partial", include_slide=False)]
     assert names[-1] == "job: mask (incomplete)"
@@ -189,7 +188,7 @@ def test_job_cancel_leaves_a_resumable_partial_then_resumes(tmp_path, blob_slide
     reports, res = run_to_end(segment_job(request))
     assert res.out == out and res.patches_resumed > 0
     assert reports[-1].done == reports[-1].total == res.patches_run + res.patches_resumed
-    assert result_info(out).complete
+    assert open_result(out).complete
 
 
 def test_job_errors_are_the_engines_messages(tmp_path, blob_slide):

@@ -35,11 +35,85 @@ from wsi_seg.errors import ConfigError
 CONFIG_FORMAT_VERSION = 1
 
 
-class _ConfigFile:
-    """``to_dict`` / ``from_dict`` of the top-level config dataclasses (format versioned)."""
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    flag: str | None = None,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    default_text: str | None = None,
+    negatable: bool = False,
+    exclusive: str | None = None,
+    result: bool = True,
+    required: str | None = None,
+    value_of: str | None = None,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A config field that also describes its command-line flag, so a setting is written once.
+
+    ``flag`` (e.g. ``--lr``) makes ``wsi-seg train``/``pretrain`` accept it (see
+    :mod:`training.cli_flags`); a bool field's flag sets the value it names (``--gating``
+    True, ``--no-pscl`` False) or, ``negatable``, both (``--x/--no-x``). ``help`` ends in
+    the default, or ``default_text`` where the default needs words (None: "the format's").
+    ``exclusive`` names a group of flags that exclude each other. ``result`` False: the
+    setting does not change what a run computes (paths, devices, workers), so a resumed run
+    may differ in it. ``required``: the message when a run is started without it.
+    ``value_of``: a bool flag takes an optional value for this sibling field
+    (``--gating [TAU]`` turns gating on and, given TAU, sets ``gating_threshold``).
+    """
+    meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "default_text": default_text,
+            "negatable": negatable, "exclusive": exclusive, "result": result, "required": required,
+            "value_of": value_of}
+    return field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def redefault(cls: type, name: str, default: Any) -> Any:
+    """Field ``name`` of dataclass ``cls`` with another default, its flag and help kept."""
+    return field(default=default, metadata=cls.__dataclass_fields__[name].metadata)
+
+
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_FORMATS = ("auto", "luad", "bcss", "csv")
+
+
+@dataclass
+class DataSource:
+    """Where a run's patches come from and how many processes read them."""
+
+    path: str = setting("", flag="--data", metavar="DIR", help="dataset folder",
+                        required="no dataset given (--data DIR or data.path in the config file)")
+    format: str = setting("auto", flag="--format", choices=_FORMATS, help="dataset layout")
+    workers: int = setting(2, flag="--workers", metavar="N", help="DataLoader worker processes", result=False)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(self.workers >= 0, f"workers must be ≥ 0, got {self.workers}")]
+
+
+@dataclass
+class RunConfig:
+    """The settings every training run shares: its folder, data, length, seed and device.
+
+    Stage configs inherit it; ``to_dict``/``from_dict`` read and write it as a config file
+    (format versioned), ``validate`` refuses what no run could use.
+    """
+
+    out: str = setting("", flag="--out", metavar="RUN_DIR", result=False,
+                       help="run directory (result, metrics.csv, config.yaml, run.json, state/)",
+                       required="no run directory given (--out DIR or out in the config file)")
+    data: DataSource = field(default_factory=DataSource)
+    epochs: int = setting(1, flag="--epochs", metavar="N", help="passes over the train split")
+    batch_size: int = setting(1, flag="--batch-size", metavar="N",
+                              help="patches per step, split over torchrun processes")
+    seed: int = setting(0, flag="--seed", metavar="N", help="seed of weights, batches and augmentations")
+    device: str = setting("auto", flag="--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N", result=False)
+    precision: str = setting("auto", flag="--precision", choices=_PRECISIONS,
+                             help="autocast precision; auto: bf16 where the device computes it natively, "
+                                  "fp16 on older CUDA GPUs, else fp32 (as wsi-seg segment)")
+    progress: bool = setting(True, flag="--no-progress", help="no progress bars", result=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        d = dataclasses.asdict(self)
         d["format_version"] = CONFIG_FORMAT_VERSION
         return d
 
@@ -49,12 +123,66 @@ class _ConfigFile:
         data.pop("format_version", None)
         return _build(cls, data, source)
 
+    def checks(self) -> list[tuple[bool, str]]:
+        """(ok, message) of each value check; subclasses add theirs."""
+        return [
+            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.precision in _PRECISIONS, f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"),
+            *self.data.checks(),
+        ]
 
-_C = typing.TypeVar("_C", bound=_ConfigFile)
+    def validate(self: _C) -> _C:
+        """Raise ConfigError on values no run could use (value checks first, then missing
+        inputs, the run directory last); returns self."""
+        missing = sorted(_required(self), key=lambda item: item[0] == "out")
+        _check([*self.checks(), *((bool(value), message) for _, value, message in missing)])
+        return self
+
+    def result_settings(self) -> dict[str, Any]:
+        """``to_dict()`` without the settings marked ``result=False``: what a resumed run
+        must share with the one it resumes."""
+        return json.loads(json.dumps({**_result_part(self), "format_version": CONFIG_FORMAT_VERSION}, default=str))
+
+
+_C = typing.TypeVar("_C", bound=RunConfig)
+
+
+def _required(cfg: Any) -> list[tuple[str, Any, str]]:
+    """(name, value, message) of each field marked ``required``, nested ones first."""
+    nested, top = [], []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            nested += _required(value)
+        elif f.metadata.get("required"):
+            top.append((f.name, value, f.metadata["required"]))
+    return nested + top
+
+
+def _result_part(cfg: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get("result", True):
+            continue
+        value = getattr(cfg, f.name)
+        d[f.name] = _result_part(value) if dataclasses.is_dataclass(value) else value
+    return d
 
 
 @dataclass
-class DataConfig:
+class SupervisedRunConfig(RunConfig):
+    """A run scored on the val split (when it has masks) as it trains: stages 1 and 2."""
+
+    val_every: int = setting(1, flag="--val-every", metavar="N", help="epochs between val mIoU checks, 0: never",
+                             result=False)
+    val_max_patches: int | None = setting(None, help="val patches scored per check (None: all)", result=False)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [*super().checks(), (self.val_every >= 0, f"val_every must be ≥ 0, got {self.val_every}")]
+
+
+@dataclass
+class DataConfig(DataSource):
     """Where the patches are and how their background is seeded.
 
     ``background_seed`` / ``bkg_min_size_px`` / ``mpp`` None: the format's default
@@ -62,82 +190,90 @@ class DataConfig:
     200 px, µm/px must be given or 0.5 is assumed with a warning).
     """
 
-    path: str = ""
-    format: str = "auto"
-    background_seed: bool | None = None
-    bkg_gray_threshold: float = 200.0
-    bkg_min_size_px: int | None = None
-    mpp: float | None = None
-    workers: int = 2
+    background_seed: bool | None = setting(None, flag="--background-seed", negatable=True,
+                                           help="colour-threshold background seeding",
+                                           default_text="on for LUAD/csv, off for BCSS")
+    bkg_gray_threshold: float = setting(200.0, help="gray level above which a pixel is background")
+    bkg_min_size_px: int | None = setting(None, flag="--bkg-min-size", metavar="PX",
+                                          help="remove_small_objects size of the background seed",
+                                          default_text="200 LUAD, 600 BCSS")
+    mpp: float | None = setting(None, flag="--mpp", metavar="UM", help="µm/px of the patches",
+                                default_text="the format's")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [*super().checks(), (self.mpp is None or self.mpp > 0, f"mpp must be positive, got {self.mpp}")]
 
 
 @dataclass
 class ModelSettings:
     """The network: a wsi_seg preset, optionally with another timm backbone, and weights."""
 
-    preset: str = "swin-t"
-    backbone: str | None = None
-    pretrained: str | None = None
+    preset: str = setting("swin-t", flag="--preset", metavar="NAME", exclusive="model",
+                          help="model preset (swin-t, convnext-t, resnet50, small, tiny)")
+    backbone: str | None = setting(None, flag="--backbone", metavar="NAME", exclusive="model",
+                                   help="any timm backbone with strides 4–32 instead of a preset",
+                                   default_text="the preset's")
+    pretrained: str | None = setting(None, flag="--pretrained", metavar="PATH", default_text="random init",
+                                     help="local backbone weights file (ImageNet, or RUN_DIR/encoder.safetensors "
+                                          "of wsi-seg pretrain)")
 
 
 @dataclass
 class OptimConfig:
     """SGD with polynomial learning-rate decay per step: lr · (1 − t/T)^power."""
 
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
+    lr: float = setting(0.1, flag="--lr", metavar="LR", help="SGD learning rate, decayed polynomially per step")
+    momentum: float = setting(0.9, flag="--momentum", metavar="M", help="SGD momentum")
+    weight_decay: float = setting(1e-4, flag="--weight-decay", metavar="WD", help="weight decay")
+    poly_power: float = setting(0.9, help="power of the polynomial decay")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(self.lr > 0, f"lr must be positive, got {self.lr}")]
 
 
 @dataclass
 class PsclConfig:
     """The PSCL term (thesis eq. 4.2, 4.6–4.8) and CAM gating (eq. 4.4–4.5)."""
 
-    enabled: bool = True
-    weight: float = 0.1
-    threshold: float = 0.25
-    include_background: bool = True
-    temperature: float = 0.1
-    max_pixels_per_class_per_image: int | None = 100
-    max_pixels_total: int | None = 2048
-    gating: bool = False
-    gating_threshold: float = 0.8
+    enabled: bool = setting(True, flag="--no-pscl", help="MLSM only: the CAM baseline")
+    weight: float = setting(0.1, flag="--pscl-weight", metavar="LAMBDA", help="λ of the PSCL term")
+    threshold: float = setting(0.25, flag="--pscl-threshold", metavar="TAU", help="CAM confidence τ of PSCL pixels")
+    include_background: bool = setting(True, flag="--pscl-background", negatable=True,
+                                       help="background pixels take part in PSCL")
+    temperature: float = setting(0.1, help="SupCon temperature")
+    max_pixels_per_class_per_image: int | None = setting(100, help="PSCL pixels sampled per class and image")
+    max_pixels_total: int | None = setting(2048, help="PSCL pixels sampled per step")
+    gating: bool = setting(False, flag="--gating", metavar="TAU", value_of="gating_threshold",
+                           help="gate CAMs by classification score (eq. 4.4–4.5); TAU sets τ_g")
+    gating_threshold: float = setting(0.8, flag="--gating-threshold", metavar="TAU", help="τ_g of gating")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.weight >= 0, f"pscl weight must be ≥ 0, got {self.weight}"),
+            (0 <= self.threshold < 1, f"pscl threshold must be in [0, 1), got {self.threshold}"),
+            (0 <= self.gating_threshold < 1, f"gating threshold must be in [0, 1), got {self.gating_threshold}"),
+            (self.temperature > 0, f"pscl temperature must be positive, got {self.temperature}"),
+        ]
 
 
 @dataclass
-class Stage1Config(_ConfigFile):
+class Stage1Config(SupervisedRunConfig):
     """Everything a stage-1 run depends on; saved resolved as ``RUN_DIR/config.yaml``."""
 
-    out: str = ""
     data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = redefault(RunConfig, "epochs", 5)
+    batch_size: int = redefault(RunConfig, "batch_size", 16)
     model: ModelSettings = field(default_factory=ModelSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     pscl: PsclConfig = field(default_factory=PsclConfig)
-    epochs: int = 5
-    batch_size: int = 16
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    progress: bool = True
-    val_every: int = 1
-    val_max_patches: int | None = None
 
-    def validate(self) -> Stage1Config:
-        """Raise ConfigError on values no run could use; returns self."""
-        _check([
-            *_run_checks(self),
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            *super().checks(),
+            *self.optim.checks(),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            (self.pscl.weight >= 0, f"pscl weight must be ≥ 0, got {self.pscl.weight}"),
-            (0 <= self.pscl.threshold < 1, f"pscl threshold must be in [0, 1), got {self.pscl.threshold}"),
-            (0 <= self.pscl.gating_threshold < 1, f"gating threshold must be in [0, 1), got {self.pscl.gating_threshold}"),
-            (self.pscl.temperature > 0, f"pscl temperature must be positive, got {self.pscl.temperature}"),
-            (self.val_every >= 0, f"val_every must be ≥ 0, got {self.val_every}"),
-            (self.data.mpp is None or self.data.mpp > 0, f"mpp must be positive, got {self.data.mpp}"),
-            (bool(self.data.path), "no dataset given (--data DIR or data.path in the config file)"),
-            (bool(self.out), "no run directory given (--out DIR or out in the config file)"),
-        ])
-        return self
+            *self.pscl.checks(),
+        ]
 
 
 def _check(checks: list[tuple[bool, str]]) -> None:
@@ -146,25 +282,14 @@ def _check(checks: list[tuple[bool, str]]) -> None:
             raise ConfigError(message)
 
 
-def _run_checks(cfg: Any) -> list[tuple[bool, str]]:
-    """The checks every training config shares (its epochs, optimizer, loader, precision)."""
-    return [
-        (cfg.epochs >= 1, f"epochs must be ≥ 1, got {cfg.epochs}"),
-        (cfg.optim.lr > 0, f"lr must be positive, got {cfg.optim.lr}"),
-        (cfg.data.workers >= 0, f"workers must be ≥ 0, got {cfg.data.workers}"),
-        (cfg.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be auto, fp32, bf16 or fp16, got {cfg.precision!r}"),
-    ]
-
-
 @dataclass
-class Stage2DataConfig:
+class Stage2DataConfig(DataSource):
     """The dataset (its train split: images; val split: masks for val mIoU) and the
     pseudo-label folder ``wsi-seg pseudo-labels`` wrote for its train split."""
 
-    path: str = ""
-    format: str = "auto"
-    pseudo_labels: str = ""
-    workers: int = 2
+    pseudo_labels: str = setting(
+        "", flag="--pseudo-labels", metavar="DIR", help="pseudo-labels of the train split, written by wsi-seg pseudo-labels",
+        required="no pseudo-labels given (--pseudo-labels DIR, written by wsi-seg pseudo-labels, or data.pseudo_labels)")
 
 
 @dataclass
@@ -172,8 +297,14 @@ class AdamWConfig:
     """AdamW at a constant learning rate (thesis table 5.1: lr 1e-4, no scheduler). The
     thesis does not state weight decay; 0.01 is torch's AdamW default."""
 
-    lr: float = 1e-4
-    weight_decay: float = 0.01
+    lr: float = setting(1e-4, flag="--lr", metavar="LR", help="AdamW learning rate, constant")
+    weight_decay: float = setting(0.01, flag="--weight-decay", metavar="WD", help="weight decay")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
+        ]
 
 
 @dataclass
@@ -181,12 +312,19 @@ class Stage2LossConfig:
     """``name`` ce (cross-entropy, the thesis' best) or nr (noise-reduced, eq. 4.10–4.11);
     ``gumbel_tau``: temperature of the NR loss' Gumbel softmax (not stated; 1.0)."""
 
-    name: str = "ce"
-    gumbel_tau: float = 1.0
+    name: str = setting("ce", flag="--loss", choices=("ce", "nr"),
+                        help="ce: cross-entropy; nr: noise-reduced loss (thesis eq. 4.10–4.11)")
+    gumbel_tau: float = setting(1.0, flag="--gumbel-tau", metavar="TAU", help="Gumbel-softmax temperature of nr")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.name in ("ce", "nr"), f"loss must be ce or nr, got {self.name!r}"),
+            (self.gumbel_tau > 0, f"gumbel_tau must be positive, got {self.gumbel_tau}"),
+        ]
 
 
 @dataclass
-class Stage2Config(_ConfigFile):
+class Stage2Config(SupervisedRunConfig):
     """Everything a stage-2 run depends on; saved resolved as ``RUN_DIR/config.yaml``.
 
     Defaults are the thesis' (table 5.1, §4.4): AdamW lr 1e-4, 20 epochs, batch 32,
@@ -194,48 +332,41 @@ class Stage2Config(_ConfigFile):
     the network starts from; its architecture, classes and µm/px carry over.
     """
 
-    out: str = ""
-    init: str = ""
     data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
+    epochs: int = redefault(RunConfig, "epochs", 20)
+    batch_size: int = redefault(RunConfig, "batch_size", 32)
+    init: str = setting("", flag="--init", metavar="CKPT", help="stage-1 checkpoint to start from",
+                        required="no stage-1 checkpoint given (--init CKPT or init in the config file)")
     optim: AdamWConfig = field(default_factory=AdamWConfig)
     loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
-    epochs: int = 20
-    batch_size: int = 32
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    progress: bool = True
-    val_every: int = 1
-    val_max_patches: int | None = None
 
-    def validate(self) -> Stage2Config:
-        """Raise ConfigError on values no run could use; returns self."""
-        _check([
-            *_run_checks(self),
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            *super().checks(),
+            *self.optim.checks(),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            (self.optim.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.optim.weight_decay}"),
-            (self.loss.name in ("ce", "nr"), f"loss must be ce or nr, got {self.loss.name!r}"),
-            (self.loss.gumbel_tau > 0, f"gumbel_tau must be positive, got {self.loss.gumbel_tau}"),
-            (self.val_every >= 0, f"val_every must be ≥ 0, got {self.val_every}"),
-            (bool(self.data.path), "no dataset given (--data DIR or data.path in the config file)"),
-            (bool(self.data.pseudo_labels),
-             "no pseudo-labels given (--pseudo-labels DIR, written by wsi-seg pseudo-labels, or data.pseudo_labels)"),
-            (bool(self.init), "no stage-1 checkpoint given (--init CKPT or init in the config file)"),
-            (bool(self.out), "no run directory given (--out DIR or out in the config file)"),
-        ])
-        return self
+            *self.loss.checks(),
+        ]
 
 
 @dataclass
-class PretrainDataConfig:
+class PretrainDataConfig(DataSource):
     """Any folder of patches: a dataset (its train split) or a plain folder of images
     (``format`` folder, or auto when the folder is no known dataset; searched
     recursively). Images larger than ``patch_size_px`` are randomly cropped to it."""
 
-    path: str = ""
-    format: str = "auto"
-    patch_size_px: int | None = None  # None: the model preset's (224)
-    workers: int = 2
+    path: str = setting("", flag="--data", metavar="DIR",
+                        help="a dataset (its train split) or any folder of images (searched recursively)",
+                        required="no image folder given (--data DIR or data.path in the config file)")
+    format: str = setting("auto", flag="--format", choices=("auto", "folder", *_FORMATS[1:]),
+                          help="auto: a dataset if DIR is one, else a plain image folder")
+    patch_size_px: int | None = setting(None, flag="--patch-size", metavar="PX", default_text="the preset's, 224",
+                                        help="training crop size; larger images are cropped at random")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        size = self.patch_size_px
+        return [*super().checks(), (size is None or (size > 0 and size % 32 == 0),
+                                    f"patch_size_px must be a positive multiple of 32, got {size}")]
 
 
 @dataclass
@@ -244,43 +375,37 @@ class ContrastConfig:
     al. 2025a). NT-Xent ``temperature`` and ``projection_dim`` are not stated in the
     thesis: 0.1 (the temperature of its SupCon) and SimCLR's 128."""
 
-    inter_weight: float = 0.5
-    temperature: float = 0.1
-    projection_dim: int = 128
+    inter_weight: float = setting(0.5, flag="--inter-weight", metavar="LAMBDA", help="λ_inter of eq. 4.1")
+    temperature: float = setting(0.1, flag="--temperature", metavar="T", help="NT-Xent temperature")
+    projection_dim: int = setting(128, help="output size of the projection heads")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.inter_weight >= 0, f"inter_weight must be ≥ 0, got {self.inter_weight}"),
+            (self.temperature > 0, f"temperature must be positive, got {self.temperature}"),
+            (self.projection_dim >= 1, f"projection_dim must be ≥ 1, got {self.projection_dim}"),
+        ]
 
 
 @dataclass
-class PretrainConfig(_ConfigFile):
+class PretrainConfig(RunConfig):
     """Everything an unsupervised pre-training run depends on (thesis §4.2, table 5.1:
     AdamW lr 1e-4, 20 epochs, batch 6, NT-Xent); saved as ``RUN_DIR/config.yaml``."""
 
-    out: str = ""
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    epochs: int = redefault(RunConfig, "epochs", 20)
+    batch_size: int = redefault(RunConfig, "batch_size", 6)
     model: ModelSettings = field(default_factory=ModelSettings)
     optim: AdamWConfig = field(default_factory=AdamWConfig)
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
-    epochs: int = 20
-    batch_size: int = 6
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    progress: bool = True
 
-    def validate(self) -> PretrainConfig:
-        """Raise ConfigError on values no run could use; returns self."""
-        size = self.data.patch_size_px
-        _check([
-            *_run_checks(self),
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            *super().checks(),
+            *self.optim.checks(),
             (self.batch_size >= 2, f"batch_size must be ≥ 2 (NT-Xent needs other images), got {self.batch_size}"),
-            (self.optim.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.optim.weight_decay}"),
-            (self.contrast.inter_weight >= 0, f"inter_weight must be ≥ 0, got {self.contrast.inter_weight}"),
-            (self.contrast.temperature > 0, f"temperature must be positive, got {self.contrast.temperature}"),
-            (self.contrast.projection_dim >= 1, f"projection_dim must be ≥ 1, got {self.contrast.projection_dim}"),
-            (size is None or (size > 0 and size % 32 == 0), f"patch_size_px must be a positive multiple of 32, got {size}"),
-            (bool(self.data.path), "no image folder given (--data DIR or data.path in the config file)"),
-            (bool(self.out), "no run directory given (--out DIR or out in the config file)"),
-        ])
-        return self
+            *self.contrast.checks(),
+        ]
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -392,7 +517,7 @@ def load_config(cls: type[_C], path: str | Path | None = None, overrides: dict[s
     return cls.from_dict(data, source=source)
 
 
-def dump_yaml(cfg: Stage1Config | Stage2Config | PretrainConfig) -> str:
+def dump_yaml(cfg: RunConfig) -> str:
     import yaml
 
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from wsi_seg.errors import ConfigError, WsiSegError
+from wsi_seg.errors import ConfigError, ResultError, WsiSegError
 from wsi_seg.model.checkpoint import LoadedModel
-from wsi_seg.output import is_complete, read_provenance
+from wsi_seg.result import Result
 from wsi_seg.segment import SegmentOptions, segment_slide
 from wsi_seg.slide import slide_fingerprint
 
@@ -84,14 +84,12 @@ def output_path(out_dir: Path, slide: Path) -> Path:
 
 def is_finished(slide: Path, out: Path, model_sha256: str) -> bool:
     """True when ``out`` is a complete result of this very slide by the model with this sha256."""
-    if not is_complete(out):
-        return False
-    prov = read_provenance(out) or {}
     try:
-        same_slide = prov["slide"]["fingerprint"] == slide_fingerprint(slide)
-    except (KeyError, OSError):
+        prov = Result.open(out).provenance
+        same_slide = prov.slide.fingerprint == slide_fingerprint(slide)
+    except (ResultError, OSError):
         return False
-    return same_slide and prov.get("model", {}).get("sha256") == model_sha256
+    return same_slide and prov.model.sha256 == model_sha256
 
 
 def skipped_outcome(slide: Path, out: Path, model_sha256: str, options: SegmentOptions) -> SlideOutcome | None:

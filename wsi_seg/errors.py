@@ -38,3 +38,7 @@ class OutputError(WsiSegError, OSError):
 
 class DatasetError(WsiSegError, ValueError):
     """A dataset folder or file does not match a supported layout."""
+
+
+class ResultError(DatasetError):
+    """A folder is not a (complete) wsi-seg result, or its content does not match the format."""

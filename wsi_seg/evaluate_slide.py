@@ -9,19 +9,15 @@ import numpy as np
 from PIL import Image
 
 from wsi_seg.metrics import ConfusionMatrix
+from wsi_seg.result import Result
 
 
 def result_mask_at(result: str | Path, mpp: float, shape_hw: tuple[int, int]) -> np.ndarray:
     """The result's class mask resampled (nearest) to ``shape_hw`` at ``mpp`` µm/px."""
-    import zarr
-
-    group = zarr.open_group(str(result), mode="r")
-    out_mpp = group.attrs["wsi_seg"]["mpp"]
-    labels = group["labels"]["mask"]
-    levels = sorted(labels.array_keys(), key=int)
-    level = max((lv for lv in levels if out_mpp * 2 ** int(lv) <= mpp * 1.001), key=int, default="0")
-    mask = labels[level][:]
-    level_mpp = out_mpp * 2 ** int(level)
+    res = Result.open(result)
+    level = res.level_for_mpp(mpp)
+    mask = res.mask(level)[:]
+    level_mpp = res.level_mpp(level)
     h, w = shape_hw
     # crop/pad to the ground truth's extent before resizing so pixel grids line up
     need_h, need_w = round(h * mpp / level_mpp), round(w * mpp / level_mpp)

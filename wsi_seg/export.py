@@ -48,8 +48,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from wsi_seg.errors import ConfigError, DatasetError, OutputError
-from wsi_seg.output import LABEL_NAME, read_provenance
+from wsi_seg.errors import ConfigError, OutputError, ResultError
+from wsi_seg.result import Result
 
 log = logging.getLogger(__name__)
 
@@ -386,32 +386,15 @@ class ExportSummary:
         return [c.line() for c in self.classes]
 
 
-def _open_result(path: Path, level: int) -> tuple[Any, dict[str, Any]]:
-    """The mask array of ``level`` and the provenance, or a DatasetError naming the file."""
-    import zarr
-
-    prov = read_provenance(path)
-    if prov is None:
-        raise DatasetError(
-            f"{path}: not a wsi-seg result (no 'wsi_seg' attributes in zarr.json); expected the output of `wsi-seg segment`"
-        )
-    if not prov.get("complete"):
-        raise DatasetError(f"{path}: result is incomplete (segmentation was interrupted); rerun `wsi-seg segment` to finish it")
-    try:
-        labels = zarr.open_group(str(path), mode="r")["labels"][LABEL_NAME]
-        levels = sorted(int(k) for k in labels.array_keys() if k.isdigit())
-    except (KeyError, OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: no labels/{LABEL_NAME} mask in the result ({exc})") from exc
-    if level not in levels:
-        have = f"levels {levels[0]}–{levels[-1]}" if levels else "no levels"
-        raise DatasetError(f"{path}: no mask level {level}; the result has {have}")
-    arr = labels[str(level)]
+def _open_result(path: Path, level: int) -> tuple[Any, Result]:
+    """The mask array of ``level`` and the result, or a ResultError naming the file."""
+    result = Result.open(path)
+    arr = result.mask(level)
     if arr.ndim != 2 or arr.dtype != np.uint8 or max(arr.shape) >= _M - 1:
-        raise DatasetError(f"{path}: mask level {level} is {arr.dtype} {arr.shape}, expected 2-D uint8 below {_M - 1} px a side")
-    mpp, slide_mpp = prov.get("mpp"), (prov.get("slide") or {}).get("mpp")
-    if not (isinstance(mpp, (int, float)) and mpp > 0 and isinstance(slide_mpp, (int, float)) and slide_mpp > 0):
-        raise DatasetError(f"{path}: result lacks the mask or slide µm/px (mpp {mpp}, slide mpp {slide_mpp})")
-    return arr, prov
+        raise ResultError(f"{path}: mask level {level} is {arr.dtype} {arr.shape}, expected 2-D uint8 below {_M - 1} px a side")
+    if not (result.provenance.slide.mpp or 0) > 0:
+        raise ResultError(f"{path}: result lacks the slide's µm/px (provenance slide.mpp); cannot place polygons on the slide")
+    return arr, result
 
 
 def _read_padded(arr: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -560,15 +543,13 @@ def export_geojson(
         raise ConfigError(f"--level must be ≥ 0 and blocks ≥ 1 px, got level {level}, block {block_px}")
     if (simplify_px or 0) < 0 or min_area_um2 < 0 or (min_hole_um2 or 0) < 0:
         raise ConfigError("--simplify, --min-area-um2 and --min-hole-um2 must be ≥ 0")
-    arr, prov = _open_result(result_path, level)
-    mpp = prov["mpp"] * 2**level  # µm per traced pixel
-    scale = mpp / prov["slide"]["mpp"]  # level-0 px per traced pixel
+    arr, result = _open_result(result_path, level)
+    mpp = result.level_mpp(level)  # µm per traced pixel
+    scale = mpp / result.provenance.slide.mpp  # level-0 px per traced pixel
     tol_px = DEFAULT_SIMPLIFY_MASK_PX if simplify_px is None else simplify_px / scale
     if tol_px > 0:
         _require_shapely()
-    names = [str(n) for n in prov.get("class_names", [])]
-    colors = [tuple(int(v) for v in c) for c in prov.get("class_colors", [])]
-    colors += [(128, 128, 128)] * (len(names) - len(colors))
+    names, colors = list(result.class_names), list(result.class_colors)
     summaries = {v: ClassSummary(names[v - 1], colors[v - 1]) for v in _select_classes(names, classes, result_path)}
     ch, cw = arr.chunks
     block_hw = (block_px or ch * math.ceil(MIN_BLOCK_PX / ch), block_px or cw * math.ceil(MIN_BLOCK_PX / cw))

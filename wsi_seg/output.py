@@ -1,20 +1,11 @@
 """The result store: an OME-Zarr (NGFF 0.5, zarr v3) written block by block.
 
-Layout (SPEC §6)::
-
-    mask.zarr/                 root: per-class activation maps, (c, y, x) uint8 0–255
-      0/ 1/ …                  2× pyramid levels
-      labels/mask/0/ 1/ …      uint8 class index, 0 = background, 1..N = classes
-    attrs["ome"]               multiscales (scale in µm), omero channels, image-label
-    attrs["wsi_seg"]           provenance; "complete" is written last
-
-A run writes to ``<out>.partial`` and renames it on success; ``.wsi_seg_progress``
+The layout is in ``wsi_seg.result``, which reads it. A run writes to ``<out>.partial`` and renames it on success; ``.wsi_seg_progress``
 inside it lists finished blocks so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -26,32 +17,12 @@ import numpy as np
 
 from wsi_seg.errors import OutputError
 from wsi_seg.pyramid import level_shapes
+from wsi_seg.result import LABEL_NAME, PROVENANCE_KEY, is_complete, partial_path, read_provenance  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PROGRESS_FILE = ".wsi_seg_progress"
-LABEL_NAME = "mask"
-
-
-def partial_path(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
-def read_provenance(path: Path) -> dict[str, Any] | None:
-    """The ``wsi_seg`` attributes of a store, or None if it is not one of ours."""
-    meta = path / "zarr.json"
-    try:
-        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
-    except (OSError, ValueError):
-        return None
-    prov = attrs.get("wsi_seg")
-    return prov if isinstance(prov, dict) else None
-
-
-def is_complete(path: Path) -> bool:
-    prov = read_provenance(path)
-    return bool(prov and prov.get("complete"))
 
 
 def _compressor() -> Any:
@@ -95,7 +66,7 @@ class ResultStore:
                 "0", shape=(h, w), dtype="uint8", chunks=(chunk_px, chunk_px),
                 compressors=_compressor(), fill_value=0, dimension_names=("y", "x"),
             )
-            group.attrs["wsi_seg"] = {**provenance, "format_version": FORMAT_VERSION, "complete": False}
+            group.attrs[PROVENANCE_KEY] = {**provenance, "format_version": FORMAT_VERSION, "complete": False}
         except OSError as exc:
             raise OutputError(f"{root}: cannot create output ({exc.strerror or exc})") from exc
         return cls(root)
@@ -252,7 +223,7 @@ class ResultStore:
         import zarr
 
         group = zarr.open_group(str(self.root), mode="r+")
-        group.attrs["wsi_seg"] = {**group.attrs["wsi_seg"], **fields}
+        group.attrs[PROVENANCE_KEY] = {**group.attrs[PROVENANCE_KEY], **fields}
 
     def finalize(self, final: Path) -> None:
         """Mark complete (last write), drop the progress file, rename into place."""

@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader
 from wsi_seg import __version__
 from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
 from wsi_seg.model.checkpoint import LoadedModel
-from wsi_seg.output import ResultStore, is_complete, partial_path, read_provenance
+from wsi_seg.output import ResultStore
 from wsi_seg.pyramid import StreamingPyramid, level_shapes
 from wsi_seg.reader import BlockDataset
+from wsi_seg.result import is_complete, partial_path, read_provenance
 from wsi_seg.runtime import resolve_runtime, torch_threads
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
