@@ -219,6 +219,6 @@ def test_quitting_the_worker_stops_the_run(make_napari_viewer, qtbot, blob_slide
     worker.yielded.connect(lambda report: worker.quit() if report.stage == "segmenting" else None)
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
     assert "cancelled" in widget.status.value
-    qtbot.waitUntil(lambda: not [t for t in threading.enumerate() if t.name.startswith("wsi-seg segment")],
+    qtbot.waitUntil(lambda: not [t for t in threading.enumerate() if t.name.startswith("wsi-seg")],
                     timeout=5_000)
     assert not (tmp_path / "gui.zarr").exists() and (tmp_path / "gui.zarr.partial").is_dir()

@@ -78,6 +78,34 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, blob_slide, check
         assert np.array_equal(a[name][:], b[name][:]), name
 
 
+def test_cancelled_run_raises_cancelled_and_resumes_to_identical_output(tmp_path, blob_slide, checkpoints):
+    import threading
+
+    from wsi_seg.errors import Cancelled
+
+    model = load_checkpoint(checkpoints[2])
+    opts = SegmentOptions(overlap_px=32, batch_size=2, **OPTS)
+    full = segment_slide(blob_slide, tmp_path / "full.zarr", model, opts)
+
+    out, cancel, seen = tmp_path / "resumed.zarr", threading.Event(), []
+
+    def cancel_half_way(done, total):
+        seen.append(done)
+        if done >= total // 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled, match=r"cancelled after \d+ of \d+ patches; rerun to resume"):
+        segment_slide(blob_slide, out, model, opts, on_progress=cancel_half_way, cancel=cancel)
+    assert seen[-1] < full.patches_run  # stopped before its next batch, short of the end
+    assert not out.exists() and partial_path(out).exists() and not is_complete(partial_path(out))
+    resumed = segment_slide(blob_slide, out, model, opts)
+    assert resumed.patches_resumed > 0
+    assert resumed.patches_run + resumed.patches_resumed == full.patches_run
+    a, b = zarr.open_group(str(full.out), mode="r"), zarr.open_group(str(out), mode="r")
+    for name in ("0", "1", "labels/mask/0", "labels/mask/1"):
+        assert np.array_equal(a[name][:], b[name][:]), name
+
+
 def test_output_is_ome_zarr_with_labels(tmp_path, blob_slide, checkpoints):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader

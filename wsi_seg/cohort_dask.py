@@ -286,10 +286,6 @@ _MODELS: dict[tuple[str, str, str], LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-class SlideCancelled(Exception):
-    """The client interrupted the run; the slide stops and stays resumable."""
-
-
 def _segment_task(slide: str, out: str, model_path: str, model_sha256: str,
                   options: SegmentOptions, placement: _Placement) -> SlideOutcome:
     """One slide on a worker: same options as the client's, but no progress bars."""
@@ -307,7 +303,7 @@ def _segment_task(slide: str, out: str, model_path: str, model_sha256: str,
 
         err = WsiSegError(f"{slide}: dask worker {get_worker().name}: {exc}")
         return failed_outcome(Path(slide), Path(out), err, started)
-    return segment_one(Path(slide), Path(out), model, options, on_progress=_CancelCheck(placement.cancel_event))
+    return segment_one(Path(slide), Path(out), model, options, cancel=_ClientCancel(placement.cancel_event))
 
 
 def _worker_device(device: str, placement: _Placement) -> str:
@@ -353,26 +349,28 @@ def _worker_model(path: str, device: str, sha256: str) -> LoadedModel:
         return _MODELS[key]
 
 
-class _CancelCheck:
-    """``on_progress`` callback: raises SlideCancelled once the client set the run's cancel event."""
+class _ClientCancel:
+    """The ``cancel`` flag of a slide on a worker: set once the client set the run's dask
+    ``Event``, which is asked at most every ``poll_s`` seconds (the engine checks before
+    every batch)."""
 
     def __init__(self, event_name: str, poll_s: float = CANCEL_POLL_S) -> None:
         self.event_name, self.poll_s = event_name, poll_s
-        self._last = -float("inf")  # first check after the first batch
+        self._last = -float("inf")
         self._event: Any = None
+        self._set = False
 
-    def __call__(self, done: int, total: int) -> None:
+    def is_set(self) -> bool:
         now = time.monotonic()
-        if now - self._last < self.poll_s:
-            return
+        if self._set or now - self._last < self.poll_s:
+            return self._set
         self._last = now
         try:
             if self._event is None:
                 from distributed import Event
 
                 self._event = Event(self.event_name)  # through this worker's client
-            cancelled = self._event.is_set()
+            self._set = bool(self._event.is_set())
         except (OSError, TimeoutError):  # scheduler unreachable: keep going, the result stays valid
-            return
-        if cancelled:
-            raise SlideCancelled(f"run cancelled by the client after {done} of {total} patches")
+            pass
+        return self._set

@@ -6,18 +6,19 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from wsi_seg import __version__
-from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
+from wsi_seg.errors import Cancelled, NoTissueError, OutputError, SlideError
 from wsi_seg.model.checkpoint import LoadedModel
+from wsi_seg.options import SegmentOptions
 from wsi_seg.output import ResultStore
 from wsi_seg.pyramid import StreamingPyramid, level_shapes
 from wsi_seg.reader import BlockDataset
@@ -25,35 +26,9 @@ from wsi_seg.result import is_complete, partial_path, read_provenance
 from wsi_seg.runtime import resolve_runtime, torch_threads
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
-from wsi_seg.tissue import SeedParams, TissueParams, tissue_mask
+from wsi_seg.tissue import SeedParams, tissue_mask
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    """How to run one slide; the CLI flags map onto these fields."""
-
-    device: str = "auto"
-    batch_size: int | None = None  # patches per model call; None: auto (see runtime.resolve_batch_size)
-    workers: int | None = None  # reader processes; None: auto (see runtime.resolve_workers)
-    overlap_px: int = 32
-    mpp: float | None = None  # level-0 µm/px override for slides without metadata
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see wsi_seg.runtime)
-    threads: int | None = None  # torch threads; None: the CPUs this process may use
-    tissue: TissueParams = field(default_factory=TissueParams)
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch size must be ≥ 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be ≥ 1, got {self.threads}")
-        if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
-            raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
 
 
 @dataclass
@@ -251,17 +226,54 @@ class _BlockAssembler:
         return True
 
 
+class CancelFlag(Protocol):
+    """What ``cancel`` may be: a ``threading.Event``, or anything with ``is_set()``."""
+
+    def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SegmentProgress:
+    """Reported after every batch: ``done`` of ``total`` tissue patches (resumed ones included)."""
+
+    done: int
+    total: int
+
+
 def segment_slide(
     slide_path: str | Path,
     out: str | Path,
     model: LoadedModel,
     options: SegmentOptions = SegmentOptions(),
     on_progress: Callable[[int, int], None] | None = None,
+    cancel: CancelFlag | None = None,
 ) -> SegmentResult:
     """Segment one slide into an OME-Zarr at ``out`` (see ``wsi_seg.output``).
 
-    ``on_progress(patches_done, patches_total)`` is called after every batch; raising
-    from it (e.g. a GUI's cancel) stops the run and leaves a resumable ``.partial``.
+    ``on_progress(patches_done, patches_total)`` is called after every batch. ``cancel``
+    is checked before every batch: once set, the run raises :class:`Cancelled` and
+    leaves its finished blocks in a resumable ``.partial`` (rerun to resume).
+    """
+    steps = segment_steps(slide_path, out, model, options, cancel)
+    while True:
+        try:
+            report = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(report.done, report.total)
+
+
+def segment_steps(
+    slide_path: str | Path,
+    out: str | Path,
+    model: LoadedModel,
+    options: SegmentOptions = SegmentOptions(),
+    cancel: CancelFlag | None = None,
+) -> Generator[SegmentProgress, None, SegmentResult]:
+    """:func:`segment_slide` as a generator: yields progress after every batch and returns
+    the result, so a caller (a GUI job) drives the run in its own thread. Closing the
+    generator early stops the run like ``cancel`` does, leaving a resumable ``.partial``.
     """
     from tqdm.auto import tqdm
 
@@ -309,19 +321,23 @@ def segment_slide(
     t_infer = time.perf_counter()
     bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
     try:
-        with torch_threads(rt.torch_threads), torch.inference_mode(), rt.autocast():
+        with torch_threads(rt.torch_threads):
             for patches, backgrounds, owners in _batches(loader, rt.batch_size):
-                patches = patches.to(device, non_blocking=True)
-                bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
-                pred = net.predict(patches, bkg)
-                acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
-                masks = pred.mask.cpu().numpy()
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"{slide_path}: cancelled after {n_resumed + n_run} of {n_total} patches; "
+                                    "rerun to resume")
+                # the grad and autocast modes are thread state: entered per batch, never held across a yield
+                with torch.inference_mode(), rt.autocast():
+                    patches = patches.to(device, non_blocking=True)
+                    bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
+                    pred = net.predict(patches, bkg)
+                    acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+                    masks = pred.mask.cpu().numpy()
                 for k, (item, patch_idx) in enumerate(owners):
                     assembler.add(item, patch_idx, acts[k], masks[k])
                 n_run += len(owners)
                 bar.update(len(owners))
-                if on_progress is not None:
-                    on_progress(n_resumed + n_run, n_total)
+                yield SegmentProgress(n_resumed + n_run, n_total)
     finally:
         bar.close()
         try:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from wsi_seg.errors import ConfigError
+from wsi_seg.options import SegmentOptions
 from wsi_seg.tissue import TissueParams
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="slide-reading worker processes (default: 0 = in-process on CPU, where the model uses "
                         "every core; up to 8 on CUDA)")
-    p.add_argument("--overlap", type=int, default=32, help="patch overlap in px at the model resolution; centre-cropped (default: 32)")
+    p.add_argument("--overlap", type=int, default=SegmentOptions.overlap_px, metavar="PX",
+                   help="patch overlap in px at the model resolution; centre-cropped (default: %(default)s)")
     p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides whose metadata lacks it")
     p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction,
                    help="minimum tissue fraction of a patch to run it (default: %(default)s)")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from wsi_seg.model.checkpoint import load_checkpoint
     from wsi_seg.model.default import default_model_path
     from wsi_seg.runtime import resolve_device
-    from wsi_seg.segment import SegmentOptions, segment_slide
+    from wsi_seg.segment import segment_slide
 
     if args.out is not None and len(args.slides) != 1:
         raise ConfigError(f"--out takes one slide, got {len(args.slides)}; use --out-dir for several")
