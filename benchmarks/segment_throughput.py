@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from wsi_seg.model import PsclNet, load_checkpoint, preset_config, save_checkpoint
-from wsi_seg.runtime import autocast, resolve_device, resolve_precision
-from wsi_seg.segment import SegmentOptions, resolve_batch_size, resolve_workers, segment_slide
+from wsi_seg.runtime import autocast, available_cpus, resolve_batch_size, resolve_device, resolve_precision, resolve_workers
+from wsi_seg.segment import SegmentOptions, segment_slide
 from wsi_seg.synthetic import write_demo_slide
 
 
@@ -83,7 +83,7 @@ def main() -> None:
             e2e = statistics.median(r.patches_per_second for r, _ in runs)
             mo = statistics.median(m for _, m in runs)
             rows.append((preset, res.patches_run, res.seconds, e2e, mo, res.timings))
-    print(f"device {device}, batch {args.batch_size}, workers {resolve_workers(device, args.workers)}, "
+    print(f"device {device}, batch {args.batch_size}, workers {resolve_workers(device, args.workers, available_cpus().cpus)}, "
           f"precision {args.precision} = {resolve_precision(device, args.precision)}, "
           f"threads {torch.get_num_threads()}, slide {args.size}² px @0.25 µm/px, median of {args.repeats}")
     print(f"{'preset':>8} {'patches':>8} {'wall s':>8} {'e2e p/s':>9} {'model p/s':>10} {'ratio':>6}  split (s)")

@@ -206,16 +206,28 @@ class DataConfig(DataSource):
 
 @dataclass
 class ModelSettings:
-    """The network: a wsi_seg preset, optionally with another timm backbone, and weights."""
+    """The network: a wsi_seg preset, optionally with another timm backbone, and weights.
+
+    ``pretrained``: ``auto`` (ImageNet weights for the standard presets — the thesis'
+    ImageNet-22k Swin-T for swin-t, §4.1.1, table 5.13 — random for small/tiny),
+    ``imagenet``, ``timm:<tag>``, a ``.safetensors`` file, or ``none`` / null (random
+    init); see :mod:`wsi_seg.model.pretrained`. ``pretrained_sha256``: filled in by the run with the
+    hash of the file loaded (so config.yaml records it); when given, a pin the file must match.
+    """
 
     preset: str = setting("swin-t", flag="--preset", metavar="NAME", exclusive="model",
                           help="model preset (swin-t, convnext-t, resnet50, small, tiny)")
     backbone: str | None = setting(None, flag="--backbone", metavar="NAME", exclusive="model",
                                    help="any timm backbone with strides 4–32 instead of a preset",
                                    default_text="the preset's")
-    pretrained: str | None = setting(None, flag="--pretrained", metavar="PATH", default_text="random init",
-                                     help="local backbone weights file (ImageNet, or RUN_DIR/encoder.safetensors "
-                                          "of wsi-seg pretrain)")
+    pretrained: str | None = setting(
+        "auto", flag="--pretrained", metavar="WEIGHTS",
+        help="initial encoder weights: auto (ImageNet for swin-t/convnext-t/swinv2-t/resnet50 — swin-t: timm's "
+             "ImageNet-22k swin_tiny_patch4_window7_224.ms_in22k, thesis §4.1.1 — random for small/tiny), imagenet, "
+             "timm:<tag>, a .safetensors file (e.g. RUN_DIR/encoder.safetensors of wsi-seg pretrain) or none; hub "
+             "weights come from the Hugging Face cache (HF_HUB_OFFLINE=1: cache only)")
+    pretrained_sha256: str | None = setting(
+        None, result=False, help="sha256 of the initial weights; the run records it, a given value is a pin")
 
 
 @dataclass

@@ -9,9 +9,9 @@
     RUN_DIR/encoder.safetensors   the encoder weights, for ``wsi-seg train --stage 1
                                   --pretrained RUN_DIR/encoder.safetensors`` (same preset)
 
-The network is the wsi-seg encoder (:class:`wsi_seg.model.encoder.TimmEncoder` of the
-preset) with two projection heads on its last stage (stride 32, the features CAMs and
-PSCL use): a dense one (1×1 conv → ReLU → 1×1 conv) for the intra-image term and a
+The network is the wsi-seg encoder of the preset with two projection heads on the
+backbone's own last map (``backbone_features``: stride 32 for hierarchical backbones;
+for plain ViTs the last token map, stride 16, without the multi-scale adapter): a dense one (1×1 conv → ReLU → 1×1 conv) for the intra-image term and a
 global one (average pool → linear → ReLU → linear) for the inter-image term; which
 pairs are positives is defined in :class:`training.losses.IntraInterNTXentLoss`. The
 heads are dropped at the end. Resuming, seeding and torchrun work as in stage 1 (under
@@ -44,9 +44,11 @@ from torch import nn
 from wsi_seg.errors import CheckpointError, ConfigError, WsiSegError
 from wsi_seg.model import preset_config
 from wsi_seg.model.config import ModelConfig
-from wsi_seg.model.encoder import TimmEncoder
+from wsi_seg.model.backbones import build_encoder, resolve_hub_backbone
+from wsi_seg.model.hub import is_hub_name
+from wsi_seg.model.pretrained import PretrainedWeights, hub_backbone_weights, resolve_pretrained
 
-from training.config import PretrainConfig, dump_yaml
+from training.config import ModelSettings, PretrainConfig, dump_yaml
 from training.datasets.unlabelled import ContrastiveViews, check_image_sizes, pretrain_images
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.loop import (
@@ -72,7 +74,7 @@ WEIGHTS_NAME = "encoder.safetensors"
 METADATA_KEY = "wsi_seg_pretrain"
 WEIGHTS_FORMAT_VERSION = 1
 METRICS_COLUMNS = ("epoch", "loss", "intra", "inter", "lr", "seconds")
-_NON_RESULT_KEYS = ("out", "device", "progress", "data.workers")
+_NON_RESULT_KEYS = ("out", "device", "progress", "data.workers", "model.pretrained_sha256")
 
 
 @dataclass
@@ -87,15 +89,18 @@ class ContrastiveNet(nn.Module):
     """Encoder + dense and global projection heads on its last stage.
 
     ``forward(x, v, s)`` takes three (B, 3, P, P) uint8 batches (image, visual view,
-    spatial view) and returns (dense_x, dense_v) (B, D, P/32, P/32) and (global_x,
+    spatial view) and returns (dense_x, dense_v) (B, D, P/32, P/32; a ViT's stride-16
+    token map average-pooled to that grid) and (global_x,
     global_s) (B, D); one encoder pass over the 3B images.
     """
 
-    def __init__(self, cfg: ModelConfig, projection_dim: int = 128, pretrained: str | Path | bool = False) -> None:
+    def __init__(
+        self, cfg: ModelConfig, projection_dim: int = 128, pretrained: str | Path | bool | PretrainedWeights = False
+    ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = TimmEncoder(cfg.backbone, pretrained=pretrained, **cfg.backbone_kwargs)
-        c = self.encoder.channels[-1]
+        self.encoder = build_encoder(cfg, pretrained)
+        c = self.encoder.backbone_channels
         self.dense_head = nn.Sequential(nn.Conv2d(c, c, 1), nn.ReLU(inplace=True), nn.Conv2d(c, projection_dim, 1))
         self.global_head = nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, projection_dim))
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
@@ -106,20 +111,23 @@ class ContrastiveNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         b = x.shape[0]
         images = torch.cat([x, v, s]).float().div_(255.0)
-        feats = self.encoder((images - self.mean) / self.std)[-1]
+        feats = self.encoder.backbone_features((images - self.mean) / self.std)
+        cells = images.shape[-1] // 32
+        if feats.shape[-1] > cells:  # ViT token maps (stride 16): the dense term's cost grows
+            feats = nn.functional.adaptive_avg_pool2d(feats, cells)  # with cells², keep Swin-T's 7×7
         fx, fv, fs = feats.split(b)
         dense_x, dense_v = self.dense_head(torch.cat([fx, fv])).split(b)
         global_x, global_s = self.global_head(torch.cat([fx, fs]).mean(dim=(2, 3))).split(b)
         return dense_x, dense_v, global_x, global_s
 
 
-def encoder_state_dict(encoder: TimmEncoder) -> dict[str, torch.Tensor]:
+def encoder_state_dict(encoder: nn.Module) -> dict[str, torch.Tensor]:
     """The encoder's weights under the names of timm's full model (no ``model.`` prefix)."""
     model = getattr(encoder.body, "model", encoder.body)
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_encoder_weights(encoder: TimmEncoder, path: Path, cfg: ModelConfig, provenance: dict[str, Any]) -> Path:
+def save_encoder_weights(encoder: nn.Module, path: Path, cfg: ModelConfig, provenance: dict[str, Any]) -> Path:
     """Write the encoder as a safetensors file ``--pretrained`` loads, and check it does."""
     from safetensors.torch import save_file
 
@@ -134,9 +142,9 @@ def save_encoder_weights(encoder: TimmEncoder, path: Path, cfg: ModelConfig, pro
     weights = encoder_state_dict(encoder)
     tmp = path.with_name(path.stem + ".tmp.safetensors")  # timm picks the loader by suffix
     save_file(weights, str(tmp), metadata={METADATA_KEY: json.dumps(meta, default=str)})
-    reloaded = TimmEncoder(cfg.backbone, pretrained=tmp, **cfg.backbone_kwargs)
-    expected = encoder.state_dict()
-    got = reloaded.state_dict()
+    reloaded = build_encoder(cfg, pretrained=tmp)
+    expected = encoder.body.state_dict()
+    got = reloaded.body.state_dict()
     differing = [k for k in expected if not torch.equal(expected[k].cpu(), got[k])]
     if differing:
         tmp.unlink()
@@ -168,6 +176,34 @@ def check_pretrained_file(path: str | Path, cfg: ModelConfig) -> None:
                               f"use the same --preset/--backbone as wsi-seg pretrain")
 
 
+def resolve_run_weights(settings: ModelSettings, model_cfg: ModelConfig) -> PretrainedWeights | None:
+    """The initial encoder weights of a run (``settings.pretrained``), checked against a
+    ``wsi-seg pretrain`` file's backbone and the ``pretrained_sha256`` pin; the hash is
+    written back into ``settings`` so the run's config.yaml records it. An ``hf-hub:``
+    backbone (``model_cfg.provenance["encoder_weights"]``) starts from its own hub weights
+    under ``auto``."""
+    hub = model_cfg.provenance.get("encoder_weights")
+    if hub and settings.pretrained == "auto":
+        weights: PretrainedWeights | None = hub_backbone_weights(hub)
+        if settings.pretrained_sha256 and weights.sha256 != settings.pretrained_sha256:
+            raise CheckpointError(f"{weights.file}: sha256 differs from the pinned {settings.pretrained_sha256[:12]}…")
+    else:
+        weights = resolve_pretrained(settings.pretrained, model_cfg.backbone, dict(model_cfg.backbone_kwargs),
+                                     sha256=settings.pretrained_sha256)
+    if weights is not None and weights.hub_repo is None:
+        check_pretrained_file(weights.file, model_cfg)
+    settings.pretrained_sha256 = weights.sha256 if weights is not None else None
+    return weights
+
+
+def initial_weights(weights: PretrainedWeights | None) -> PretrainedWeights | str | bool:
+    """What the network builders take: an ``hf-hub:`` source by name (timm's hub loading,
+    which then finds the file in the cache), other resolved weights as they are."""
+    if weights is None:
+        return False
+    return weights.spec if is_hub_name(weights.spec) else weights
+
+
 def train_pretrain(
     cfg: PretrainConfig,
     overwrite: bool = False,
@@ -190,13 +226,14 @@ def train_pretrain(
 
 
 def pretrain_model_config(cfg: PretrainConfig) -> ModelConfig:
-    """The encoder's ModelConfig: the preset (or backbone) at the pre-training patch size."""
+    """The encoder's ModelConfig: the preset (or backbone) at the pre-training patch size;
+    a hub backbone (``hf-hub:…``) resolved to its timm architecture."""
     overrides: dict[str, Any] = {}
     if cfg.model.backbone:
         overrides.update(backbone=cfg.model.backbone, backbone_kwargs={}, preset="")
     if cfg.data.patch_size_px is not None:
         overrides["patch_size_px"] = cfg.data.patch_size_px
-    return preset_config(cfg.model.preset, **overrides)
+    return resolve_hub_backbone(preset_config(cfg.model.preset, **overrides))[0]
 
 
 def _train(
@@ -213,13 +250,15 @@ def _train(
     weights_path = run_dir / WEIGHTS_NAME
     per_rank_batch(cfg.batch_size, dist_info)
     model_cfg = pretrain_model_config(cfg)
+    hub_weights = model_cfg.provenance.get("encoder_weights")
     images = pretrain_images(cfg.data.path, cfg.data.format)
     check_image_sizes(images, model_cfg.patch_size_px)
     if len(images) < cfg.batch_size:
         raise ConfigError(f"{cfg.data.path}: {len(images)} images, fewer than one batch of {cfg.batch_size}; lower --batch-size")
     state_dir = prepare_run_dir(run_dir, fp, cfg.epochs, overwrite, dist_info, result=WEIGHTS_NAME, finished=weights_path)
     seed_everything(cfg.seed)
-    net = ContrastiveNet(model_cfg, cfg.contrast.projection_dim, pretrained=cfg.model.pretrained or False).to(device)
+    weights = resolve_run_weights(cfg.model, model_cfg)
+    net = ContrastiveNet(model_cfg, cfg.contrast.projection_dim, pretrained=initial_weights(weights)).to(device)
     _check_input_size(net.encoder, model_cfg)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -302,7 +341,7 @@ def _train(
     return PretrainResult(run_dir=run_dir, weights=weights, history=history, resumed_from_epoch=start_epoch)
 
 
-def _check_input_size(encoder: TimmEncoder, cfg: ModelConfig) -> None:
+def _check_input_size(encoder: nn.Module, cfg: ModelConfig) -> None:
     """ConfigError (not a traceback mid-epoch) when the backbone refuses the patch size."""
     x = torch.zeros(1, 3, cfg.patch_size_px, cfg.patch_size_px, device=next(encoder.parameters()).device)
     try:
@@ -316,6 +355,12 @@ def _check_input_size(encoder: TimmEncoder, cfg: ModelConfig) -> None:
         ) from exc
 
 
+def cfg_hub_weights(cfg: PretrainConfig) -> str | None:
+    """The hub model a run starts from when its backbone is ``hf-hub:…``."""
+    backbone = cfg.model.backbone or preset_config(cfg.model.preset).backbone
+    return backbone if backbone.startswith(("hf-hub:", "hf_hub:")) else None
+
+
 def _provenance(cfg: PretrainConfig, images: list[Path], run_dir: Path) -> dict[str, Any]:
     return {
         "method": "NT-Xent pre-training, L_intra + λ·L_inter (thesis §4.2)",
@@ -326,7 +371,8 @@ def _provenance(cfg: PretrainConfig, images: list[Path], run_dir: Path) -> dict[
         "seed": cfg.seed,
         "optim": {"name": "AdamW", **dataclasses.asdict(cfg.optim)},
         "contrast": dataclasses.asdict(cfg.contrast),
-        "initial_weights": cfg.model.pretrained,
+        "initial_weights": cfg.model.pretrained if cfg.model.pretrained != "auto" else cfg_hub_weights(cfg) or "auto",
+        "initial_weights_sha256": cfg.model.pretrained_sha256,
         "run_dir": str(run_dir.resolve()),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "software": software_versions(),

@@ -34,7 +34,9 @@ from torch.utils.data import DataLoader
 
 from wsi_seg.errors import ConfigError, DatasetError, WsiSegError
 from wsi_seg.model import PsclNet, cams_from_class_maps, preset_config, save_checkpoint
+from wsi_seg.model.backbones import resolve_hub_backbone
 from wsi_seg.model.config import ModelConfig
+from wsi_seg.model.pretrained import PretrainedWeights
 
 from training.augment import flips
 from training.config import Stage1Config, dump_yaml
@@ -42,6 +44,7 @@ from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_datas
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.evaluate import confusion_on_loader
 from training.losses import MLSMLoss, PSCLLoss, default_supcon
+from training.pretrain import initial_weights, resolve_run_weights
 from training.loop import (
     RunResult,
     autocast_for,
@@ -63,7 +66,8 @@ log = logging.getLogger(__name__)
 
 METRICS_COLUMNS = ("epoch", "loss", "mlsm", "pscl", "lr", "seconds", "val_miou", "val_seconds", "pscl_pixels")
 # settings that do not change a run's result: a resumed run may differ in these
-_NON_RESULT_KEYS = ("out", "device", "progress", "data.workers", "val_every", "val_max_patches")
+_NON_RESULT_KEYS = ("out", "device", "progress", "data.workers", "val_every", "val_max_patches",
+                    "model.pretrained_sha256")
 
 
 class _Stage1Forward(nn.Module):
@@ -107,7 +111,8 @@ def resolve_data(cfg: Stage1Config) -> ResolvedData:
 
 
 def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
-    """The stage-1 ModelConfig: preset (or backbone), dataset classes, µm/px, seeding."""
+    """The stage-1 ModelConfig: preset (or backbone), dataset classes, µm/px, seeding; a
+    hub backbone (``hf-hub:…``) resolved to its timm architecture, arguments, mean/std."""
     overrides: dict[str, Any] = dict(
         stage=1,
         class_names=data.index.class_names,
@@ -122,7 +127,7 @@ def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
         overrides["cam_score_threshold"] = cfg.pscl.gating_threshold
     if cfg.model.backbone:
         overrides.update(backbone=cfg.model.backbone, backbone_kwargs={}, preset="")
-    return preset_config(cfg.model.preset, **overrides)
+    return resolve_hub_backbone(preset_config(cfg.model.preset, **overrides))[0]
 
 
 def _result_settings(cfg: Stage1Config) -> dict[str, Any]:
@@ -163,10 +168,7 @@ def _train(
     run_dir = Path(cfg.out)
     data = resolve_data(cfg)
     model_cfg = build_model_config(cfg, data)
-    if cfg.model.pretrained:
-        from training.pretrain import check_pretrained_file
-
-        check_pretrained_file(cfg.model.pretrained, model_cfg)
+    weights = resolve_run_weights(cfg.model, model_cfg)
     per_rank_batch(cfg.batch_size, dist_info)
     train_records = data.index.split("train", need_labels=True)
     if len(train_records) < cfg.batch_size:
@@ -180,7 +182,7 @@ def _train(
         (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
 
     seed_everything(cfg.seed)
-    net = PsclNet(model_cfg, pretrained=cfg.model.pretrained or False).to(device)
+    net = PsclNet(model_cfg, pretrained=initial_weights(weights)).to(device)
     net.train()
     forward: nn.Module = _Stage1Forward(net)
     if dist_info.enabled:
@@ -224,6 +226,7 @@ def _train(
                 "background_seed": dataclasses.asdict(data.seed),
             },
             "model": model_cfg.to_dict(),
+            "pretrained": weights.to_dict() if weights else None,
         })
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -303,7 +306,7 @@ def _train(
 
     checkpoint = None
     if dist_info.is_main:
-        final_cfg = model_cfg.replace(provenance=_provenance(cfg, data, run_dir))
+        final_cfg = model_cfg.replace(provenance={**model_cfg.provenance, **_provenance(cfg, data, run_dir, weights)})
         checkpoint = save_checkpoint(net, run_dir / "checkpoint", config=final_cfg)
         log.info("stage-1 checkpoint written to %s", checkpoint)
     barrier(dist_info)
@@ -319,7 +322,9 @@ def _val_loader(cfg: Stage1Config, data: ResolvedData, info: DistInfo) -> DataLo
                       num_workers=cfg.data.workers)
 
 
-def _provenance(cfg: Stage1Config, data: ResolvedData, run_dir: Path) -> dict[str, Any]:
+def _provenance(
+    cfg: Stage1Config, data: ResolvedData, run_dir: Path, weights: PretrainedWeights | None
+) -> dict[str, Any]:
     return {
         "training": {
             "stage": 1,
@@ -333,7 +338,7 @@ def _provenance(cfg: Stage1Config, data: ResolvedData, run_dir: Path) -> dict[st
             "optim": dataclasses.asdict(cfg.optim),
             "pscl": dataclasses.asdict(cfg.pscl),
             "background_seed": dataclasses.asdict(data.seed),
-            "pretrained": cfg.model.pretrained,
+            "pretrained": weights.to_dict() if weights else None,
             "run_dir": str(run_dir.resolve()),
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "software": software_versions(),

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from wsi_seg.errors import ConfigError
 from wsi_seg.tissue import TissueParams
 
+READERS = ("auto", "openslide", "jpeg-cpu", "jpeg-device")  # slide decoders, see wsi_seg.reader
+
 
 @dataclass(frozen=True)
 class SegmentOptions:
@@ -23,6 +25,7 @@ class SegmentOptions:
     mpp: float | None = None  # level-0 µm/px override for slides without metadata
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see wsi_seg.runtime)
     threads: int | None = None  # torch threads; None: the CPUs this process may use
+    reader: str = "auto"  # slide decoder, one of READERS
     tissue: TissueParams = field(default_factory=TissueParams)
     overwrite: bool = False
     progress: bool = True
@@ -36,3 +39,5 @@ class SegmentOptions:
             raise ConfigError(f"threads must be ≥ 1, got {self.threads}")
         if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
             raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
+        if self.reader not in READERS:
+            raise ConfigError(f"unknown reader {self.reader!r}; use one of {', '.join(READERS)}")

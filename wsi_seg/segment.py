@@ -6,14 +6,13 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from wsi_seg import __version__
 from wsi_seg.errors import Cancelled, NoTissueError, OutputError, SlideError
@@ -21,7 +20,7 @@ from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.options import SegmentOptions
 from wsi_seg.output import ResultStore
 from wsi_seg.pyramid import StreamingPyramid, level_shapes
-from wsi_seg.reader import BlockDataset
+from wsi_seg.reader import READERS, BlockReader, plan_reader
 from wsi_seg.result import is_complete, partial_path, read_provenance
 from wsi_seg.runtime import resolve_runtime, torch_threads
 from wsi_seg.slide import Slide, SlideInfo
@@ -133,7 +132,7 @@ def _prepare_store(out: Path, grid: TileGrid, model: LoadedModel, provenance: di
     return ResultStore.create(tmp, grid.out_shape, model.config.num_classes, grid.block_px, provenance)
 
 
-def _batches(loader: DataLoader, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]]:
+def _batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]]:
     """Re-batch block items into model batches of ``batch_size`` patches.
 
     Yields (patches, backgrounds, owners) where owners[k] = (block item, patch index).
@@ -290,8 +289,9 @@ def segment_steps(
         t = time.perf_counter()
         grid, run = plan(slide, cfg.mpp, cfg.patch_size_px, options)
         timings["tissue"] = time.perf_counter() - t
+        reader_plan = plan_reader(options.reader, slide, cfg.mpp, device)
     provenance = _provenance(info, model, grid, options)
-    provenance["inference"] = rt.provenance()
+    provenance["inference"] = {**rt.provenance(), "reader": reader_plan.provenance()}
     store = _prepare_store(out, grid, model, provenance, options.overwrite)
     blocks = grid.blocks(run)
     done = store.done_blocks()
@@ -300,12 +300,8 @@ def segment_steps(
     n_resumed = sum(len(b.patches) for b in blocks if b.index in done)
     n_skipped = grid.grid_shape[0] * grid.grid_shape[1] - n_total
     seed = SeedParams.of_model(cfg)
-    dataset = BlockDataset(str(slide_path), info.mpp if options.mpp is None else options.mpp, grid, todo, seed)
-    loader = DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
+    reader = BlockReader(reader_plan, str(slide_path), info.mpp if options.mpp is None else options.mpp,
+                         grid, todo, seed, device, workers)
     net = model.net.to(device).eval()
     store.open_for_writing()
     # a fresh run builds the pyramid while it runs; a resumed one builds it at the end
@@ -322,7 +318,7 @@ def segment_steps(
     bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
     try:
         with torch_threads(rt.torch_threads):
-            for patches, backgrounds, owners in _batches(loader, rt.batch_size):
+            for patches, backgrounds, owners in _batches(reader, rt.batch_size):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"{slide_path}: cancelled after {n_resumed + n_run} of {n_total} patches; "
                                     "rerun to resume")
@@ -356,6 +352,7 @@ def segment_steps(
     timings["pyramid"] = time.perf_counter() - t
     seconds = time.perf_counter() - t_start
     store.update_provenance(
+        inference={**provenance["inference"], "reader": reader.provenance()},
         stats={"patches_run": n_run, "patches_skipped": n_skipped, "patches_resumed": n_resumed,
                "tissue_patches": n_total, "seconds": round(seconds, 3), "levels": n_levels},
     )

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from wsi_seg.errors import ConfigError
-from wsi_seg.options import SegmentOptions
+from wsi_seg.options import READERS, SegmentOptions
 from wsi_seg.tissue import TissueParams
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction,
                    help="minimum tissue fraction of a patch to run it (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (default: auto = bf16 where the device computes it natively: CUDA GPUs with bf16, CPUs with AVX512-BF16/AMX; fp16 on older CUDA GPUs; else fp32)")
+                   help="autocast precision (default: auto = bf16 where the device computes it natively: CUDA GPUs "
+                        "with bf16, CPUs with AVX512-BF16/AMX; fp16 on older CUDA GPUs; else fp32)")
+    p.add_argument("--reader", default="auto", choices=list(READERS),
+                   help="slide decoder: openslide (any format); jpeg-cpu (JPEG tiles of SVS/tiled TIFF decoded at "
+                        "1/2, 1/4, 1/8 scale when the level is that much finer than the model); jpeg-device "
+                        "(tiles decoded in batches on the model's device, nvJPEG on CUDA); auto: jpeg-device on "
+                        "CUDA, jpeg-cpu on the CPU where the slide has JPEG tiles, else openslide (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         overlap_px=args.overlap,
         mpp=args.mpp,
         precision=args.precision,
+        reader=args.reader,
         tissue=TissueParams(min_tissue_fraction=args.tissue_threshold),
         overwrite=args.overwrite,
         progress=not args.no_progress,

@@ -29,8 +29,8 @@ from wsi_seg.model.config import ModelConfig
 class Stage1Output:
     """Stage-1 forward result.
 
-    logits: (B, N) GAP of the class maps; class_maps: (B, N, h, w) raw wᵀf at the last
-    encoder stage; features: (B, C, h, w) that last stage (PSCL works on it).
+    logits: (B, N) GAP of the class maps; class_maps: (B, N, h, w) raw wᵀf at the CAM
+    head's encoder stage; features: (B, C, h, w) that stage (PSCL works on it).
     """
 
     logits: torch.Tensor
@@ -101,19 +101,21 @@ def pseudo_label_mask(cams: torch.Tensor, background: torch.Tensor | None) -> to
 
 
 class CamHead(nn.Module):
-    """Stage 1: 1×1 classifier on the last encoder stage; GAP of its class maps → logits."""
+    """Stage 1: 1×1 classifier on one encoder stage (``level``: the last for CNNs and
+    Swin, stride 16 for plain ViTs); GAP of its class maps → logits."""
 
     needs_background_seed = True  # eq. 4.9: CAMs have no background channel; the seed is it
 
-    def __init__(self, in_channels: int, num_classes: int, score_threshold: float = 0.5) -> None:
+    def __init__(self, in_channels: int, num_classes: int, score_threshold: float = 0.5, level: int = -1) -> None:
         super().__init__()
         self.classifier = nn.Conv2d(in_channels, num_classes, 1, bias=False)
         self.score_threshold = score_threshold
+        self.level = level
 
     def forward(self, features: list[torch.Tensor]) -> Stage1Output:
-        last = features[-1]
-        class_maps = self.classifier(last)
-        return Stage1Output(logits=class_maps.mean(dim=(2, 3)), class_maps=class_maps, features=last)
+        feats = features[self.level]
+        class_maps = self.classifier(feats)
+        return Stage1Output(logits=class_maps.mean(dim=(2, 3)), class_maps=class_maps, features=feats)
 
     def logits(self, features: list[torch.Tensor]) -> torch.Tensor:
         """(B, N) classification logits."""

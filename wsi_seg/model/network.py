@@ -10,8 +10,9 @@ from torch import nn
 
 from wsi_seg.errors import ConfigError
 from wsi_seg.model.config import ModelConfig
-from wsi_seg.model.encoder import TimmEncoder
+from wsi_seg.model.backbones import build_encoder
 from wsi_seg.model.heads import CamHead, PatchPrediction, SegmentationHead, Stage1Output
+from wsi_seg.model.pretrained import PretrainedWeights
 
 # state-dict names of checkpoints written before the heads were modules of their own
 _LEGACY_KEYS = (("classifier.", "cam_head.classifier."), ("decoder.", "seg_head.decoder."),
@@ -38,11 +39,12 @@ class PsclNet(nn.Module):
     Stage 2 predicts ``num_classes + 1`` channels: 0 = background, 1..N = classes.
     """
 
-    def __init__(self, cfg: ModelConfig, pretrained: str | Path | bool = False) -> None:
+    def __init__(self, cfg: ModelConfig, pretrained: str | Path | bool | PretrainedWeights = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = TimmEncoder(cfg.backbone, pretrained=pretrained, **cfg.backbone_kwargs)
-        self.cam_head = CamHead(self.encoder.channels[-1], cfg.num_classes, cfg.cam_score_threshold)
+        self.encoder = build_encoder(cfg, pretrained)
+        level = self.encoder.cam_level
+        self.cam_head = CamHead(self.encoder.channels[level], cfg.num_classes, cfg.cam_score_threshold, level)
         self.seg_head: SegmentationHead | None = None
         if cfg.stage == 2:
             self.seg_head = SegmentationHead(cfg, self.encoder.channels)
