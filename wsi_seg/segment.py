@@ -20,7 +20,7 @@ from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.options import SegmentOptions
 from wsi_seg.output import ResultStore
 from wsi_seg.pyramid import StreamingPyramid, level_shapes
-from wsi_seg.reader import READERS, BlockReader, plan_reader
+from wsi_seg.reader import BlockReader, plan_reader
 from wsi_seg.result import is_complete, partial_path, read_provenance
 from wsi_seg.runtime import resolve_runtime, torch_threads
 from wsi_seg.slide import Slide, SlideInfo
