@@ -140,5 +140,5 @@ def write_result(
     store.close()
     if not complete:
         return tmp
-    store.finish(root, progress=False)  # pyramid, OME metadata from the provenance, complete
+    store.finish(root, progress=False)
     return root
