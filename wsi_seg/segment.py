@@ -4,96 +4,32 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from wsi_seg import __version__
-from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
-from wsi_seg.model.checkpoint import LoadedModel
+from wsi_seg.errors import Cancelled, NoTissueError, OutputError, SlideError
 from wsi_seg.lock import RunLock
+from wsi_seg.model.checkpoint import LoadedModel
+from wsi_seg.options import MAX_UPSAMPLING, SegmentOptions
 from wsi_seg.output import ResultStore
 from wsi_seg.ownership import check_output, output_lock
-from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
-from wsi_seg.reader import READERS, BlockReader, plan_reader
+from wsi_seg.reader import BlockReader, plan_reader
 from wsi_seg.result import partial_path, read_provenance
+from wsi_seg.runtime import Runtime, resolve_runtime, torch_threads
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
-from wsi_seg.tissue import SeedParams, TissueParams, tissue_mask
+from wsi_seg.tissue import SeedParams, tissue_mask
 
 log = logging.getLogger(__name__)
-
-
-# 4·10¹⁰ px: a 200,000 × 200,000 px output, beyond any 40x slide at the model's resolution
-DEFAULT_MAX_OUTPUT_PX = 40_000_000_000
-MAX_UPSAMPLING = 2.0  # model px per slide level-0 px without --allow-upsampling
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    """How to run one slide; the CLI flags map onto these fields."""
-
-    device: str = "auto"
-    batch_size: int | None = None  # patches per model call; None: auto (see resolve_batch_size)
-    workers: int | None = None  # reader processes; None: auto (see resolve_workers)
-    overlap_px: int = 32
-    mpp: float | None = None  # level-0 µm/px override for slides without metadata
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    reader: str = "auto"  # slide decoder, one of wsi_seg.reader.READERS
-    tissue: TissueParams = field(default_factory=TissueParams)
-    overwrite: bool = False
-    progress: bool = True
-    allow_upsampling: bool = False  # read the slide more than 2× finer than level 0
-    max_output_px: int = DEFAULT_MAX_OUTPUT_PX  # level-0 output pixels a run may plan
-
-    def __post_init__(self) -> None:
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch size must be ≥ 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
-        if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
-            raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
-        if self.reader not in READERS:
-            raise ConfigError(f"unknown reader {self.reader!r}; use one of {', '.join(READERS)}")
-        if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):
-            raise ConfigError(f"--mpp must be a positive number of µm per pixel, got {self.mpp}")
-        if self.max_output_px < 1:
-            raise ConfigError(f"--max-output-px must be ≥ 1, got {self.max_output_px}")
-
-
-def resolve_batch_size(device: torch.device, batch_size: int | None) -> int:
-    """Patches per model call for ``batch_size`` (None: auto).
-
-    Auto is 2 on the CPU, where small batches stay in cache: swin-t ran 1.3–1.5× faster
-    per patch at batch 2 than at 8 (fp32 and bf16, 2 cores), the ``small`` preset about
-    10 % slower. 32 on CUDA.
-    """
-    if batch_size is not None:
-        return batch_size
-    return 2 if device.type == "cpu" else 32
-
-
-def resolve_workers(device: torch.device, workers: int | None) -> int:
-    """Reader processes for ``workers`` (None: auto).
-
-    Auto is 0 on the CPU: the model's threads already use every core, and reader
-    processes only compete with them (``benchmarks/segment_throughput.py --workers``:
-    swin-t end-to-end/model-only 1.01 in-process vs 0.93 with one reader on 2 cores).
-    On CUDA, where decoding is the limit, one reader per spare core, up to 8.
-    """
-    if workers is not None:
-        return workers
-    if device.type == "cpu":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 @dataclass
@@ -253,18 +189,18 @@ def _prepare_store(out: Path, grid: TileGrid, model: LoadedModel, provenance: di
     return ResultStore.create(tmp, grid.out_shape, model.config.num_classes, grid.block_px, provenance)
 
 
-def _seconds_per_patch(net: torch.nn.Module, device: torch.device, autocast: Any, batch_size: int,
-                       patch_px: int, seeded: bool) -> float:
+def _seconds_per_patch(net: Any, rt: Runtime, patch_px: int, seeded: bool) -> float:
     """Model time per patch, from the second of two batches of noise (the first warms up)."""
-    x = torch.randint(0, 256, (batch_size, 3, patch_px, patch_px), dtype=torch.uint8, device=device)
-    bkg = torch.zeros((batch_size, patch_px, patch_px), dtype=torch.bool, device=device) if seeded else None
-    with torch.inference_mode(), autocast:
-        predict_patches(net, x, bkg)
+    n, device = rt.batch_size, rt.device
+    x = torch.randint(0, 256, (n, 3, patch_px, patch_px), dtype=torch.uint8, device=device)
+    bkg = torch.zeros((n, patch_px, patch_px), dtype=torch.bool, device=device) if seeded else None
+    with torch_threads(rt.torch_threads), torch.inference_mode(), rt.autocast():
+        net.predict(x, bkg)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
-        predict_patches(net, x, bkg).mask.cpu()
-    return (time.perf_counter() - t) / batch_size
+        net.predict(x, bkg).mask.cpu()
+    return (time.perf_counter() - t) / n
 
 
 def _batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]]:
@@ -355,46 +291,83 @@ class _BlockAssembler:
         return True
 
 
+class CancelFlag(Protocol):
+    """What ``cancel`` may be: a ``threading.Event``, or anything with ``is_set()``."""
+
+    def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SegmentProgress:
+    """Reported after every batch: ``done`` of ``total`` tissue patches (resumed ones included)."""
+
+    done: int
+    total: int
+
+
 def segment_slide(
     slide_path: str | Path,
     out: str | Path,
     model: LoadedModel,
     options: SegmentOptions = SegmentOptions(),
     on_progress: Callable[[int, int], None] | None = None,
+    cancel: CancelFlag | None = None,
     on_plan: Callable[[SegmentPlan], None] | None = None,
 ) -> SegmentResult:
     """Segment one slide into an OME-Zarr at ``out`` (layout: ``wsi_seg.result``).
 
     ``out`` must be new or a result of ours (``--overwrite``); the run holds the lock of
     ``out`` throughout. ``on_plan(plan)`` is called once the work is known, before
-    inference. ``on_progress(patches_done, patches_total)`` is called after every batch;
-    raising from it (e.g. a GUI's cancel) stops the run and leaves a resumable ``.partial``.
+    inference. ``on_progress(patches_done, patches_total)`` is called after every batch. ``cancel``
+    is checked before every batch: once set, the run raises :class:`Cancelled` and
+    leaves its finished blocks in a resumable ``.partial`` (rerun to resume).
+    """
+    steps = segment_steps(slide_path, out, model, options, cancel, on_plan)
+    while True:
+        try:
+            report = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(report.done, report.total)
+
+
+def segment_steps(
+    slide_path: str | Path,
+    out: str | Path,
+    model: LoadedModel,
+    options: SegmentOptions = SegmentOptions(),
+    cancel: CancelFlag | None = None,
+    on_plan: Callable[[SegmentPlan], None] | None = None,
+) -> Generator[SegmentProgress, None, SegmentResult]:
+    """:func:`segment_slide` as a generator: yields progress after every batch and returns
+    the result, so a caller (a GUI job) drives the run in its own thread. Closing the
+    generator early stops the run like ``cancel`` does, leaving a resumable ``.partial``.
+    The lock on ``out`` is held from the first step until the generator ends.
     """
     out = Path(out)
     check_output(out, options.overwrite)
     with output_lock(out) as lock:
-        return _segment_locked(Path(slide_path), out, model, options, on_progress, on_plan, lock)
+        return (yield from _locked_steps(Path(slide_path), out, model, options, cancel, on_plan, lock))
 
 
-def _segment_locked(
+def _locked_steps(
     slide_path: Path,
     out: Path,
     model: LoadedModel,
     options: SegmentOptions,
-    on_progress: Callable[[int, int], None] | None,
+    cancel: CancelFlag | None,
     on_plan: Callable[[SegmentPlan], None] | None,
     lock: RunLock,
-) -> SegmentResult:
+) -> Generator[SegmentProgress, None, SegmentResult]:
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     cfg = model.config
-    device = resolve_device(options.device)
-    precision = resolve_precision(device, options.precision)  # validates before any work
-    autocast = autocast_context(device, precision)
-    batch_size = resolve_batch_size(device, options.batch_size)
-    workers = resolve_workers(device, options.workers)
+    rt = resolve_runtime(options.device, options.precision, options.workers, options.batch_size,
+                         options.threads)  # validates before any work
+    device, workers = rt.device, rt.reader_workers
     with Slide(slide_path, mpp=options.mpp) as slide:
         info = slide.info()
         _ = slide.mpp  # raises MissingMppError early
@@ -403,9 +376,7 @@ def _segment_locked(
         timings["tissue"] = time.perf_counter() - t
         reader_plan = plan_reader(options.reader, slide, cfg.mpp, device)
     provenance = _provenance(info, model, grid, options)
-    provenance["inference"] = {"device": str(device), "precision": precision,
-                               "reader_workers": workers, "batch_size": batch_size,
-                               "reader": reader_plan.provenance()}
+    provenance["inference"] = {**rt.provenance(), "reader": reader_plan.provenance()}
     store = _prepare_store(out, grid, model, provenance, options.overwrite)
     blocks = grid.blocks(run)
     done = store.done_blocks()
@@ -417,10 +388,9 @@ def _segment_locked(
     reader = BlockReader(reader_plan, str(slide_path), info.mpp if options.mpp is None else options.mpp,
                          grid, todo, seed, device, workers)
     net = model.net.to(device).eval()
-    todo_patches = sum(len(b.patches) for b in todo)
     plan_ = SegmentPlan(
         str(slide_path), grid.out_shape, cfg.mpp, info.mpp if options.mpp is None else options.mpp, n_total,
-        todo_patches, _seconds_per_patch(net, device, autocast, batch_size, cfg.patch_size_px, seed.enabled) if todo else 0.0,
+        sum(len(b.patches) for b in todo), _seconds_per_patch(net, rt, cfg.patch_size_px, seed.enabled) if todo else 0.0,
         str(device),
     )
     log.info("%s", plan_.describe())
@@ -433,19 +403,23 @@ def _segment_locked(
     t_infer = time.perf_counter()
     bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
     try:
-        with torch.inference_mode(), autocast:
-            for patches, backgrounds, owners in _batches(reader, batch_size):
-                patches = patches.to(device, non_blocking=True)
-                bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
-                pred = predict_patches(net, patches, bkg)
-                acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
-                masks = pred.mask.cpu().numpy()
+        with torch_threads(rt.torch_threads):
+            for patches, backgrounds, owners in _batches(reader, rt.batch_size):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"{slide_path}: cancelled after {n_resumed + n_run} of {n_total} patches; "
+                                    "rerun to resume")
+                # the grad and autocast modes are thread state: entered per batch, never held across a yield
+                with torch.inference_mode(), rt.autocast():
+                    patches = patches.to(device, non_blocking=True)
+                    bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
+                    pred = net.predict(patches, bkg)
+                    acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+                    masks = pred.mask.cpu().numpy()
                 for k, (item, patch_idx) in enumerate(owners):
                     assembler.add(item, patch_idx, acts[k], masks[k])
                 n_run += len(owners)
                 bar.update(len(owners))
-                if on_progress is not None:
-                    on_progress(n_resumed + n_run, n_total)
+                yield SegmentProgress(n_resumed + n_run, n_total)
     finally:
         bar.close()
         try:
@@ -459,7 +433,7 @@ def _segment_locked(
     stats = {"patches_run": n_run, "patches_skipped": n_skipped, "patches_resumed": n_resumed, "tissue_patches": n_total}
     store.finish(out, stats, started=t_start, progress=options.progress,
                  inference={**provenance["inference"], "reader": reader.provenance()})
-    timings["pyramid"] = time.perf_counter() - t
     lock.moved(out)
+    timings["pyramid"] = time.perf_counter() - t
     seconds = time.perf_counter() - t_start
     return SegmentResult(out, n_run, n_skipped, n_resumed, seconds, timings)
