@@ -17,14 +17,17 @@ def mask_absent_classes(cams: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return cams * (labels > 0).to(cams.dtype)[:, :, None, None]
 
 
-def gate_cams(cams: torch.Tensor, logits: torch.Tensor, threshold: float = 0.8) -> torch.Tensor:
-    """Thesis eq. 4.4–4.5: CAM_n ← CAM_n · [sigmoid(score_n) > τ_g].
+def gate_cams(cams: torch.Tensor, logits: torch.Tensor, threshold: float = 0.8, floor: float = 0.0) -> torch.Tensor:
+    """Thesis eq. 4.4–4.5: CAM_n ← CAM_n · g_n, g_n = 1 if sigmoid(score_n) > τ_g else ε.
 
-    Only tissue classes are gated; the background channel, concatenated later, is
-    always kept (the thesis' constant background score of 1).
+    ``floor`` ε = 0 is eq. 4.5 (the "Gating (ε = 0)" rows of tables 5.16/5.17); ε > 0
+    keeps that fraction of a rejected class' CAM (our reading of the tables' other ε
+    rows, see docs/method.md). Only tissue classes are gated; the background channel,
+    concatenated later, is always kept (the thesis' constant background score of 1).
     """
-    keep = torch.sigmoid(logits.detach().float()) > threshold
-    return cams * keep.to(cams.dtype)[:, :, None, None]
+    keep = (torch.sigmoid(logits.detach().float()) > threshold).to(cams.dtype)
+    gate = keep + floor * (1 - keep) if floor else keep
+    return cams * gate[:, :, None, None]
 
 
 def background_at(background: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -207,7 +207,8 @@ def _train(
     pscl_loss = PSCLLoss(
         threshold=cfg.pscl.threshold,
         include_background=cfg.pscl.include_background,
-        gating_threshold=cfg.pscl.gating_threshold if cfg.pscl.gating else None,
+        gating_threshold=cfg.pscl.gating_threshold if cfg.pscl.gating and cfg.pscl.gate_pscl else None,
+        gating_floor=cfg.pscl.gating_epsilon,
         max_pixels_per_class_per_image=cfg.pscl.max_pixels_per_class_per_image,
         max_pixels_total=cfg.pscl.max_pixels_total,
         loss=default_supcon(cfg.pscl.temperature),
@@ -285,7 +286,9 @@ def _train(
             if cfg.val_max_patches is not None:
                 max_batches = max(1, math.ceil(cfg.val_max_patches / val_loader.batch_size))
             t_val = time.perf_counter()
-            cm = confusion_on_loader(net, val_loader, device, "gt", pscl_loss.gating_threshold, max_batches)
+            cm = confusion_on_loader(net, val_loader, device, "gt",
+                                     cfg.pscl.gating_threshold if cfg.pscl.gating else None, max_batches,
+                                     gating_floor=cfg.pscl.gating_epsilon)
             row["val_miou"] = round(cm.scores("mlps").miou, 6)
             row["val_seconds"] = round(time.perf_counter() - t_val, 3)
         history.append(row)
@@ -341,6 +344,11 @@ def _provenance(
             "optim": dataclasses.asdict(cfg.optim),
             "encoder": dataclasses.asdict(cfg.encoder),
             "pscl": dataclasses.asdict(cfg.pscl),
+            # what wsi-seg pseudo-labels and evaluate use for this checkpoint unless told otherwise
+            "pseudo_labels": {
+                "gating_threshold": cfg.pscl.gating_threshold if cfg.pscl.gating else None,
+                "gating_epsilon": cfg.pscl.gating_epsilon,
+            },
             "background_seed": dataclasses.asdict(data.seed),
             "pretrained": weights.to_dict() if weights else None,
             "run_dir": str(run_dir.resolve()),
