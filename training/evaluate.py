@@ -1,8 +1,9 @@
 """Scoring a checkpoint against ground-truth masks of a val/test split.
 
-Stage-1 checkpoints are scored on their CAM pseudo-labels (thesis eq. 4.9), stage-2
-checkpoints on the argmax of ``forward_segmentation`` upsampled to the patch. Which
-classes a stage-1 patch may take (``image_labels``):
+Each checkpoint is scored on the mask of its network's ``predict`` (``wsi_seg.model.heads``):
+stage 1 on its CAM pseudo-labels (thesis eq. 4.9), stage 2 on the argmax of its
+segmentation head upsampled to the patch. Which classes a stage-1 patch may take
+(``image_labels``):
 
 * ``predicted`` (default, the reference protocols): the classifier's own — sigmoid
   score above each protocol's reference threshold (:data:`REFERENCE_SCORE_THRESHOLDS`:
@@ -28,9 +29,9 @@ from torch.utils.data import DataLoader
 from wsi_seg.errors import ConfigError
 from wsi_seg.model import PsclNet, load_checkpoint
 
-from training.datasets import PatchDataset, SeedParams, open_dataset
 from wsi_seg.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
-from training.pseudo_labels import RUN_GATING, resolve_gating, seed_params_of, stage1_label_maps
+from training.datasets import PatchDataset, SeedParams, open_dataset
+from training.pseudo_labels import RUN_GATING, resolve_gating
 
 log = logging.getLogger(__name__)
 IMAGE_LABEL_MODES = ("predicted", "gt")
@@ -67,16 +68,15 @@ def predict_label_maps(
     Stage 1 with ``image_labels`` ``predicted``: classes with sigmoid > ``score_threshold``
     (None: the checkpoint's ``cam_score_threshold``), the top class kept."""
     images = batch["image"].to(device)
-    if net.cfg.stage == 2:
-        from wsi_seg.predict import predict_patches
-
-        return predict_patches(net, images).mask
+    background = batch["background"].to(device) if net.head.needs_background_seed else None
+    if net.seg_head is not None:
+        return net.predict(images, background).mask
     if image_labels == "gt":
-        labels = batch["labels"]
+        labels = batch["labels"].to(device)
     else:
         threshold = net.cfg.cam_score_threshold if score_threshold is None else score_threshold
         labels = predicted_labels(net, images, threshold)
-    return stage1_label_maps(net, images, batch["background"], labels, gating_threshold, gating_floor).mask
+    return net.predict(images, background, labels, gating_threshold, gating_floor).mask
 
 
 def confusion_on_loader(
@@ -169,7 +169,7 @@ def evaluate_checkpoint(
     Stage 1: ``image_labels`` predicted (each protocol's reference threshold, or
     ``score_threshold`` for all) or gt (oracle); gating as the run's unless given
     (None: off)."""
-    from wsi_seg.predict import resolve_device
+    from wsi_seg.runtime import resolve_device
 
     for p in protocols:
         if p not in PROTOCOLS:
@@ -186,7 +186,9 @@ def evaluate_checkpoint(
         )
     records = index.split(split, need_masks=True)
     stage = loaded.config.stage
-    seed = seed_params_of(loaded.config) if stage == 1 else SeedParams(enabled=False)
+    # a stage-2 network is scored alone; CAMs need the seed as their background (eq. 4.9)
+    seeded = loaded.net.head.needs_background_seed
+    seed = SeedParams.of_model(loaded.config) if seeded else SeedParams(enabled=False)
     dataset = PatchDataset(records, index.num_classes, seed=seed, with_masks=True)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     result = EvaluationResult(scores=[], confusions={}, checkpoint=Path(model), sha256=loaded.sha256, split=split,
