@@ -9,9 +9,9 @@
     RUN_DIR/encoder.safetensors   the encoder weights, for ``wsi-seg train --stage 1
                                   --pretrained RUN_DIR/encoder.safetensors`` (same preset)
 
-The network is the wsi-seg encoder (:class:`wsi_seg.model.encoder.TimmEncoder` of the
-preset) with two projection heads on its last stage (stride 32, the features CAMs and
-PSCL use): a dense one (1×1 conv → ReLU → 1×1 conv) for the intra-image term and a
+The network is the wsi-seg encoder of the preset with two projection heads on the
+backbone's own last map (``backbone_features``: stride 32 for hierarchical backbones;
+for plain ViTs the last token map, stride 16, without the multi-scale adapter): a dense one (1×1 conv → ReLU → 1×1 conv) for the intra-image term and a
 global one (average pool → linear → ReLU → linear) for the inter-image term; which
 pairs are positives is defined in :class:`training.losses.IntraInterNTXentLoss`. The
 heads are dropped at the end. Resuming, seeding and torchrun work as in stage 1 (under
@@ -39,7 +39,7 @@ from torch import nn
 from wsi_seg.errors import CheckpointError, ConfigError
 from wsi_seg.model import preset_config
 from wsi_seg.model.config import ModelConfig
-from wsi_seg.model.encoder import TimmEncoder
+from wsi_seg.model.backbones import build_encoder, resolve_hub_backbone
 
 from training.config import PretrainConfig
 from training.datasets.unlabelled import ContrastiveViews, check_image_sizes, pretrain_images
@@ -57,15 +57,16 @@ class ContrastiveNet(nn.Module):
     """Encoder + dense and global projection heads on its last stage.
 
     ``forward(x, v, s)`` takes three (B, 3, P, P) uint8 batches (image, visual view,
-    spatial view) and returns (dense_x, dense_v) (B, D, P/32, P/32) and (global_x,
+    spatial view) and returns (dense_x, dense_v) (B, D, P/32, P/32; a ViT's stride-16
+    token map average-pooled to that grid) and (global_x,
     global_s) (B, D); one encoder pass over the 3B images.
     """
 
     def __init__(self, cfg: ModelConfig, projection_dim: int = 128, pretrained: str | Path | bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = TimmEncoder(cfg.backbone, pretrained=pretrained, **cfg.backbone_kwargs)
-        c = self.encoder.channels[-1]
+        self.encoder = build_encoder(cfg, pretrained)
+        c = self.encoder.backbone_channels
         self.dense_head = nn.Sequential(nn.Conv2d(c, c, 1), nn.ReLU(inplace=True), nn.Conv2d(c, projection_dim, 1))
         self.global_head = nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, projection_dim))
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
@@ -76,20 +77,23 @@ class ContrastiveNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         b = x.shape[0]
         images = torch.cat([x, v, s]).float().div_(255.0)
-        feats = self.encoder((images - self.mean) / self.std)[-1]
+        feats = self.encoder.backbone_features((images - self.mean) / self.std)
+        cells = images.shape[-1] // 32
+        if feats.shape[-1] > cells:  # ViT token maps (stride 16): the dense term's cost grows
+            feats = nn.functional.adaptive_avg_pool2d(feats, cells)  # with cells², keep Swin-T's 7×7
         fx, fv, fs = feats.split(b)
         dense_x, dense_v = self.dense_head(torch.cat([fx, fv])).split(b)
         global_x, global_s = self.global_head(torch.cat([fx, fs]).mean(dim=(2, 3))).split(b)
         return dense_x, dense_v, global_x, global_s
 
 
-def encoder_state_dict(encoder: TimmEncoder) -> dict[str, torch.Tensor]:
+def encoder_state_dict(encoder: nn.Module) -> dict[str, torch.Tensor]:
     """The encoder's weights under the names of timm's full model (no ``model.`` prefix)."""
     model = getattr(encoder.body, "model", encoder.body)
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_encoder_weights(encoder: TimmEncoder, path: Path, cfg: ModelConfig, provenance: dict[str, Any]) -> Path:
+def save_encoder_weights(encoder: nn.Module, path: Path, cfg: ModelConfig, provenance: dict[str, Any]) -> Path:
     """Write the encoder as a safetensors file ``--pretrained`` loads, and check it does."""
     from safetensors.torch import save_file
 
@@ -104,9 +108,9 @@ def save_encoder_weights(encoder: TimmEncoder, path: Path, cfg: ModelConfig, pro
     weights = encoder_state_dict(encoder)
     tmp = path.with_name(path.stem + ".tmp.safetensors")  # timm picks the loader by suffix
     save_file(weights, str(tmp), metadata={METADATA_KEY: json.dumps(meta, default=str)})
-    reloaded = TimmEncoder(cfg.backbone, pretrained=tmp, **cfg.backbone_kwargs)
-    expected = encoder.state_dict()
-    got = reloaded.state_dict()
+    reloaded = build_encoder(cfg, pretrained=tmp)
+    expected = encoder.body.state_dict()
+    got = reloaded.body.state_dict()
     differing = [k for k in expected if not torch.equal(expected[k].cpu(), got[k])]
     if differing:
         tmp.unlink()
@@ -139,13 +143,14 @@ def check_pretrained_file(path: str | Path, cfg: ModelConfig) -> None:
 
 
 def pretrain_model_config(cfg: PretrainConfig) -> ModelConfig:
-    """The encoder's ModelConfig: the preset (or backbone) at the pre-training patch size."""
+    """The encoder's ModelConfig: the preset (or backbone) at the pre-training patch size;
+    a hub backbone (``hf-hub:…``) resolved to its timm architecture."""
     overrides: dict[str, Any] = {}
     if cfg.model.backbone:
         overrides.update(backbone=cfg.model.backbone, backbone_kwargs={}, preset="")
     if cfg.data.patch_size_px is not None:
         overrides["patch_size_px"] = cfg.data.patch_size_px
-    return preset_config(cfg.model.preset, **overrides)
+    return resolve_hub_backbone(preset_config(cfg.model.preset, **overrides))[0]
 
 
 class PretrainTrainer(Trainer):
@@ -169,8 +174,8 @@ class PretrainTrainer(Trainer):
 
     def build(self) -> TrainingParts:
         cfg = self.cfg
-        net = ContrastiveNet(self.model_cfg, cfg.contrast.projection_dim,
-                             pretrained=cfg.model.pretrained or False).to(self.device)
+        initial = cfg.model.pretrained or self.model_cfg.provenance.get("encoder_weights") or False
+        net = ContrastiveNet(self.model_cfg, cfg.contrast.projection_dim, pretrained=initial).to(self.device)
         _check_input_size(net.encoder, self.model_cfg)
         net.train()
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -202,7 +207,7 @@ def train_pretrain(cfg: PretrainConfig, overwrite: bool = False,
     return PretrainTrainer(cfg).run(overwrite, on_epoch_end)
 
 
-def _check_input_size(encoder: TimmEncoder, cfg: ModelConfig) -> None:
+def _check_input_size(encoder: nn.Module, cfg: ModelConfig) -> None:
     """ConfigError (not a traceback mid-epoch) when the backbone refuses the patch size."""
     x = torch.zeros(1, 3, cfg.patch_size_px, cfg.patch_size_px, device=next(encoder.parameters()).device)
     try:
@@ -216,6 +221,12 @@ def _check_input_size(encoder: TimmEncoder, cfg: ModelConfig) -> None:
         ) from exc
 
 
+def cfg_hub_weights(cfg: PretrainConfig) -> str | None:
+    """The hub model a run starts from when its backbone is ``hf-hub:…``."""
+    backbone = cfg.model.backbone or preset_config(cfg.model.preset).backbone
+    return backbone if backbone.startswith(("hf-hub:", "hf_hub:")) else None
+
+
 def _provenance(trainer: PretrainTrainer) -> dict[str, Any]:
     cfg = trainer.cfg
     return {
@@ -224,6 +235,6 @@ def _provenance(trainer: PretrainTrainer) -> dict[str, Any]:
         "image_count": len(trainer.images),
         "optim": {"name": "AdamW", **dataclasses.asdict(cfg.optim)},
         "contrast": dataclasses.asdict(cfg.contrast),
-        "initial_weights": cfg.model.pretrained,
+        "initial_weights": cfg.model.pretrained or cfg_hub_weights(cfg),
         **trainer.provenance(),
     }

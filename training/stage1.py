@@ -29,6 +29,7 @@ from torch import nn
 
 from wsi_seg.errors import ConfigError, DatasetError
 from wsi_seg.model import PsclNet, cams_from_class_maps, preset_config, save_checkpoint
+from wsi_seg.model.backbones import resolve_hub_backbone
 from wsi_seg.model.config import ModelConfig
 
 from training.augment import flips
@@ -82,7 +83,8 @@ def resolve_data(cfg: Stage1Config) -> ResolvedData:
 
 
 def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
-    """The stage-1 ModelConfig: preset (or backbone), dataset classes, µm/px, seeding."""
+    """The stage-1 ModelConfig: preset (or backbone), dataset classes, µm/px, seeding; a
+    hub backbone (``hf-hub:…``) resolved to its timm architecture, arguments, mean/std."""
     overrides: dict[str, Any] = dict(
         stage=1,
         class_names=data.index.class_names,
@@ -97,7 +99,7 @@ def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
         overrides["cam_score_threshold"] = cfg.pscl.gating_threshold
     if cfg.model.backbone:
         overrides.update(backbone=cfg.model.backbone, backbone_kwargs={}, preset="")
-    return preset_config(cfg.model.preset, **overrides)
+    return resolve_hub_backbone(preset_config(cfg.model.preset, **overrides))[0]
 
 
 class Stage1Trainer(ValidatedTrainer):
@@ -122,7 +124,8 @@ class Stage1Trainer(ValidatedTrainer):
 
     def build(self) -> TrainingParts:
         cfg, data = self.cfg, self.data
-        net = PsclNet(self.model_cfg, pretrained=cfg.model.pretrained or False).to(self.device)
+        initial = cfg.model.pretrained or self.model_cfg.provenance.get("encoder_weights") or False
+        net = PsclNet(self.model_cfg, pretrained=initial).to(self.device)
         net.train()
         optimizer = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                     weight_decay=cfg.optim.weight_decay)
@@ -181,7 +184,7 @@ class Stage1Trainer(ValidatedTrainer):
         }
 
     def save_result(self) -> Path:
-        final_cfg = self.model_cfg.replace(provenance=_provenance(self))
+        final_cfg = self.model_cfg.replace(provenance={**self.model_cfg.provenance, **_provenance(self)})
         return save_checkpoint(self.net, self.run_dir / "checkpoint", config=final_cfg)
 
 

@@ -26,6 +26,8 @@ class ModelConfig:
 
     backbone: str = "swin_tiny_patch4_window7_224"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    # plain ViTs only: how their tokens become the 4–32 pyramid (wsi_seg.model.feature_pyramid)
+    vit_adapter: str = "simple"
     decoder_dim: int = 256
     decoder_layers: int = 6
     decoder_ffn_dim: int = 1024
@@ -60,6 +62,8 @@ class ModelConfig:
             raise ConfigError(f"patch_size_px must be a multiple of 32, got {self.patch_size_px}")
         if self.decoder_dim % 32:
             raise ConfigError(f"decoder_dim must be a multiple of 32 (GroupNorm), got {self.decoder_dim}")
+        if self.vit_adapter not in ("simple", "intermediates"):
+            raise ConfigError(f"vit_adapter must be simple or intermediates, got {self.vit_adapter!r}")
         if not self.mpp > 0:
             raise ConfigError(f"mpp must be positive, got {self.mpp}")
 

@@ -15,8 +15,11 @@ class TimmEncoder(nn.Module):
     """A timm ``features_only`` backbone reduced to its last four stages.
 
     ``forward`` returns a list of (B, C_i, H/s_i, W/s_i) tensors; ``channels`` and
-    ``reductions`` describe them like timm's ``feature_info``.
+    ``reductions`` (and ``feature_info``) describe them like timm's ``feature_info``.
+    ``cam_level`` indexes the map the stage-1 CAMs and PSCL use: the last (stride 32).
     """
+
+    cam_level = 3
 
     def __init__(
         self,
@@ -53,10 +56,26 @@ class TimmEncoder(nn.Module):
         self._keep = keep
         self.channels = [channels[i] for i in keep]
         self.reductions = [4, 8, 16, 32]
+        from timm.models import FeatureInfo
+
+        self.feature_info = FeatureInfo(
+            [dict(num_chs=c, reduction=r, module=f"body.{self.body.feature_info.module_name()[i]}")
+             for c, r, i in zip(self.channels, self.reductions, keep)],
+            out_indices=(0, 1, 2, 3),
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.body(x)
         return [feats[i] for i in self._keep]
+
+    @property
+    def backbone_channels(self) -> int:
+        """Channels of :meth:`backbone_features`."""
+        return self.channels[-1]
+
+    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's own last map (B, C, H/32, W/32): what pre-training trains and saves."""
+        return self(x)[-1]
 
 
 class _BackboneAdapter(nn.Module):

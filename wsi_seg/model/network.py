@@ -11,7 +11,7 @@ from torch import nn
 
 from wsi_seg.errors import ConfigError
 from wsi_seg.model.config import ModelConfig
-from wsi_seg.model.encoder import TimmEncoder, _BackboneAdapter
+from wsi_seg.model.backbones import build_encoder
 
 
 @dataclass
@@ -76,8 +76,9 @@ class PsclNet(nn.Module):
     def __init__(self, cfg: ModelConfig, pretrained: str | Path | bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = TimmEncoder(cfg.backbone, pretrained=pretrained, **cfg.backbone_kwargs)
-        self.classifier = nn.Conv2d(self.encoder.channels[-1], cfg.num_classes, 1, bias=False)
+        self.encoder = build_encoder(cfg, pretrained)
+        cam_channels = self.encoder.channels[self.encoder.cam_level]
+        self.classifier = nn.Conv2d(cam_channels, cfg.num_classes, 1, bias=False)
         self.decoder: nn.Module | None = None
         self.seg_head: nn.Module | None = None
         if cfg.stage == 2:
@@ -92,7 +93,7 @@ class PsclNet(nn.Module):
         return (x - self.mean) / self.std
 
     def forward_stage1(self, x: torch.Tensor) -> Stage1Output:
-        features = self.encoder(x)[-1]
+        features = self.encoder(x)[self.encoder.cam_level]
         class_maps = self.classifier(features)
         logits = class_maps.mean(dim=(2, 3))
         return Stage1Output(logits=logits, class_maps=class_maps, features=features)

@@ -1,4 +1,5 @@
-"""Named model presets: the thesis network and small variants for CPUs and tests."""
+"""Named model presets: the thesis network, pathology foundation encoders, and small
+variants for CPUs and tests."""
 
 from __future__ import annotations
 
@@ -31,6 +32,56 @@ _PRESETS: dict[str, dict[str, Any]] = {
         decoder_ffn_dim=32,
         decoder_heads=2,
     ),
+    # plain ViTs (random or --pretrained weights) under the multi-scale adapter
+    "vit-s16": dict(backbone="vit_small_patch16_224"),
+    "vit-l16": dict(backbone="vit_large_patch16_224"),
+    # a ViT of about the small preset's cost: fast on a CPU
+    "small-vit": dict(
+        backbone="vit_small_patch16_224",
+        backbone_kwargs=dict(embed_dim=128, depth=4, num_heads=4),
+        decoder_dim=64,
+        decoder_layers=2,
+        decoder_ffn_dim=128,
+        decoder_heads=4,
+    ),
+    # the smallest ViTs that run every code path, for tests: patch 16 with a class token;
+    # patch 14 with a class token and 4 register tokens (as Virchow2 / H-optimus-0)
+    "vit-tiny": dict(
+        backbone="vit_tiny_patch16_224",
+        backbone_kwargs=dict(embed_dim=32, depth=2, num_heads=2),
+        decoder_dim=32,
+        decoder_layers=1,
+        decoder_ffn_dim=32,
+        decoder_heads=2,
+    ),
+    "vit-tiny-reg": dict(
+        backbone="vit_small_patch14_reg4_dinov2",
+        backbone_kwargs=dict(embed_dim=32, depth=2, num_heads=2, img_size=224),
+        decoder_dim=32,
+        decoder_layers=1,
+        decoder_ffn_dim=32,
+        decoder_heads=2,
+    ),
+    # pathology foundation encoders (timm models on the Hugging Face hub, gated: accept
+    # their terms and log in). Architecture, the other creation arguments, mean and std
+    # come from each hub config.json; here only what their model cards add to it. All
+    # were pre-trained on 224-px tiles at about 0.5 µm/px: train with --mpp of your data.
+    "uni": dict(backbone="hf-hub:MahmoodLab/uni", backbone_kwargs=dict(init_values=1e-5, dynamic_img_size=True)),
+    "uni2-h": dict(
+        backbone="hf-hub:MahmoodLab/UNI2-h",
+        backbone_kwargs=dict(
+            img_size=224, patch_size=14, depth=24, num_heads=24, init_values=1e-5, embed_dim=1536,
+            mlp_ratio=2.66667 * 2, no_embed_class=True, mlp_layer="swiglu_packed", act_layer="silu",
+            reg_tokens=8, dynamic_img_size=True,
+        ),
+    ),
+    "virchow2": dict(
+        backbone="hf-hub:paige-ai/Virchow2", backbone_kwargs=dict(mlp_layer="swiglu_packed", act_layer="silu")
+    ),
+    "h-optimus-0": dict(
+        backbone="hf-hub:bioptimus/H-optimus-0", backbone_kwargs=dict(init_values=1e-5, dynamic_img_size=False)
+    ),
+    "prov-gigapath": dict(backbone="hf-hub:prov-gigapath/prov-gigapath"),
 }
 DEFAULT_PRESET = "swin-t"
 

@@ -1,0 +1,142 @@
+"""Which encoder a backbone name gets, and how its timm model is created.
+
+* Hierarchical timm backbones (Swin, ConvNeXt, ResNet …) → :class:`TimmEncoder`
+  (timm ``features_only``, strides 4–32).
+* Plain ViTs — any timm ``vit_*`` / EVA name, or an ``hf-hub:org/name`` foundation
+  encoder — → :class:`ViTEncoder` (the ViT plus the multi-scale adapter).
+
+Hub names are resolved before a network is built (:func:`resolve_hub_backbone`): the
+ModelConfig then holds the plain timm architecture, the creation arguments from the
+hub's ``config.json`` merged with the preset's, and the model's mean/std, so a
+checkpoint rebuilds without the hub; only the pretrained weights come from it.
+
+JSON cannot hold classes, so ``backbone_kwargs`` name layer types by string
+(``mlp_layer: swiglu_packed``, ``act_layer: silu``, as Virchow2 and UNI2-h need);
+:func:`timm_kwargs` turns them into timm's classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wsi_seg.errors import CheckpointError, ConfigError
+from wsi_seg.model.hub import hub_errors, hub_model_info, hub_repo, is_hub_name
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from wsi_seg.model.config import ModelConfig
+
+# timm model modules whose models are plain ViTs with forward_intermediates
+_VIT_MODULES = ("vision_transformer", "deit", "eva")
+# string names of the MLP layers foundation encoders use (JSON-safe backbone_kwargs)
+_MLP_LAYERS = ("mlp", "glu_mlp", "swiglu", "swiglu_packed")
+
+
+def is_plain_vit(name: str) -> bool:
+    """Whether ``name`` (a timm name, or hf-hub:…) is a plain ViT that needs the adapter."""
+    if is_hub_name(name):
+        return True
+    from timm.models import is_model, is_model_in_modules
+
+    return is_model(name) and is_model_in_modules(name, _VIT_MODULES)
+
+
+def timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``backbone_kwargs`` with layer names (``mlp_layer``, ``act_layer``) as timm classes."""
+    out = dict(kwargs)
+    mlp = out.get("mlp_layer")
+    if isinstance(mlp, str):
+        from timm import layers
+
+        classes = dict(mlp=layers.Mlp, glu_mlp=layers.GluMlp, swiglu=layers.SwiGLU, swiglu_packed=layers.SwiGLUPacked)
+        if mlp not in classes:
+            raise ConfigError(f"unknown mlp_layer {mlp!r}; choose one of {', '.join(_MLP_LAYERS)}")
+        out["mlp_layer"] = classes[mlp]
+    act = out.get("act_layer")
+    if isinstance(act, str):
+        from timm.layers import get_act_layer
+
+        try:
+            out["act_layer"] = get_act_layer(act)
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"unknown act_layer {act!r} (a timm activation name, e.g. silu, gelu)") from exc
+    return out
+
+
+def create_timm_model(name: str, pretrained: str | Path | bool = False, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` with weights from ``pretrained``.
+
+    ``pretrained``: False (random), True (timm's default weights of ``name``), a local
+    safetensors file, or ``hf-hub:org/name`` (the weights of that hub model, whose
+    architecture must be ``name``). Hub failures become one-line CheckpointErrors.
+    """
+    import timm
+
+    kwargs = timm_kwargs(kwargs)
+    source = str(pretrained) if isinstance(pretrained, (str, Path)) else ""
+    try:
+        if source and is_hub_name(source):
+            repo = hub_repo(source)
+            with hub_errors(repo):
+                return timm.create_model(f"hf-hub:{repo}", pretrained=True, **kwargs)
+        if source:
+            path = Path(source)
+            if not path.is_file():
+                raise CheckpointError(f"{path}: pretrained weights file not found")
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+    except (RuntimeError, AttributeError, KeyError) as exc:  # what timm raises on foreign weights
+        if source:
+            first = str(exc).strip().splitlines()
+            detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")
+            raise CheckpointError(f"{source}: weights do not fit {name} ({detail})") from exc
+        raise ConfigError(f"cannot build backbone {name!r}: {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise ConfigError(f"cannot build backbone {name!r}: {exc}") from exc
+
+
+def resolve_hub_backbone(cfg: ModelConfig) -> tuple[ModelConfig, str | None]:
+    """(config with a hub backbone replaced by its timm architecture, the hub weights source).
+
+    Creation arguments: the hub's ``model_args``, then the config's ``backbone_kwargs``
+    (the preset's, which win); mean and std from the hub's ``pretrained_cfg``. A config
+    whose backbone is no hub name comes back unchanged, with None.
+    """
+    if not is_hub_name(cfg.backbone):
+        return cfg, None
+    info = hub_model_info(cfg.backbone)
+    if not is_plain_vit(info.architecture):
+        raise ConfigError(
+            f"{cfg.backbone}: architecture {info.architecture} is not a plain ViT; hub backbones "
+            "must be ViT foundation encoders (hierarchical timm backbones go by their timm name)"
+        )
+    kwargs = {k: v for k, v in info.model_args.items() if k not in ("num_classes", "global_pool")}
+    kwargs.update(cfg.backbone_kwargs)
+    changes: dict[str, Any] = dict(backbone=info.architecture, backbone_kwargs=kwargs)
+    if info.mean and info.std:
+        changes.update(mean=info.mean, std=info.std)
+    provenance = dict(cfg.provenance)
+    provenance["encoder_weights"] = f"hf-hub:{info.repo}"
+    changes["provenance"] = provenance
+    return cfg.replace(**changes), f"hf-hub:{info.repo}"
+
+
+def build_encoder(cfg: ModelConfig, pretrained: str | Path | bool = False) -> nn.Module:
+    """The encoder of ``cfg``: a ViTEncoder for plain ViTs, else a TimmEncoder."""
+    if is_hub_name(cfg.backbone):
+        cfg, hub_weights = resolve_hub_backbone(cfg)
+        if pretrained is True:
+            pretrained = hub_weights or True
+    if is_plain_vit(cfg.backbone):
+        from wsi_seg.model.vit_encoder import ViTEncoder
+
+        encoder = ViTEncoder(cfg.backbone, pretrained=pretrained, adapter=cfg.vit_adapter, **cfg.backbone_kwargs)
+        encoder.check_input_px(cfg.patch_size_px)
+        return encoder
+    from wsi_seg.model.encoder import TimmEncoder
+
+    return TimmEncoder(cfg.backbone, pretrained=pretrained, **cfg.backbone_kwargs)
