@@ -52,6 +52,40 @@ def blob_image(size_px: int = 1024, seed: int = 0) -> np.ndarray:
     return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
 
 
+def write_hub_cache(cache_dir: Path, repo_id: str, tensors: dict[str, torch.Tensor], config: dict) -> Path:
+    """Lay out one Hugging Face hub repository in a cache folder as ``huggingface_hub``
+    leaves it after a download (refs/main → snapshots/<commit>/model.safetensors +
+    config.json); returns the weights file."""
+    import json
+
+    from safetensors.torch import save_file
+
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    weights = snapshot / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(weights))
+    (snapshot / "config.json").write_text(json.dumps(config))
+    return weights
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache folder, used offline (HF_HUB_OFFLINE=1): nothing downloads."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     """Randomly initialised tiny stage-1 and stage-2 checkpoints."""

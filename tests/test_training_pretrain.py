@@ -4,6 +4,7 @@ pretrain → stage 1 ``--pretrained`` end to end."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -164,7 +165,9 @@ def test_pretrain_then_stage1_starts_from_its_weights(tmp_path, capsys):
                      "--pretrained", str(weights), "--epochs", "1", "--batch-size", "2", "--lr", "1e-12",
                      "--workers", "0", "--device", "cpu", "--val-every", "0", "--no-progress"]) == 0
     trained = load_checkpoint(s1 / "checkpoint")
-    assert trained.config.provenance["training"]["pretrained"] == str(weights)
+    recorded = trained.config.provenance["training"]["pretrained"]
+    assert recorded["spec"] == str(weights) and recorded["hub_repo"] is None
+    assert recorded["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     saved = load_file(str(weights))
     enc = trained.net.encoder.body.model.state_dict()
     assert all(torch.allclose(enc[k], saved[k], atol=1e-6) for k in saved)  # lr ≈ 0: still the pre-trained weights

@@ -208,16 +208,50 @@ class DataConfig(DataSource):
 
 @dataclass
 class ModelSettings:
-    """The network: a wsi_seg preset, optionally with another timm backbone, and weights."""
+    """The network: a wsi_seg preset, optionally with another timm backbone, and weights.
+
+    ``pretrained``: ``auto`` (ImageNet weights for the standard presets — the thesis'
+    ImageNet-22k Swin-T for swin-t, §4.1.1, table 5.13 — random for small/tiny),
+    ``imagenet``, ``timm:<tag>``, a ``.safetensors`` file, or ``none`` / null (random
+    init); see :mod:`wsi_seg.model.pretrained`. ``pretrained_sha256``: filled in by the run with the
+    hash of the file loaded (so config.yaml records it); when given, a pin the file must match.
+    """
 
     preset: str = setting("swin-t", flag="--preset", metavar="NAME", exclusive="model",
-                          help="model preset (swin-t, convnext-t, resnet50, small, tiny)")
+                          help="model preset (swin-t, convnext-t, resnet50, small, tiny; ViTs: vit-s16, "
+                               "vit-l16, small-vit; foundation encoders: uni, uni2-h, virchow2, h-optimus-0, "
+                               "prov-gigapath)")
     backbone: str | None = setting(None, flag="--backbone", metavar="NAME", exclusive="model",
-                                   help="any timm backbone with strides 4–32 instead of a preset",
+                                   help="any timm backbone instead of a preset: strides 4–32, or a plain ViT "
+                                        "(vit_*, hf-hub:ORG/NAME) under the multi-scale adapter",
                                    default_text="the preset's")
-    pretrained: str | None = setting(None, flag="--pretrained", metavar="PATH", default_text="random init",
-                                     help="local backbone weights file (ImageNet, or RUN_DIR/encoder.safetensors "
-                                          "of wsi-seg pretrain)")
+    pretrained: str | None = setting(
+        "auto", flag="--pretrained", metavar="WEIGHTS",
+        help="initial encoder weights: auto (ImageNet for swin-t/convnext-t/swinv2-t/resnet50 — swin-t: timm's "
+             "ImageNet-22k swin_tiny_patch4_window7_224.ms_in22k, thesis §4.1.1 — random for small/tiny), imagenet, "
+             "timm:<tag>, a .safetensors file (e.g. RUN_DIR/encoder.safetensors of wsi-seg pretrain) or none; hub "
+             "weights come from the Hugging Face cache (HF_HUB_OFFLINE=1: cache only)")
+    pretrained_sha256: str | None = setting(
+        None, result=False, help="sha256 of the initial weights; the run records it, a given value is a pin")
+
+
+@dataclass
+class EncoderTraining:
+    """How the backbone (the timm model; not a ViT's adapter, which trains with the heads)
+    is trained: frozen, or at ``lr_scale`` × the learning rate (pathology foundation
+    encoders are often frozen or fine-tuned at a tenth of the heads' rate)."""
+
+    freeze: bool = setting(False, flag="--freeze-encoder",
+                           help="keep the backbone's weights as loaded; train adapter, heads and decoder only")
+    lr_scale: float = setting(1.0, flag="--encoder-lr-scale", metavar="S",
+                              help="the backbone's learning rate is S × --lr")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.lr_scale > 0, f"encoder lr scale must be positive, got {self.lr_scale} (use --freeze-encoder)"),
+            (not (self.freeze and self.lr_scale != 1.0),
+             "--encoder-lr-scale has no effect on a frozen encoder (--freeze-encoder); give one of them"),
+        ]
 
 
 @dataclass
@@ -267,6 +301,7 @@ class Stage1Config(SupervisedRunConfig):
     batch_size: int = redefault(RunConfig, "batch_size", 16)
     model: ModelSettings = field(default_factory=ModelSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    encoder: EncoderTraining = field(default_factory=EncoderTraining)
     pscl: PsclConfig = field(default_factory=PsclConfig)
 
 
@@ -333,6 +368,7 @@ class Stage2Config(SupervisedRunConfig):
     init: str = setting("", flag="--init", metavar="CKPT", help="stage-1 checkpoint to start from",
                         required="no stage-1 checkpoint given (--init CKPT or init in the config file)")
     optim: AdamWConfig = field(default_factory=AdamWConfig)
+    encoder: EncoderTraining = field(default_factory=EncoderTraining)
     loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
 
 

@@ -40,8 +40,10 @@ from wsi_seg.errors import CheckpointError, ConfigError
 from wsi_seg.model import preset_config
 from wsi_seg.model.config import ModelConfig
 from wsi_seg.model.backbones import build_encoder, resolve_hub_backbone
+from wsi_seg.model.hub import is_hub_name
+from wsi_seg.model.pretrained import PretrainedWeights, hub_backbone_weights, resolve_pretrained
 
-from training.config import PretrainConfig
+from training.config import ModelSettings, PretrainConfig
 from training.datasets.unlabelled import ContrastiveViews, check_image_sizes, pretrain_images
 from training.losses import IntraInterNTXentLoss
 from training.trainer import EpochCallback, LossValues, RunResult, Trainer, TrainingParts
@@ -62,7 +64,9 @@ class ContrastiveNet(nn.Module):
     global_s) (B, D); one encoder pass over the 3B images.
     """
 
-    def __init__(self, cfg: ModelConfig, projection_dim: int = 128, pretrained: str | Path | bool = False) -> None:
+    def __init__(
+        self, cfg: ModelConfig, projection_dim: int = 128, pretrained: str | Path | bool | PretrainedWeights = False
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = build_encoder(cfg, pretrained)
@@ -142,6 +146,34 @@ def check_pretrained_file(path: str | Path, cfg: ModelConfig) -> None:
                               f"use the same --preset/--backbone as wsi-seg pretrain")
 
 
+def resolve_run_weights(settings: ModelSettings, model_cfg: ModelConfig) -> PretrainedWeights | None:
+    """The initial encoder weights of a run (``settings.pretrained``), checked against a
+    ``wsi-seg pretrain`` file's backbone and the ``pretrained_sha256`` pin; the hash is
+    written back into ``settings`` so the run's config.yaml records it. An ``hf-hub:``
+    backbone (``model_cfg.provenance["encoder_weights"]``) starts from its own hub weights
+    under ``auto``."""
+    hub = model_cfg.provenance.get("encoder_weights")
+    if hub and settings.pretrained == "auto":
+        weights: PretrainedWeights | None = hub_backbone_weights(hub)
+        if settings.pretrained_sha256 and weights.sha256 != settings.pretrained_sha256:
+            raise CheckpointError(f"{weights.file}: sha256 differs from the pinned {settings.pretrained_sha256[:12]}…")
+    else:
+        weights = resolve_pretrained(settings.pretrained, model_cfg.backbone, dict(model_cfg.backbone_kwargs),
+                                     sha256=settings.pretrained_sha256)
+    if weights is not None and weights.hub_repo is None:
+        check_pretrained_file(weights.file, model_cfg)
+    settings.pretrained_sha256 = weights.sha256 if weights is not None else None
+    return weights
+
+
+def initial_weights(weights: PretrainedWeights | None) -> PretrainedWeights | str | bool:
+    """What the network builders take: an ``hf-hub:`` source by name (timm's hub loading,
+    which then finds the file in the cache), other resolved weights as they are."""
+    if weights is None:
+        return False
+    return weights.spec if is_hub_name(weights.spec) else weights
+
+
 def pretrain_model_config(cfg: PretrainConfig) -> ModelConfig:
     """The encoder's ModelConfig: the preset (or backbone) at the pre-training patch size;
     a hub backbone (``hf-hub:…``) resolved to its timm architecture."""
@@ -168,14 +200,15 @@ class PretrainTrainer(Trainer):
         if len(self.images) < cfg.batch_size:
             raise ConfigError(f"{cfg.data.path}: {len(self.images)} images, fewer than one batch of "
                               f"{cfg.batch_size}; lower --batch-size")
+        self.weights = resolve_run_weights(cfg.model, self.model_cfg)  # records its sha256 in cfg.model
 
     def result_file(self) -> Path:
         return self.run_dir / WEIGHTS_NAME
 
     def build(self) -> TrainingParts:
         cfg = self.cfg
-        initial = cfg.model.pretrained or self.model_cfg.provenance.get("encoder_weights") or False
-        net = ContrastiveNet(self.model_cfg, cfg.contrast.projection_dim, pretrained=initial).to(self.device)
+        net = ContrastiveNet(self.model_cfg, cfg.contrast.projection_dim,
+                             pretrained=initial_weights(self.weights)).to(self.device)
         _check_input_size(net.encoder, self.model_cfg)
         net.train()
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -235,6 +268,7 @@ def _provenance(trainer: PretrainTrainer) -> dict[str, Any]:
         "image_count": len(trainer.images),
         "optim": {"name": "AdamW", **dataclasses.asdict(cfg.optim)},
         "contrast": dataclasses.asdict(cfg.contrast),
-        "initial_weights": cfg.model.pretrained or cfg_hub_weights(cfg),
+        "initial_weights": cfg.model.pretrained if cfg.model.pretrained != "auto" else cfg_hub_weights(cfg) or "auto",
+        "initial_weights_sha256": cfg.model.pretrained_sha256,
         **trainer.provenance(),
     }

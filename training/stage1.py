@@ -35,8 +35,10 @@ from wsi_seg.model.config import ModelConfig
 from training.augment import flips
 from training.config import Stage1Config
 from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_dataset
+from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
 from training.losses import MLSMLoss, PSCLLoss, default_supcon
+from training.pretrain import initial_weights, resolve_run_weights
 from training.trainer import EpochCallback, LossValues, RunResult, TrainingParts, ValidatedTrainer
 
 log = logging.getLogger(__name__)
@@ -113,10 +115,7 @@ class Stage1Trainer(ValidatedTrainer):
         cfg = self.cfg
         self.data = resolve_data(cfg)
         self.model_cfg = build_model_config(cfg, self.data)
-        if cfg.model.pretrained:
-            from training.pretrain import check_pretrained_file
-
-            check_pretrained_file(cfg.model.pretrained, self.model_cfg)
+        self.weights = resolve_run_weights(cfg.model, self.model_cfg)  # records its sha256 in cfg.model
         records = self.data.index.split("train", need_labels=True)
         if len(records) < cfg.batch_size:
             raise ConfigError(f"{self.data.index.root}: {len(records)} train patches, fewer than one batch of "
@@ -124,10 +123,10 @@ class Stage1Trainer(ValidatedTrainer):
 
     def build(self) -> TrainingParts:
         cfg, data = self.cfg, self.data
-        initial = cfg.model.pretrained or self.model_cfg.provenance.get("encoder_weights") or False
-        net = PsclNet(self.model_cfg, pretrained=initial).to(self.device)
+        net = PsclNet(self.model_cfg, pretrained=initial_weights(self.weights)).to(self.device)
         net.train()
-        optimizer = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+        groups = parameter_groups(net, cfg.optim.lr, cfg.encoder)  # freezes before DDP sees the parameters
+        optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                     weight_decay=cfg.optim.weight_decay)
         self.mlsm_loss = MLSMLoss()
         self.pscl_loss = PSCLLoss(
@@ -181,6 +180,7 @@ class Stage1Trainer(ValidatedTrainer):
                 "background_seed": dataclasses.asdict(data.seed),
             },
             "model": self.model_cfg.to_dict(),
+            "pretrained": self.weights.to_dict() if self.weights else None,
         }
 
     def save_result(self) -> Path:
@@ -205,9 +205,10 @@ def _provenance(trainer: Stage1Trainer) -> dict[str, Any]:
             "dataset_format": data.index.info.name,
             "train_patches": len(data.index.splits["train"]),
             "optim": dataclasses.asdict(cfg.optim),
+            "encoder": dataclasses.asdict(cfg.encoder),
             "pscl": dataclasses.asdict(cfg.pscl),
             "background_seed": dataclasses.asdict(data.seed),
-            "pretrained": cfg.model.pretrained,
+            "pretrained": trainer.weights.to_dict() if trainer.weights else None,
             **trainer.provenance(),
         }
     }

@@ -43,6 +43,7 @@ from training.augment import flips
 from training.config import Stage2Config
 from training.datasets import DatasetIndex, SeedParams, open_dataset
 from training.datasets.pseudo import PseudoLabelDataset, PseudoLabels, open_pseudo_labels
+from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
 from training.losses import GumbelSoftmax, NRLoss
 from training.trainer import EpochCallback, LossValues, RunResult, TrainingParts, ValidatedTrainer
@@ -136,8 +137,8 @@ class Stage2Trainer(ValidatedTrainer):
         net = stage2_network(self.init).to(self.device)
         net.classifier.requires_grad_(False)  # not used by the segmentation forward
         net.train()
-        optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.optim.lr,
-                                      weight_decay=cfg.optim.weight_decay)
+        groups = parameter_groups(net, cfg.optim.lr, cfg.encoder)  # freezes before DDP sees the parameters
+        optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.gumbel = GumbelSoftmax(tau=cfg.loss.gumbel_tau)
         self.nr_loss = NRLoss(probabilities=self.gumbel) if cfg.loss.name == "nr" else None
         self.val_loader = self.make_val_loader(self.index, SeedParams(enabled=False))  # as wsi-seg evaluate scores
@@ -212,6 +213,7 @@ def _provenance(trainer: Stage2Trainer) -> dict[str, Any]:
             "dataset_format": index.info.name,
             "train_patches": len(labels.records),
             "optim": {"name": "AdamW", **dataclasses.asdict(cfg.optim)},
+            "encoder": dataclasses.asdict(cfg.encoder),
             "stage1": init.config.provenance.get("training"),
             **trainer.provenance(),
         }

@@ -1,25 +1,108 @@
-"""Block reading for inference: a torch Dataset so DataLoader workers read while the model runs.
+"""Block reading for inference: which slide decoder a run uses, and the block items it
+feeds the model with, read by DataLoader workers while the model runs.
 
 Each item is one block: the slide region under all its patches is read once (from the
-nearest pyramid level), resized to the model's µm/px, and cut into patches.
+nearest pyramid level not coarser than the model's µm/px), brought to the model's µm/px
+and cut into patches. Three decoders do the reading (``READERS``):
+
+- ``openslide``: ``Slide.read_at_mpp``; every format OpenSlide opens;
+- ``jpeg-cpu``: the level's raw JPEG tiles (Aperio SVS, generic tiled TIFF) decoded by
+  PIL in the workers, at 1/2, 1/4 or 1/8 scale when the level is that much finer than
+  the model (``decode.reduced``);
+- ``jpeg-device``: workers only read the tiles' bytes; the main process decodes them in
+  batches on the model's device and resizes and seeds there (``decode.device``).
+
+``auto`` takes ``jpeg-device`` on CUDA and ``jpeg-cpu`` on the CPU where the level is
+made of JPEG tiles, else ``openslide``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from wsi_seg.errors import WsiSegError
+from wsi_seg.decode.reduced import JpegRegionReader, dct_reduction
+from wsi_seg.decode.tiff_jpeg import JPEG_TILE_VENDORS, JpegLevel, TileFile, find_jpeg_level
+from wsi_seg.errors import ConfigError, SlideError, WsiSegError
 from wsi_seg.slide import Slide
 from wsi_seg.tiling import Block, TileGrid
 from wsi_seg.tissue import SeedParams
+
+READERS = ("auto", "openslide", "jpeg-cpu", "jpeg-device")
+
+
+@dataclass(frozen=True)
+class ReaderPlan:
+    """The decoder a run uses and what it was chosen from (recorded in the provenance)."""
+
+    requested: str  # one of READERS
+    used: str  # openslide | jpeg-cpu | jpeg-device
+    level: int  # pyramid level read
+    downsample: float  # of that level
+    dct_reduction: int = 1  # jpeg-cpu: tiles decoded at 1/dct_reduction scale
+    jpeg: JpegLevel | None = None
+    reason: str = ""  # why JPEG tiles are not used, when they are not
+
+    def provenance(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"requested": self.requested, "used": self.used, "level": self.level}
+        if self.used == "jpeg-cpu":
+            out["dct_reduction"] = self.dct_reduction
+        if self.jpeg is not None:
+            out["tiff_page"] = self.jpeg.page
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def plan_reader(requested: str, slide: Slide, model_mpp: float, device: torch.device) -> ReaderPlan:
+    """The decoder for reading ``slide`` at ``model_mpp`` for a model on ``device``.
+
+    ``requested`` "openslide" always works; "jpeg-cpu" / "jpeg-device" need the level
+    to be plain JPEG tiles and raise ConfigError otherwise; "auto" picks.
+    """
+    if requested not in READERS:
+        raise ConfigError(f"unknown reader {requested!r}; use one of {', '.join(READERS)}")
+    level = slide.level_for_mpp(model_mpp)
+    ds = slide.level_downsamples[level]
+    if requested == "openslide":
+        return ReaderPlan(requested, "openslide", level, ds)
+    if slide.vendor not in JPEG_TILE_VENDORS:
+        jpeg, why = None, f"OpenSlide format {slide.vendor!r} is not read tile by tile"
+    else:
+        jpeg, why = find_jpeg_level(slide.path, slide.level_dimensions[level])
+    if jpeg is None:
+        if requested == "auto":
+            return ReaderPlan(requested, "openslide", level, ds, reason=why)
+        raise ConfigError(f"{slide.path}: --reader {requested} needs pyramid level {level} in JPEG tiles "
+                          f"({why}); use --reader auto or openslide")
+    used = requested if requested != "auto" else ("jpeg-device" if device.type == "cuda" else "jpeg-cpu")
+    reduction = dct_reduction(model_mpp / (slide.mpp * ds)) if used == "jpeg-cpu" else 1
+    return ReaderPlan(requested, used, level, ds, reduction, jpeg)
+
+
+def level_box(grid: TileGrid, block: Block, downsample: float) -> tuple[tuple[float, float, float, float], tuple[int, int]]:
+    """(level-pixel box (x0, y0, x1, y1), output size (W, H)) of a block's read window,
+    with ``Slide.read_at_mpp``'s geometry: read from ``floor(level-0 x0)`` over
+    ``ceil(width / downsample)`` level pixels, then resized to the output size."""
+    y0, x0, y1, x1 = grid.block_read_window(block)
+    bx0, by0, bx1, by1 = x0 / grid.scale, y0 / grid.scale, x1 / grid.scale, y1 / grid.scale
+    read_w = max(1, math.ceil((bx1 - bx0) / downsample))
+    read_h = max(1, math.ceil((by1 - by0) / downsample))
+    lx0, ly0 = math.floor(bx0) / downsample, math.floor(by0) / downsample
+    return (lx0, ly0, lx0 + read_w, ly0 + read_h), (x1 - x0, y1 - y0)
 
 
 class BlockDataset(Dataset):
     """Items: dict(block=int, patches=(n, 3, P, P) uint8, background=(n, P, P) bool or empty).
 
-    A block that cannot be read gives dict(block=int, error=message) instead.
+    Decodes with OpenSlide, or with ``jpeg-cpu`` when ``plan`` says so. A block that
+    cannot be read gives dict(block=int, error=message) instead.
     """
 
     def __init__(
@@ -29,21 +112,27 @@ class BlockDataset(Dataset):
         grid: TileGrid,
         blocks: list[Block],
         seed: SeedParams = SeedParams(enabled=False),
+        plan: ReaderPlan | None = None,
     ) -> None:
         self.slide_path = slide_path
         self.slide_mpp = slide_mpp
         self.grid = grid
         self.blocks = blocks
         self.seed = seed
-        self._slide: Slide | None = None
+        self.plan = plan
+        self._slide: Slide | JpegRegionReader | None = None
 
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def _open(self) -> Slide:
+    def _open(self) -> Slide | JpegRegionReader:
         # opened lazily so each DataLoader worker process has its own handle
         if self._slide is None:
-            self._slide = Slide(self.slide_path, mpp=self.slide_mpp)
+            p = self.plan
+            if p is not None and p.used == "jpeg-cpu" and p.jpeg is not None:
+                self._slide = JpegRegionReader(p.jpeg, p.downsample, p.dct_reduction)
+            else:
+                self._slide = Slide(self.slide_path, mpp=self.slide_mpp)
         return self._slide
 
     def __getstate__(self) -> dict:
@@ -80,3 +169,97 @@ class BlockDataset(Dataset):
             "patches": torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous(),
             "background": torch.from_numpy(backgrounds),
         }
+
+
+class TileBytesDataset(Dataset):
+    """Items for ``jpeg-device``: dict(block=int, streams=[bytes], where=[(row, col)]),
+    the complete JPEG streams of the tiles under a block's read window (not decoded)."""
+
+    def __init__(self, level: JpegLevel, downsample: float, grid: TileGrid, blocks: list[Block]) -> None:
+        self.level, self.downsample, self.grid, self.blocks = level, downsample, grid, blocks
+        self._file = TileFile(level.path)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        (x0, y0, x1, y1), _ = level_box(self.grid, self.blocks[idx], self.downsample)
+        streams, where = [], []
+        try:
+            for row, col in self.level.tiles_in(math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)):
+                stream = self._file.read(self.level, row, col)
+                if stream is not None:
+                    streams.append(stream)
+                    where.append((row, col))
+        except (OSError, ValueError) as exc:
+            return {"block": idx, "error": f"{self.level.path}: cannot read JPEG tiles of TIFF page "
+                                           f"{self.level.page} ({exc})"}
+        return {"block": idx, "streams": streams, "where": where}
+
+
+class BlockReader:
+    """The block items of one run, in order: an iterable of dict(block, patches,
+    background) as ``BlockDataset`` gives them, with ``jpeg-device`` items decoded,
+    resized and seeded on ``device`` (their tensors are already there)."""
+
+    def __init__(self, plan: ReaderPlan, slide_path: str, slide_mpp: float, grid: TileGrid, blocks: list[Block],
+                 seed: SeedParams, device: torch.device, workers: int) -> None:
+        self.plan, self.grid, self.blocks, self.seed, self.device = plan, grid, blocks, seed, device
+        self.decoder = None
+        if plan.used == "jpeg-device" and plan.jpeg is not None:
+            from wsi_seg.decode.device import TileDecoder
+
+            self.decoder = TileDecoder(device)
+            dataset: Dataset = TileBytesDataset(plan.jpeg, plan.downsample, grid, blocks)
+        else:
+            dataset = BlockDataset(slide_path, slide_mpp, grid, blocks, seed, plan)
+        self.loader = DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=workers,
+            pin_memory=device.type == "cuda" and self.decoder is None,
+            prefetch_factor=4 if workers else None, persistent_workers=False,
+        )
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for item in self.loader:
+            if "error" in item or self.decoder is None:
+                yield item
+            else:
+                yield self._on_device(item)
+
+    def _on_device(self, item: dict[str, Any]) -> dict[str, Any]:
+        from wsi_seg.decode.device import assemble_region
+        from wsi_seg.decode.device_seed import background_seed
+
+        idx = int(item["block"])
+        block, level = self.blocks[idx], self.plan.jpeg
+        assert level is not None and self.decoder is not None
+        box, out_size = level_box(self.grid, block, self.plan.downsample)
+        try:
+            tiles = self.decoder.decode(level, item["streams"], item["where"]) if item["streams"] else []
+        except SlideError as exc:
+            return {"block": idx, "error": str(exc)}
+        rgb = assemble_region(level, tiles, item["where"], box, out_size, self.device)
+        if not self.seed.enabled:
+            bkg = None
+        elif self.device.type == "cuda":
+            bkg = background_seed(rgb, self.seed)
+        else:  # skimage is faster than the tensor version on the CPU
+            bkg = torch.from_numpy(self.seed.seed(rgb.permute(1, 2, 0).numpy()))
+        p, s = self.grid.patch_px, self.grid.stride_px
+        patches = torch.stack([rgb[:, i * s : i * s + p, j * s : j * s + p] for i, j in block.patches])
+        if bkg is None:
+            backgrounds = torch.zeros((0, p, p), dtype=torch.bool, device=self.device)
+        else:
+            backgrounds = torch.stack([bkg[i * s : i * s + p, j * s : j * s + p] for i, j in block.patches])
+        return {"block": idx, "patches": patches, "background": backgrounds}
+
+    def provenance(self) -> dict[str, Any]:
+        """The plan, plus tiles decoded on the device and CPU fallbacks for ``jpeg-device``."""
+        out = self.plan.provenance()
+        if self.decoder is not None:
+            out["device_tiles"] = self.decoder.tiles
+            out["cpu_fallbacks"] = self.decoder.fallbacks
+        return out

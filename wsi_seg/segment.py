@@ -7,14 +7,13 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from wsi_seg import __version__
 from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
@@ -22,7 +21,7 @@ from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.output import ResultStore
 from wsi_seg.pyramid import StreamingPyramid, level_shapes
 from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
-from wsi_seg.reader import BlockDataset
+from wsi_seg.reader import READERS, BlockReader, plan_reader
 from wsi_seg.result import is_complete, partial_path, read_provenance
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
@@ -41,6 +40,7 @@ class SegmentOptions:
     overlap_px: int = 32
     mpp: float | None = None  # level-0 µm/px override for slides without metadata
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    reader: str = "auto"  # slide decoder, one of wsi_seg.reader.READERS
     tissue: TissueParams = field(default_factory=TissueParams)
     overwrite: bool = False
     progress: bool = True
@@ -52,6 +52,8 @@ class SegmentOptions:
             raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
         if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
             raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
+        if self.reader not in READERS:
+            raise ConfigError(f"unknown reader {self.reader!r}; use one of {', '.join(READERS)}")
 
 
 def resolve_batch_size(device: torch.device, batch_size: int | None) -> int:
@@ -183,7 +185,7 @@ def _prepare_store(out: Path, grid: TileGrid, model: LoadedModel, provenance: di
     return ResultStore.create(tmp, grid.out_shape, model.config.num_classes, grid.block_px, provenance)
 
 
-def _batches(loader: DataLoader, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]]:
+def _batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]]:
     """Re-batch block items into model batches of ``batch_size`` patches.
 
     Yields (patches, backgrounds, owners) where owners[k] = (block item, patch index).
@@ -305,9 +307,11 @@ def segment_slide(
         t = time.perf_counter()
         grid, run = plan(slide, cfg.mpp, cfg.patch_size_px, options)
         timings["tissue"] = time.perf_counter() - t
+        reader_plan = plan_reader(options.reader, slide, cfg.mpp, device)
     provenance = _provenance(info, model, grid, options)
     provenance["inference"] = {"device": str(device), "precision": precision,
-                               "reader_workers": workers, "batch_size": batch_size}
+                               "reader_workers": workers, "batch_size": batch_size,
+                               "reader": reader_plan.provenance()}
     store = _prepare_store(out, grid, model, provenance, options.overwrite)
     blocks = grid.blocks(run)
     done = store.done_blocks()
@@ -316,12 +320,8 @@ def segment_slide(
     n_resumed = sum(len(b.patches) for b in blocks if b.index in done)
     n_skipped = grid.grid_shape[0] * grid.grid_shape[1] - n_total
     seed = SeedParams.of_model(cfg)
-    dataset = BlockDataset(str(slide_path), info.mpp if options.mpp is None else options.mpp, grid, todo, seed)
-    loader = DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
+    reader = BlockReader(reader_plan, str(slide_path), info.mpp if options.mpp is None else options.mpp,
+                         grid, todo, seed, device, workers)
     net = model.net.to(device).eval()
     store.open_for_writing()
     # a fresh run builds the pyramid while it runs; a resumed one builds it at the end
@@ -338,7 +338,7 @@ def segment_slide(
     bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
     try:
         with torch.inference_mode(), autocast:
-            for patches, backgrounds, owners in _batches(loader, batch_size):
+            for patches, backgrounds, owners in _batches(reader, batch_size):
                 patches = patches.to(device, non_blocking=True)
                 bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
                 pred = predict_patches(net, patches, bkg)
@@ -368,6 +368,7 @@ def segment_slide(
     timings["pyramid"] = time.perf_counter() - t
     seconds = time.perf_counter() - t_start
     store.update_provenance(
+        inference={**provenance["inference"], "reader": reader.provenance()},
         stats={"patches_run": n_run, "patches_skipped": n_skipped, "patches_resumed": n_resumed,
                "tissue_patches": n_total, "seconds": round(seconds, 3), "levels": n_levels},
     )

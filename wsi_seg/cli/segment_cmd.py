@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="minimum tissue fraction of a patch to run it (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32)")
+    p.add_argument("--reader", default="auto", choices=["auto", "openslide", "jpeg-cpu", "jpeg-device"],
+                   help="slide decoder: openslide (any format); jpeg-cpu (JPEG tiles of SVS/tiled TIFF decoded at "
+                        "1/2, 1/4, 1/8 scale when the level is that much finer than the model); jpeg-device "
+                        "(tiles decoded in batches on the model's device, nvJPEG on CUDA); auto: jpeg-device on "
+                        "CUDA, jpeg-cpu on the CPU where the slide has JPEG tiles, else openslide (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
@@ -66,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         overlap_px=args.overlap,
         mpp=args.mpp,
         precision=args.precision,
+        reader=args.reader,
         tissue=TissueParams(min_tissue_fraction=args.tissue_threshold),
         overwrite=args.overwrite,
         progress=not args.no_progress,

@@ -26,6 +26,8 @@ from wsi_seg.model.hub import hub_errors, hub_model_info, hub_repo, is_hub_name
 if TYPE_CHECKING:
     from torch import nn
 
+    from wsi_seg.model.pretrained import PretrainedWeights
+
     from wsi_seg.model.config import ModelConfig
 
 # timm model modules whose models are plain ViTs with forward_intermediates
@@ -65,16 +67,35 @@ def timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def create_timm_model(name: str, pretrained: str | Path | bool = False, **kwargs: Any) -> nn.Module:
+def create_timm_model(
+    name: str, pretrained: str | Path | bool | PretrainedWeights = False, **kwargs: Any
+) -> nn.Module:
     """``timm.create_model(name, **kwargs)`` with weights from ``pretrained``.
 
     ``pretrained``: False (random), True (timm's default weights of ``name``), a local
-    safetensors file, or ``hf-hub:org/name`` (the weights of that hub model, whose
-    architecture must be ``name``). Hub failures become one-line CheckpointErrors.
+    safetensors file, ``hf-hub:org/name`` (the weights of that hub model, whose
+    architecture must be ``name``) or weights resolved by
+    :func:`wsi_seg.model.pretrained.resolve_pretrained`. Hub failures become one-line
+    CheckpointErrors.
     """
     import timm
 
+    from wsi_seg.model.pretrained import PretrainedWeights
+
     kwargs = timm_kwargs(kwargs)
+    if isinstance(pretrained, PretrainedWeights):
+        if is_hub_name(pretrained.spec):
+            pretrained = pretrained.spec
+        else:
+            name = pretrained.model_name
+            kwargs.update(pretrained.timm_kwargs())
+            pretrained = str(pretrained.file)
+            try:
+                return timm.create_model(name, **kwargs)
+            except (RuntimeError, AttributeError, KeyError) as exc:
+                first = str(exc).strip().splitlines()
+                detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")
+                raise CheckpointError(f"{pretrained}: weights do not fit {name} ({detail})") from exc
     source = str(pretrained) if isinstance(pretrained, (str, Path)) else ""
     try:
         if source and is_hub_name(source):
@@ -125,7 +146,7 @@ def resolve_hub_backbone(cfg: ModelConfig) -> tuple[ModelConfig, str | None]:
     return cfg.replace(**changes), f"hf-hub:{info.repo}"
 
 
-def build_encoder(cfg: ModelConfig, pretrained: str | Path | bool = False) -> nn.Module:
+def build_encoder(cfg: ModelConfig, pretrained: str | Path | bool | PretrainedWeights = False) -> nn.Module:
     """The encoder of ``cfg``: a ViTEncoder for plain ViTs, else a TimmEncoder."""
     if is_hub_name(cfg.backbone):
         cfg, hub_weights = resolve_hub_backbone(cfg)

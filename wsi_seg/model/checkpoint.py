@@ -6,7 +6,6 @@ whose metadata carries the config under ``wsi_seg_config`` is accepted too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 from wsi_seg.errors import CheckpointError, ConfigError
 from wsi_seg.model.config import ModelConfig
 from wsi_seg.model.network import PsclNet
+from wsi_seg.model.pretrained import file_sha256
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -91,14 +91,6 @@ def read_config(path: str | Path) -> ModelConfig:
         raise CheckpointError(f"{cfg_file or weights}: invalid model config: {exc}") from exc
     except Exception as exc:  # safetensors raises its own error types on corrupt headers
         raise CheckpointError(f"{weights}: cannot read checkpoint ({exc})") from exc
-
-
-def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_bytes), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

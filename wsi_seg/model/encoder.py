@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from wsi_seg.errors import CheckpointError, ConfigError
+from wsi_seg.model.pretrained import PretrainedWeights, resolve_pretrained
 
 
 class TimmEncoder(nn.Module):
@@ -24,27 +25,34 @@ class TimmEncoder(nn.Module):
     def __init__(
         self,
         name: str,
-        pretrained: str | Path | bool = False,
+        pretrained: str | Path | bool | PretrainedWeights = False,
         **kwargs: object,
     ) -> None:
+        """``pretrained``: False (random init), a spec of :func:`resolve_pretrained`
+        (``auto``, ``none``, ``imagenet``, ``timm:<tag>``, a ``.safetensors`` path) or
+        weights already resolved."""
         super().__init__()
         import timm
 
         create_kwargs: dict[str, object] = dict(features_only=True, feature_cls="getter", **kwargs)
-        if isinstance(pretrained, (str, Path)) and str(pretrained):
-            path = Path(pretrained)
-            if not path.is_file():
-                raise CheckpointError(f"{path}: pretrained weights file not found")
-            create_kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-        else:
-            create_kwargs["pretrained"] = bool(pretrained)
+        weights: PretrainedWeights | None = None
+        if isinstance(pretrained, PretrainedWeights):
+            weights = pretrained
+        elif isinstance(pretrained, (str, Path)) and str(pretrained):
+            weights = resolve_pretrained(pretrained, name, dict(kwargs))
+        model_name = name
+        create_kwargs["pretrained"] = pretrained is True  # True: timm's default tag, by timm alone
+        if weights is not None:
+            model_name = weights.model_name
+            create_kwargs.update(weights.timm_kwargs())
+        self.pretrained = weights
         try:
-            self.body = timm.create_model(name, **create_kwargs)
+            self.body = timm.create_model(model_name, **create_kwargs)
         except (RuntimeError, AttributeError, KeyError) as exc:  # what timm raises on foreign weights
-            if isinstance(pretrained, (str, Path)) and str(pretrained):
+            if weights is not None:
                 first = str(exc).strip().splitlines()
                 detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")
-                raise CheckpointError(f"{pretrained}: weights do not fit {name} ({detail})") from exc
+                raise CheckpointError(f"{weights.file}: weights do not fit {name} ({detail})") from exc
             raise
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"cannot build backbone {name!r}: {exc}") from exc

@@ -12,6 +12,7 @@ from torch import nn
 from wsi_seg.errors import ConfigError
 from wsi_seg.model.config import ModelConfig
 from wsi_seg.model.backbones import build_encoder
+from wsi_seg.model.pretrained import PretrainedWeights
 
 
 @dataclass
@@ -73,7 +74,7 @@ class PsclNet(nn.Module):
     Stage 2 predicts ``num_classes + 1`` channels: 0 = background, 1..N = classes.
     """
 
-    def __init__(self, cfg: ModelConfig, pretrained: str | Path | bool = False) -> None:
+    def __init__(self, cfg: ModelConfig, pretrained: str | Path | bool | PretrainedWeights = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = build_encoder(cfg, pretrained)
