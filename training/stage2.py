@@ -41,7 +41,7 @@ from wsi_seg.model import LoadedModel, PsclNet, load_checkpoint, save_checkpoint
 
 from training.augment import flips
 from training.config import Stage2Config
-from training.datasets import DatasetIndex, SeedParams, open_dataset
+from training.datasets import DatasetIndex, SeedParams, open_checked_dataset
 from training.datasets.pseudo import PseudoLabelDataset, PseudoLabels, open_pseudo_labels
 from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
@@ -118,7 +118,7 @@ class Stage2Trainer(ValidatedTrainer):
 
     def prepare(self) -> None:
         cfg = self.cfg
-        self.index = open_dataset(cfg.data.path, cfg.data.format)
+        self.index = open_checked_dataset(cfg.data.path, cfg.data.format)
         self.init = load_stage1_init(cfg.init, self.index)
         self.labels = open_pseudo_labels(cfg.data.pseudo_labels, self.index, need_cams=cfg.loss.name == "nr")
         _check_pseudo_label_origin(self.labels, self.init, self.index)
