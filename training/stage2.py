@@ -90,7 +90,7 @@ def stage2_network(init: LoadedModel) -> PsclNet:
     cfg = init.config.replace(stage=2, provenance={})
     net = PsclNet(cfg)
     net.encoder.load_state_dict(init.net.encoder.state_dict())
-    net.classifier.load_state_dict(init.net.classifier.state_dict())
+    net.cam_head.load_state_dict(init.net.cam_head.state_dict())
     return net
 
 
@@ -135,7 +135,7 @@ class Stage2Trainer(ValidatedTrainer):
     def build(self) -> TrainingParts:
         cfg = self.cfg
         net = stage2_network(self.init).to(self.device)
-        net.classifier.requires_grad_(False)  # not used by the segmentation forward
+        net.cam_head.requires_grad_(False)  # not used by the segmentation forward
         net.train()
         groups = parameter_groups(net, cfg.optim.lr, cfg.encoder)  # freezes before DDP sees the parameters
         optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
