@@ -7,7 +7,6 @@ Modules:
     _slide_reader   a slide as a lazy multiscale RGB image (one dask array per level)
     _result_reader  a wsi-seg OME-Zarr as a class mask, per-class activations and the slide
     _jobs           the segment job run by the widget (a generator; no Qt)
-    _summary        per-class areas of a result (no Qt)
     _widget         "Segment slide" dock widget
     _summary_widget "Result summary" dock widget (legend + areas)
     _viewer         adding reader output to a viewer; event wiring of the widgets

@@ -1,7 +1,7 @@
 """The "Result summary" dock widget: legend of the current result with per-class areas.
 
 The current result is the one of the active layer when that layer belongs to a
-wsi-seg result, else the topmost wsi-seg mask layer. Areas come from ``_summary``.
+wsi-seg result, else the topmost wsi-seg mask layer. Areas come from ``wsi_seg.areas``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import Container, Label, PushButton
 
 from napari_plugin._result_reader import RESULT_KEY
-from napari_plugin._summary import ClassArea, class_areas, format_area
+from wsi_seg.areas import ClassArea, class_areas, format_area
 from napari_plugin._viewer import connect_until_closed
 
 if TYPE_CHECKING:  # napari only for typing

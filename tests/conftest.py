@@ -103,3 +103,44 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 @pytest.fixture(scope="session")
 def blob_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_slide(tmp_path_factory.mktemp("slides") / "blob slide é.tif", blob_image(1024), mpp=0.5)
+
+
+def write_result(
+    root: Path,
+    mask: np.ndarray,
+    slide_path: Path | str = "/slides/s.svs",
+    slide_mpp: float = 0.5,
+    mpp: float = 1.0,
+    class_names: tuple[str, ...] = ("TE", "NEC", "LYM"),
+    class_colors: tuple[tuple[int, int, int], ...] = ((205, 51, 51), (0, 128, 0), (0, 0, 255)),
+    chunk_px: int = 16,
+    complete: bool = True,
+    extra_provenance: dict | None = None,
+) -> Path:
+    """A real result store (ResultStore, pyramid, OME metadata) holding the class ``mask``
+    at ``mpp`` µm/px; its slide is ``slide_path`` at ``slide_mpp``. Returns the store's path
+    (``<root>.partial`` when not ``complete``)."""
+    from wsi_seg.output import ResultStore, partial_path
+    from wsi_seg.slide import slide_fingerprint
+
+    h, w = mask.shape
+    s = mpp / slide_mpp
+    slide_path = Path(slide_path)
+    prov = {
+        "slide": {"path": str(slide_path), "mpp": slide_mpp, "dimensions_px": [round(w * s), round(h * s)],
+                  "fingerprint": slide_fingerprint(slide_path) if slide_path.is_file() else None},
+        "model": {"path": "/models/m", "sha256": "ab" * 32, "config": {"stage": 2, "patch_size_px": 32}},
+        "mpp": mpp, "class_names": list(class_names), "class_colors": [list(c) for c in class_colors],
+        **(extra_provenance or {}),
+    }
+    tmp = partial_path(root)
+    store = ResultStore.create(tmp, (h, w), len(class_names), chunk_px, prov)
+    store.open_for_writing()
+    store.write_block((0, 0), 0, 0, np.zeros((len(class_names), h, w), np.uint8), mask)
+    store.close()
+    if not complete:
+        return tmp
+    n = store.build_pyramid(min_size_px=chunk_px, progress=False)
+    store.write_ome_metadata(n, mpp, class_names, class_colors)
+    store.finalize(root)
+    return root

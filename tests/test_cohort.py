@@ -3,6 +3,8 @@
 import csv
 import json
 
+import pytest
+
 from conftest import blob_image, write_slide
 
 from wsi_seg.cli.main import main
@@ -33,6 +35,11 @@ def test_cohort_run_summary_skip_and_failure(tmp_path, capsys, checkpoints):
     status = {r["slide"].split("/")[-1]: r for r in rows}
     assert status["good one.tif"]["status"] == "done" and int(status["good one.tif"]["patches"]) > 0
     assert status["broken.svs"]["status"] == "failed" and "broken.svs" in status["broken.svs"]["error"]
+    # finished slides carry their per-class areas; the cohort report lists every slide
+    assert float(status["good one.tif"]["tissue_mm2"]) > 0 and status["broken.svs"]["tissue_mm2"] == ""
+    areas = [float(status["good one.tif"][f"{c} mm2"]) for c in ("TE", "NEC", "LYM", "TAS")]
+    assert sum(areas) == pytest.approx(float(status["good one.tif"]["tissue_mm2"]), rel=1e-4)
+    assert (out_dir / "report.html").read_text(encoding="utf-8").count("<tr>") == 3
     assert json.loads((out_dir / "wsi_seg_summary.json").read_text())[0]["status"] in ("done", "failed")
 
     bad.unlink()

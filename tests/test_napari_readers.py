@@ -32,7 +32,7 @@ from napari_plugin._result_reader import (
     result_layer_data,
 )
 from napari_plugin._slide_reader import get_slide_reader, read_slides, slide_layer_data
-from napari_plugin._summary import class_areas
+from wsi_seg.areas import class_areas
 from wsi_seg.errors import CheckpointError, ResultError, SlideError
 from wsi_seg.model import load_checkpoint
 from wsi_seg.segment import SegmentOptions, segment_slide

@@ -248,6 +248,21 @@ def test_vit_through_pretrain_stage1_pseudo_labels_stage2_and_segment(preset, tm
         assert "blocks.0.attn.qkv.weight" in load_file(str(encoder)) and not any(
             k.startswith("neck.") for k in load_file(str(encoder)))
     s1 = experiment.stage1(data, tmp_path / "s1", preset, 1, 0, "cpu", pretrained=encoder, batch_size=2)
+    if encoder is not None:  # a frozen backbone keeps the pre-trained weights; its adapter trains
+        from safetensors.torch import load_file
+
+        from training.config import Stage1Config, load_config
+        from training.stage1 import train_stage1
+
+        frozen = load_config(Stage1Config, None, {
+            "data.path": str(data), "out": str(tmp_path / "s1f"), "model.preset": preset, "epochs": 1,
+            "batch_size": 2, "model.pretrained": str(encoder), "encoder.freeze": True, "data.workers": 0,
+            "device": "cpu", "progress": False})
+        net = load_checkpoint(train_stage1(frozen).checkpoint).net
+        saved = load_file(str(encoder))
+        body = net.encoder.body.state_dict()
+        assert all(torch.equal(body[k], v) for k, v in saved.items())
+        assert net.cfg.provenance["training"]["encoder"] == {"freeze": True, "lr_scale": 1.0}
     init = load_checkpoint(s1)
     assert isinstance(init.net.encoder, ViTEncoder) and init.config.backbone == preset_config(preset).backbone
     labels = experiment.pseudo_labels(s1, data, tmp_path / "pl", "cpu")
@@ -257,3 +272,38 @@ def test_vit_through_pretrain_stage1_pseudo_labels_stage2_and_segment(preset, tm
     slide = write_slide(tmp_path / "slide.tif", blob_image(384), mpp=1.0, tile_px=128, downsamples=())
     res = segment_slide(slide, tmp_path / "out.zarr", loaded, SegmentOptions(device="cpu", workers=0, progress=False))
     assert res.patches_run > 0
+
+
+# ---------------------------------------------------------------- training the encoder
+
+
+def test_parameter_groups_freeze_or_slow_the_backbone_only():
+    from training.config import EncoderTraining
+    from training.encoder_training import parameter_groups
+
+    net = PsclNet(preset_config("vit-tiny", stage=1))
+    body = {id(p) for p in net.encoder.body.parameters()}
+    groups = parameter_groups(net, 0.1, EncoderTraining(lr_scale=0.1))
+    assert [g["name"] for g in groups] == ["heads", "encoder"] and groups[1]["lr"] == pytest.approx(0.01)
+    assert {id(p) for p in groups[1]["params"]} == body
+    assert any(id(p) for p in groups[0]["params"] if p is net.encoder.neck.project[0][0].weight)  # adapter: heads
+    frozen = parameter_groups(net, 0.1, EncoderTraining(freeze=True))
+    assert len(frozen) == 1 and not any(p.requires_grad for p in net.encoder.body.parameters())
+    net.train()
+    assert not net.encoder.body.training and net.encoder.neck.training  # frozen backbone stays in eval mode
+
+
+def test_encoder_training_settings_are_checked_and_flagged(capsys):
+    from training.cli import build_parser
+    from training.config import Stage1Config, Stage2Config, load_config
+
+    with pytest.raises(ConfigError, match="no effect on a frozen encoder"):
+        load_config(Stage1Config, None, {"encoder.freeze": True, "encoder.lr_scale": 0.1,
+                                         "data.path": "x", "out": "y"}).validate()
+    with pytest.raises(ConfigError, match="encoder lr scale must be positive"):
+        load_config(Stage2Config, None, {"encoder.lr_scale": 0.0, "data.path": "x", "out": "y",
+                                         "data.pseudo_labels": "p", "init": "i"}).validate()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--freeze-encoder" in help_text and "--encoder-lr-scale" in help_text and "hf-hub:ORG/NAME" in help_text

@@ -215,9 +215,12 @@ class ModelSettings:
     """
 
     preset: str = setting("swin-t", flag="--preset", metavar="NAME", exclusive="model",
-                          help="model preset (swin-t, convnext-t, resnet50, small, tiny)")
+                          help="model preset (swin-t, convnext-t, resnet50, small, tiny; ViTs: vit-s16, "
+                               "vit-l16, small-vit; foundation encoders: uni, uni2-h, virchow2, h-optimus-0, "
+                               "prov-gigapath)")
     backbone: str | None = setting(None, flag="--backbone", metavar="NAME", exclusive="model",
-                                   help="any timm backbone with strides 4–32 instead of a preset",
+                                   help="any timm backbone instead of a preset: strides 4–32, or a plain ViT "
+                                        "(vit_*, hf-hub:ORG/NAME) under the multi-scale adapter",
                                    default_text="the preset's")
     pretrained: str | None = setting(
         "auto", flag="--pretrained", metavar="WEIGHTS",
@@ -227,6 +230,25 @@ class ModelSettings:
              "weights come from the Hugging Face cache (HF_HUB_OFFLINE=1: cache only)")
     pretrained_sha256: str | None = setting(
         None, result=False, help="sha256 of the initial weights; the run records it, a given value is a pin")
+
+
+@dataclass
+class EncoderTraining:
+    """How the backbone (the timm model; not a ViT's adapter, which trains with the heads)
+    is trained: frozen, or at ``lr_scale`` × the learning rate (pathology foundation
+    encoders are often frozen or fine-tuned at a tenth of the heads' rate)."""
+
+    freeze: bool = setting(False, flag="--freeze-encoder",
+                           help="keep the backbone's weights as loaded; train adapter, heads and decoder only")
+    lr_scale: float = setting(1.0, flag="--encoder-lr-scale", metavar="S",
+                              help="the backbone's learning rate is S × --lr")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.lr_scale > 0, f"encoder lr scale must be positive, got {self.lr_scale} (use --freeze-encoder)"),
+            (not (self.freeze and self.lr_scale != 1.0),
+             "--encoder-lr-scale has no effect on a frozen encoder (--freeze-encoder); give one of them"),
+        ]
 
 
 @dataclass
@@ -276,12 +298,14 @@ class Stage1Config(SupervisedRunConfig):
     batch_size: int = redefault(RunConfig, "batch_size", 16)
     model: ModelSettings = field(default_factory=ModelSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    encoder: EncoderTraining = field(default_factory=EncoderTraining)
     pscl: PsclConfig = field(default_factory=PsclConfig)
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
             *super().checks(),
             *self.optim.checks(),
+            *self.encoder.checks(),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
             *self.pscl.checks(),
         ]
@@ -349,12 +373,14 @@ class Stage2Config(SupervisedRunConfig):
     init: str = setting("", flag="--init", metavar="CKPT", help="stage-1 checkpoint to start from",
                         required="no stage-1 checkpoint given (--init CKPT or init in the config file)")
     optim: AdamWConfig = field(default_factory=AdamWConfig)
+    encoder: EncoderTraining = field(default_factory=EncoderTraining)
     loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
             *super().checks(),
             *self.optim.checks(),
+            *self.encoder.checks(),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
             *self.loss.checks(),
         ]

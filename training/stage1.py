@@ -40,8 +40,9 @@ from wsi_seg.model.pretrained import PretrainedWeights
 
 from training.augment import flips
 from training.config import Stage1Config, dump_yaml
-from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_dataset
+from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_checked_dataset
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
+from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
 from training.losses import MLSMLoss, PSCLLoss, default_supcon
 from training.pretrain import initial_weights, resolve_run_weights
@@ -93,7 +94,7 @@ class ResolvedData:
 
 
 def resolve_data(cfg: Stage1Config) -> ResolvedData:
-    index = open_dataset(cfg.data.path, cfg.data.format)
+    index = open_checked_dataset(cfg.data.path, cfg.data.format)
     info = index.info
     index.split("train", need_labels=True)
     enabled = info.background_seed if cfg.data.background_seed is None else cfg.data.background_seed
@@ -184,13 +185,15 @@ def _train(
     seed_everything(cfg.seed)
     net = PsclNet(model_cfg, pretrained=initial_weights(weights)).to(device)
     net.train()
+    groups = parameter_groups(net, cfg.optim.lr, cfg.encoder)  # freezes before DDP sees the parameters
     forward: nn.Module = _Stage1Forward(net)
     if dist_info.enabled:
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = torch.optim.SGD(
-        net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
     )
     dataset = PatchDataset(train_records, data.index.num_classes, seed=data.seed, transform=flips())
     loader, sampler, loader_gen = train_loader(dataset, cfg.batch_size, dist_info, cfg.seed, cfg.data.workers, device)
@@ -336,6 +339,7 @@ def _provenance(
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
             "optim": dataclasses.asdict(cfg.optim),
+            "encoder": dataclasses.asdict(cfg.encoder),
             "pscl": dataclasses.asdict(cfg.pscl),
             "background_seed": dataclasses.asdict(data.seed),
             "pretrained": weights.to_dict() if weights else None,

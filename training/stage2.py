@@ -46,9 +46,10 @@ from wsi_seg.model import LoadedModel, PsclNet, load_checkpoint, save_checkpoint
 
 from training.augment import flips
 from training.config import Stage2Config, dump_yaml
-from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_dataset
+from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_checked_dataset
 from training.datasets.pseudo import PseudoLabelDataset, PseudoLabels, open_pseudo_labels
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
+from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
 from training.loop import (
     RunResult,
@@ -164,7 +165,7 @@ def _train(
 
     run_dir = Path(cfg.out)
     per_rank_batch(cfg.batch_size, dist_info)
-    index = open_dataset(cfg.data.path, cfg.data.format)
+    index = open_checked_dataset(cfg.data.path, cfg.data.format)
     init = load_stage1_init(cfg.init, index)
     labels = open_pseudo_labels(cfg.data.pseudo_labels, index, need_cams=cfg.loss.name == "nr")
     _check_pseudo_label_origin(labels, init, index)
@@ -187,13 +188,14 @@ def _train(
     net = stage2_network(init).to(device)
     net.classifier.requires_grad_(False)  # not used by the segmentation forward
     net.train()
+    groups = parameter_groups(net, cfg.optim.lr, cfg.encoder)  # freezes before DDP sees the parameters
     forward: nn.Module = _SegmentationForward(net)
     if dist_info.enabled:
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = torch.optim.AdamW(
-        [p for p in net.parameters() if p.requires_grad], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
     )
     dataset = PseudoLabelDataset(labels.records, index.num_classes, transform=flips(), with_cams=cfg.loss.name == "nr")
     loader, sampler, loader_gen = train_loader(dataset, cfg.batch_size, dist_info, cfg.seed, cfg.data.workers, device)
@@ -331,6 +333,7 @@ def _provenance(
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
             "optim": {"name": "AdamW", **dataclasses.asdict(cfg.optim)},
+            "encoder": dataclasses.asdict(cfg.encoder),
             "stage1": init.config.provenance.get("training"),
             "run_dir": str(run_dir.resolve()),
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

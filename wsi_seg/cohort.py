@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from wsi_seg.errors import ConfigError, ResultError, WsiSegError
@@ -35,10 +35,15 @@ class SlideOutcome:
 
     slide: str
     out: str
-    status: str  # done | skipped | failed
+    status: str  # done | skipped | failed | incomplete (found by ``wsi-seg summarize``)
     patches: int = 0
     seconds: float = 0.0
     error: str = ""
+    # per-class areas of a finished slide (from its label pyramid, see wsi_seg.areas)
+    labels: str = ""  # the label image they were counted on: mask, or corrected
+    tissue_mm2: float | None = None
+    area_mm2: dict[str, float] = field(default_factory=dict)
+    percent_of_tissue: dict[str, float] = field(default_factory=dict)
 
 
 def expand_inputs(items: Iterable[str]) -> list[Path]:
@@ -137,7 +142,8 @@ class CohortSummary:
         self._by_index: dict[int, SlideOutcome] = {}
 
     def add(self, index: int, outcome: SlideOutcome) -> None:
-        """Record the outcome of the ``index``-th input slide."""
+        """Record the outcome of the ``index``-th input slide (with its areas when finished)."""
+        outcome = with_areas(outcome)
         self._by_index[index] = outcome
         if self.report is not None:
             self.report(outcome)
@@ -167,14 +173,72 @@ def run_cohort(
     return summary.outcomes
 
 
+def with_areas(outcome: SlideOutcome) -> SlideOutcome:
+    """``outcome`` with the per-class areas of its result, when the slide is finished.
+
+    Counted on the corrected labels when the result has them. A result that cannot be
+    read keeps its row without areas (logged), so the summary is always written.
+    """
+    if outcome.status not in ("done", "skipped", "incomplete"):
+        return outcome
+    from wsi_seg.report import result_areas
+
+    try:
+        result = Result.open(outcome.out, allow_incomplete=outcome.status == "incomplete")
+        labels = result.current_labels
+        rows = result_areas(result, labels)
+    except (WsiSegError, OSError, KeyError, ValueError) as exc:
+        log.warning("%s: no areas in the summary (%s)", outcome.out, exc)
+        return outcome
+    tissue = sum(r.area_um2 for r in rows)
+    return replace(
+        outcome,
+        labels=labels,
+        tissue_mm2=round(tissue / 1e6, 6),
+        area_mm2={r.name: round(r.area_mm2, 6) for r in rows},
+        percent_of_tissue={r.name: round(100 * r.tissue_fraction, 3) for r in rows},
+    )
+
+
+def _csv_row(outcome: SlideOutcome, classes: list[str]) -> dict[str, object]:
+    row = {k: v for k, v in asdict(outcome).items() if k not in ("area_mm2", "percent_of_tissue")}
+    for name in classes:
+        row[f"{name} mm2"] = outcome.area_mm2.get(name, "")
+        row[f"{name} % of tissue"] = outcome.percent_of_tissue.get(name, "")
+    return row
+
+
 def write_summary(out_dir: Path, outcomes: list[SlideOutcome]) -> tuple[Path, Path]:
-    """``wsi_seg_summary.csv`` and ``.json`` in ``out_dir`` (rewritten after each slide)."""
+    """``wsi_seg_summary.csv`` and ``.json`` in ``out_dir`` (rewritten after each slide).
+
+    The CSV has two columns per class (``<class> mm2``, ``<class> % of tissue``), for
+    every class of any slide, in order of appearance; the JSON nests them per slide.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [asdict(o) for o in outcomes]
+    classes: list[str] = []
+    for o in outcomes:
+        classes.extend(n for n in o.area_mm2 if n not in classes)
+    base = [k for k in SlideOutcome.__dataclass_fields__ if k not in ("area_mm2", "percent_of_tissue")]
+    fields = base + [c for name in classes for c in (f"{name} mm2", f"{name} % of tissue")]
     csv_path, json_path = out_dir / f"{SUMMARY_NAME}.csv", out_dir / f"{SUMMARY_NAME}.json"
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(SlideOutcome.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(rows)
-    json_path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(csv_path, _csv_text(fields, [_csv_row(o, classes) for o in outcomes]))
+    rows = [asdict(o) for o in outcomes]
+    write_text_atomic(json_path, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     return csv_path, json_path
+
+
+def _csv_text(fields: list[str], rows: list[dict[str, object]]) -> str:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name and rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

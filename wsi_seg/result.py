@@ -5,6 +5,7 @@ A result is an OME-Zarr (NGFF 0.5, zarr v3) folder::
     slide.zarr/                root: per-class activation maps, (c, y, x) uint8 0–255
       0/ 1/ …                  2× pyramid levels
       labels/mask/0/ 1/ …      uint8 class index, 0 = background, 1..N = classes
+      labels/corrected/0/ 1/ … the mask with the user's corrections (wsi_seg.corrections), if any
     attrs["ome"]               multiscales (scale in µm), omero channels, image-label
     attrs["wsi_seg"]           provenance; "complete" is written last
 
@@ -27,6 +28,7 @@ from wsi_seg.errors import ResultError
 
 PROVENANCE_KEY = "wsi_seg"  # root attribute holding the provenance
 LABEL_NAME = "mask"  # the class-index image under labels/
+CORRECTED_NAME = "corrected"  # the user's corrections (napari), same pyramid as labels/mask
 PARTIAL_SUFFIX = ".partial"  # an unfinished run's folder: <out>.partial
 BACKGROUND = "background"  # the name of class index 0
 
@@ -219,10 +221,24 @@ class Result:
         return tuple(self.mask(level).shape)  # type: ignore[return-value]
 
     # -- arrays ----------------------------------------------------------------------
-    def mask(self, level: int = 0) -> Any:
-        """(H, W) uint8 class index of ``level`` (a zarr array; slice it to read)."""
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The label images under ``labels/``: ``mask``, and ``corrected`` once corrections were saved."""
+        group = self._group["labels"]
+        return tuple(n for n in (LABEL_NAME, CORRECTED_NAME) if n in group)
+
+    @property
+    def current_labels(self) -> str:
+        """The label image that holds the answer: ``corrected`` when there is one, else ``mask``."""
+        return CORRECTED_NAME if CORRECTED_NAME in self.label_names else LABEL_NAME
+
+    def mask(self, level: int = 0, labels: str = LABEL_NAME) -> Any:
+        """(H, W) uint8 class index of ``level`` (a zarr array; slice it to read) of the
+        label image ``labels`` (``mask``, or ``corrected``: see :attr:`current_labels`)."""
         self._check_level(level)
-        return self._group["labels"][LABEL_NAME][str(level)]
+        if labels not in self.label_names:
+            raise ResultError(f"{self.path}: no label image labels/{labels}; it has {', '.join(self.label_names)}")
+        return self._group["labels"][labels][str(level)]
 
     def activations(self, level: int = 0) -> Any:
         """(C, H, W) uint8 activation maps of ``level``, 0–255 (a zarr array)."""

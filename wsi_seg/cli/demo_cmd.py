@@ -16,10 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_demo_slide)
 
-    d = sub.add_parser("demo", help="generate the demo slide, segment it with the default model, write a PNG preview")
+    d = sub.add_parser("demo", help="generate the demo slide, segment it with the default model, write its report")
     d.add_argument("--out", type=Path, default=Path("demo.zarr"), help="result (default: demo.zarr)")
     d.add_argument("--slide", type=Path, default=Path("demo_slide.tif"), help="demo slide, generated if missing")
-    d.add_argument("--preview", type=Path, default=Path("demo_overlay.png"))
+    d.add_argument("--preview", type=Path, default=Path("demo_report.png"), metavar="REPORT.png|.html",
+                   help="the slide report: slide | overlay | ground truth, legend, areas (default: %(default)s)")
     d.add_argument("--size", type=int, default=8192)
     d.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled demo model)")
     d.add_argument("--device", default="auto")
@@ -43,10 +44,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from wsi_seg.model.checkpoint import load_checkpoint
     from wsi_seg.model.default import default_model_path
     from wsi_seg.predict import resolve_device
-    from wsi_seg.preview import save_overlay
+    from wsi_seg.report import check_report_path, write_report
     from wsi_seg.segment import SegmentOptions, segment_slide
     from wsi_seg.synthetic import mask_paths, write_demo_slide
 
+    check_report_path(args.preview)
     device = resolve_device(args.device)
     model = load_checkpoint(args.model or default_model_path(), device=device)
     mask_path, _ = mask_paths(args.slide)
@@ -58,8 +60,8 @@ def run_demo(args: argparse.Namespace) -> int:
         SegmentOptions(device=args.device, overwrite=True, progress=not args.no_progress),
     )
     print(result.summary(args.slide.name))
-    save_overlay(result.out, args.slide, args.preview)
-    print(f"preview: {args.preview}")
+    write_report(result.out, args.preview, slide=args.slide, ground_truth=mask_path)
+    print(f"report: {args.preview}")
     scores = slide_miou(result.out, mask_path)
     per_class = ", ".join(f"{k} {v:.1%}" for k, v in scores["iou"].items())
     print(f"mIoU vs ground truth (tissue pixels): {scores['miou']:.1%} ({per_class})")

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="minimum tissue fraction of a patch to run it (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32)")
+    p.add_argument("--preview", type=Path, default=None, metavar="REPORT.png|.html",
+                   help="with --out: also write the slide report (overlay, legend, per-class areas)")
     p.add_argument("--reader", default="auto", choices=["auto", "openslide", "jpeg-cpu", "jpeg-device"],
                    help="slide decoder: openslide (any format); jpeg-cpu (JPEG tiles of SVS/tiled TIFF decoded at "
                         "1/2, 1/4, 1/8 scale when the level is that much finer than the model); jpeg-device "
@@ -57,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None and len(args.slides) != 1:
         raise ConfigError(f"--out takes one slide, got {len(args.slides)}; use --out-dir for several")
+    if args.preview is not None:
+        from wsi_seg.report import check_report_path
+
+        if args.out is None:
+            raise ConfigError("--preview goes with --out; a cohort (--out-dir) writes report.html in its folder")
+        check_report_path(args.preview)
     on_cluster = args.scheduler is not None or args.local_cluster is not None
     if args.scheduler is not None and args.local_cluster is not None:
         raise ConfigError("--scheduler and --local-cluster exclude each other; give one")
@@ -90,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         result = segment_slide(Path(args.slides[0]), args.out, model, options)
         print(result.summary(Path(args.slides[0]).name))
+        if args.preview is not None:
+            from wsi_seg.report import write_report
+
+            write_report(result.out, args.preview, slide=args.slides[0])
+            print(f"report: {args.preview}")
         return 0
     slides = expand_inputs(args.slides)
 
@@ -108,11 +121,14 @@ def run(args: argparse.Namespace) -> int:
                                    local_workers=args.local_cluster, report=report)
     else:
         outcomes = run_cohort(slides, args.out_dir, model, options, report=report)
+    from wsi_seg.cohort_report import write_cohort_report
+
+    html_path = write_cohort_report(args.out_dir, outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
     print(f"{len(outcomes)} slides: {done} done, {skipped} skipped, {len(failed)} failed; "
-          f"summary in {args.out_dir / 'wsi_seg_summary.csv'}")
+          f"summary in {args.out_dir / 'wsi_seg_summary.csv'}, report in {html_path}")
     if failed:
         print(f"wsi-seg: {len(failed)} of {len(outcomes)} slides failed", file=sys.stderr)
         return 2

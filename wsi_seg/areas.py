@@ -1,8 +1,9 @@
-"""Per-class areas of a result, from a coarse level of its mask pyramid (no Qt).
+"""Per-class areas of a result, counted on a coarse level of its mask pyramid.
 
 Areas are counted on the finest level whose longer side is at most ``max_side_px``
 (strided further if even the coarsest level is larger, e.g. an unfinished run with
 level 0 only), then scaled to level-0 µm²: cost and memory stay bounded on any slide.
+Nothing is re-segmented. Used by ``wsi-seg report``, the cohort summary and napari.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_MAX_SIDE_PX = 2048
+UM2_PER_MM2 = 1e6
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,10 @@ class ClassArea:
     color: tuple[int, int, int]
     area_um2: float
     tissue_fraction: float  # of all non-background mask pixels, 0–1
+
+    @property
+    def area_mm2(self) -> float:
+        return self.area_um2 / UM2_PER_MM2
 
     @property
     def hex_color(self) -> str:
@@ -70,6 +76,11 @@ def class_areas(
         )
         for i, (name, c) in enumerate(zip(class_names, class_colors, strict=True))
     ]
+
+
+def tissue_area_um2(rows: Sequence[ClassArea]) -> float:
+    """Area of all classes together (every non-background pixel)."""
+    return float(sum(r.area_um2 for r in rows))
 
 
 def format_area(area_um2: float) -> str:
