@@ -39,9 +39,9 @@ from common import demo_slide, print_table, random_model, work_folder  # noqa: E
 from reader_scaling import make_dataset, reader_throughput  # noqa: E402
 from segment_throughput import model_only  # noqa: E402
 
-from wsi_seg.predict import resolve_device, resolve_precision  # noqa: E402
 from wsi_seg.result import read_provenance  # noqa: E402
-from wsi_seg.segment import SegmentOptions, resolve_batch_size, segment_slide  # noqa: E402
+from wsi_seg.runtime import available_cpus, resolve_batch_size, resolve_device, resolve_precision  # noqa: E402
+from wsi_seg.segment import SegmentOptions, segment_slide  # noqa: E402
 
 
 def mosaic_slide(src: Path, dst: Path, reps: int) -> Path:
@@ -79,13 +79,6 @@ def mosaic_slide(src: Path, dst: Path, reps: int) -> Path:
     return dst
 
 
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=None, help="folder for the slides (kept and reused)")
@@ -105,12 +98,13 @@ def main() -> None:
         args.batches = "2,4"
         args.precisions = "fp32" if device.type == "cpu" else "fp16"
         args.readers = args.readers or "0,1"
-    cpus = usable_cpus()
+    budget = available_cpus()
+    cpus = budget.cpus
     counts = [int(c) for c in args.readers.split(",")] if args.readers else sorted({1, 2, 4, 8, cpus})
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     print(f"gpu_check: device {device} ({gpu}), torch {torch.__version__}, {cpus} usable CPUs of "
-          f"{os.cpu_count()}, {platform.processor() or platform.machine()}", flush=True)
+          f"{os.cpu_count()} (limit: {budget.source}), {platform.processor() or platform.machine()}", flush=True)
     t_all = time.perf_counter()
     with work_folder(args.work) as work:
         base = demo_slide(work, args.base, 0.6)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import demo_slide, print_table, work_folder  # noqa: E402
 
 from wsi_seg.model import preset_config  # noqa: E402
-from wsi_seg.predict import resolve_device  # noqa: E402
+from wsi_seg.runtime import resolve_device  # noqa: E402
 from wsi_seg.reader import BlockDataset, BlockReader, plan_reader  # noqa: E402
 from wsi_seg.segment import SegmentOptions, plan  # noqa: E402
 from wsi_seg.slide import Slide  # noqa: E402

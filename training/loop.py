@@ -1,10 +1,7 @@
-"""Training-loop plumbing shared by stage 1, stage 2 and unsupervised pre-training.
-
-Each trainer (``stage1``, ``stage2``, ``pretrain``) owns its forward pass and loss;
-what they have in common lives here: device and torchrun setup, autocast, the run
-directory (create, check the settings fingerprint, refuse a finished run), the seeded
-(distributed) train loader, the per-epoch ``metrics.csv`` and the one-line error of a
-DataLoader worker.
+"""The pieces :class:`training.trainer.Trainer` runs a training with: device and torchrun
+setup, autocast, the run directory (create, check the settings fingerprint, refuse a
+finished run, resume its state), the seeded (distributed) train loader, the per-epoch
+``metrics.csv`` and the one-line error of a DataLoader worker.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,43 +33,28 @@ RUN_FILES = ("state", "state.tmp", "state.old", "metrics.csv", "config.yaml", "r
 
 def device_and_dist(device_name: str) -> tuple[torch.device, DistInfo]:
     """The device to train on and the torchrun process group (if any) joined."""
-    from wsi_seg.predict import resolve_device
+    import os
+
+    from wsi_seg.runtime import available_cpus, resolve_device
 
     device = resolve_device(device_name)
     info = init_distributed(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
+    if device.type == "cpu":  # the CPUs this process may use, shared by torchrun's local ranks
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        torch.set_num_threads(max(1, available_cpus().cpus // max(1, local_ranks)))
     if not info.is_main:  # rank 0 reports for everyone
         logging.getLogger("training").setLevel(logging.WARNING)
     return device, info
 
 
 def autocast_for(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, bool]:
-    """(autocast context, needs a grad scaler) of ``precision`` (auto | fp32 | bf16 | fp16).
+    """(autocast context, needs a grad scaler) of ``precision`` (auto | fp32 | bf16 | fp16),
+    resolved as for inference by :mod:`wsi_seg.runtime` (``auto``: bf16 where native)."""
+    from wsi_seg.runtime import autocast, needs_grad_scaler
 
-    ``auto``: bf16 on CUDA devices that support it, else fp32.
-    """
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext(), False
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("fp16 training is for CUDA; use bf16 or fp32 on the CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype), precision == "fp16"
-
-
-def result_settings(settings: dict[str, Any], ignored: Sequence[str]) -> dict[str, Any]:
-    """``settings`` (a config's ``to_dict()``) without the dotted keys in ``ignored``:
-    those that do not change a run's result, so a resumed run may differ in them."""
-    d = json.loads(json.dumps(settings, default=str))
-    for dotted in ignored:
-        node = d
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return d
+    return autocast(device, precision), needs_grad_scaler(device, precision)
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -213,18 +194,3 @@ def train_loader(
         pin_memory=device.type == "cuda",
     )
     return loader, sampler, generator
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The loader seed of an epoch (the same in every trainer, so runs are comparable)."""
-    return seed * 1_000_003 + epoch
-
-
-@dataclass
-class RunResult:
-    """What a training run (stage 1, stage 2) leaves: its folder, checkpoint and history."""
-
-    run_dir: Path
-    checkpoint: Path | None  # None on ranks other than 0
-    history: list[dict[str, Any]]
-    resumed_from_epoch: int

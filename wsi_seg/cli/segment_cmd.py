@@ -5,12 +5,29 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsi_seg.errors import ConfigError
+from wsi_seg.options import DEFAULT_MAX_OUTPUT_PX, READERS, SegmentOptions
 from wsi_seg.tissue import TissueParams
 
+if TYPE_CHECKING:
+    from wsi_seg.segment import SegmentPlan
+
 log = logging.getLogger(__name__)
+
+
+def _pixel_count(text: str) -> int:
+    """A pixel count such as 4e10 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1 and value < 2**62):
+        raise argparse.ArgumentTypeError(f"expected a number of pixels ≥ 1 such as 4e10, got {text!r}")
+    return int(value)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,15 +43,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="slide-reading worker processes (default: 0 = in-process on CPU, where the model uses "
                         "every core; up to 8 on CUDA)")
-    p.add_argument("--overlap", type=int, default=32, help="patch overlap in px at the model resolution; centre-cropped (default: 32)")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides whose metadata lacks it")
+    p.add_argument("--overlap", type=int, default=SegmentOptions.overlap_px, metavar="PX",
+                   help="patch overlap in px at the model resolution; centre-cropped (default: %(default)s)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="level-0 µm/px of the slide: for slides whose metadata lacks it or gives an implausible "
+                        "value, and for plain PNG/JPEG/TIFF images (read as one level)")
+    p.add_argument("--allow-upsampling", action="store_true",
+                   help="allow a model µm/px more than 2× finer than the slide's level 0")
+    p.add_argument("--max-output-px", type=_pixel_count, default=DEFAULT_MAX_OUTPUT_PX, metavar="N",
+                   help="refuse a slide whose output at the model's µm/px would exceed N px "
+                        "(default: %(default).0e, a 200,000² px output)")
     p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction,
                    help="minimum tissue fraction of a patch to run it (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32)")
+                   help="autocast precision (default: auto = bf16 where the device computes it natively: CUDA GPUs "
+                        "with bf16, CPUs with AVX512-BF16/AMX; fp16 on older CUDA GPUs; else fp32)")
     p.add_argument("--preview", type=Path, default=None, metavar="REPORT.png|.html",
                    help="with --out: also write the slide report (overlay, legend, per-class areas)")
-    p.add_argument("--reader", default="auto", choices=["auto", "openslide", "jpeg-cpu", "jpeg-device"],
+    p.add_argument("--reader", default="auto", choices=list(READERS),
                    help="slide decoder: openslide (any format); jpeg-cpu (JPEG tiles of SVS/tiled TIFF decoded at "
                         "1/2, 1/4, 1/8 scale when the level is that much finer than the model); jpeg-device "
                         "(tiles decoded in batches on the model's device, nvJPEG on CUDA); auto: jpeg-device on "
@@ -51,11 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.cohort import SlideOutcome, expand_inputs, run_cohort
-    from wsi_seg.model.checkpoint import load_checkpoint
-    from wsi_seg.model.default import default_model_path
-    from wsi_seg.predict import resolve_device
-    from wsi_seg.segment import SegmentOptions, segment_slide
+    from wsi_seg.ownership import check_output, cohort_lock, output_lock
 
     if args.out is not None and len(args.slides) != 1:
         raise ConfigError(f"--out takes one slide, got {len(args.slides)}; use --out-dir for several")
@@ -83,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         tissue=TissueParams(min_tissue_fraction=args.tissue_threshold),
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        allow_upsampling=args.allow_upsampling,
+        max_output_px=args.max_output_px,
     )
     if on_cluster:
         from wsi_seg.cohort_dask import import_distributed
@@ -92,11 +116,32 @@ def run(args: argparse.Namespace) -> int:
         # -v shows its warnings and errors, -vv its info
         levels = [logging.CRITICAL, logging.WARNING, logging.INFO]
         logging.getLogger("distributed").setLevel(levels[min(args.verbose, 2)])
+    with ExitStack() as held:
+        # before the model loads: an output that must not be written, or one in use, fails at once
+        if args.out is not None:
+            check_output(args.out, args.overwrite)
+            with output_lock(args.out):
+                pass
+        else:
+            held.enter_context(cohort_lock(args.out_dir))
+        return _run(args, options, on_cluster)
+
+
+def _run(args: argparse.Namespace, options: SegmentOptions, on_cluster: bool) -> int:
+    from wsi_seg.cohort import SlideOutcome, expand_inputs, run_cohort
+    from wsi_seg.model.checkpoint import load_checkpoint
+    from wsi_seg.model.default import default_model_path
+    from wsi_seg.runtime import resolve_device
+    from wsi_seg.segment import segment_slide
+
+    def show_plan(plan: SegmentPlan) -> None:
+        print(plan.describe(), flush=True)
+
     # on a cluster the workers load the model; the client only checks it and takes its sha256
     device = "cpu" if on_cluster else resolve_device(args.device)
     model = load_checkpoint(args.model if args.model is not None else default_model_path(), device=device)
     if args.out is not None:
-        result = segment_slide(Path(args.slides[0]), args.out, model, options)
+        result = segment_slide(Path(args.slides[0]), args.out, model, options, on_plan=show_plan)
         print(result.summary(Path(args.slides[0]).name))
         if args.preview is not None:
             from wsi_seg.report import write_report
