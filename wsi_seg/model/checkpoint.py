@@ -21,6 +21,10 @@ from wsi_seg.model.pretrained import file_sha256
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 METADATA_KEY = "wsi_seg_config"
+RUN_CHECKPOINT = "checkpoint"  # where a training run folder keeps its checkpoint
+# what a checkpoint must state rather than inherit from ModelConfig's defaults: a missing
+# class list would silently be the LUAD one, a missing µm/px 0.5
+REQUIRED_KEYS = ("class_names", "mpp", "patch_size_px")
 
 
 @dataclass
@@ -51,7 +55,10 @@ def save_checkpoint(net: PsclNet, directory: str | Path, config: ModelConfig | N
 
 
 def _resolve(path: Path) -> tuple[Path, Path | None]:
-    """(weights file, config file or None) of a checkpoint path."""
+    """(weights file, config file or None) of a checkpoint path (a checkpoint directory, a
+    .safetensors file, or a training run folder holding ``checkpoint/``)."""
+    if path.is_dir() and not (path / WEIGHTS_NAME).is_file() and (path / RUN_CHECKPOINT / WEIGHTS_NAME).is_file():
+        path = path / RUN_CHECKPOINT  # a training run folder: its checkpoint/
     if path.is_dir():
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
@@ -82,6 +89,14 @@ def read_config(path: str | Path) -> ModelConfig:
             if METADATA_KEY not in meta:
                 raise CheckpointError(f"{weights}: safetensors file carries no wsi-seg config")
             data = json.loads(meta[METADATA_KEY])
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{cfg_file or weights}: model config is not a JSON object")
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise CheckpointError(
+                f"{cfg_file or weights}: model config does not state {', '.join(missing)}; wsi-seg does not "
+                "guess them (add them to the config: the classes, µm/px and patch size it was trained with)"
+            )
         return ModelConfig.from_dict(data)
     except CheckpointError:
         raise
@@ -108,6 +123,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         net = PsclNet(cfg)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: cannot build its network: {exc}") from exc
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:  # timm: "Unknown model (…)", bad kwargs
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: cannot build its network from backbone {cfg.backbone!r} ({detail}); "
+            "is the backbone name a timm model of the installed timm version?"
+        ) from exc
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
