@@ -47,11 +47,12 @@ def _register_check_dataset(sub: argparse._SubParsersAction) -> None:
                     "training refuses such a folder with the same findings.",
     )
     p.add_argument("data", type=Path, metavar="DIR", help="dataset folder (LUAD-HistoSeg, BCSS-WSSS or labels.csv)")
-    p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default="auto")
+    p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default="auto",
+                   help="dataset layout (default: %(default)s: recognised from the folder)")
     p.add_argument("--headers-only", action="store_true",
                    help="do not decode every image (masks are always decoded); what training checks")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the findings as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_check_dataset)
 
 
@@ -78,7 +79,8 @@ def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int, default=D.n_train, metavar="N", help="train patches (default: %(default)s)")
     p.add_argument("--n-test", type=int, default=D.n_test, metavar="N", help="test patches (default: %(default)s)")
     p.add_argument("--preset", default=D.preset, metavar="NAME", help="model preset (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=D.stage1_epochs, metavar="N", help="stage-1 epochs (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=D.stage1_epochs, metavar="N",
+                   help="stage-1 epochs (default: %(default)s)")
     p.add_argument("--stage2-epochs", type=int, default=D.stage2_epochs, metavar="N",
                    help="stage-2 epochs (default: %(default)s)")
     p.add_argument("--stage1-batch-size", type=int, default=None, metavar="N",
@@ -86,7 +88,8 @@ def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage2-batch-size", type=int, default=D.stage2_batch_size, metavar="N",
                    help="stage-2 batch (default: %(default)s)")
     p.add_argument("--seed", type=int, default=D.seed, metavar="N", help="seed of data and runs (default: %(default)s)")
-    p.add_argument("--device", default=D.device, metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--device", default=D.device, metavar="DEVICE",
+                   help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.set_defaults(func=run_benchmark_method)
 
 
@@ -121,7 +124,8 @@ def _register_synth_dataset(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int, default=800, metavar="N", help="train patches (default: %(default)s)")
     p.add_argument("--n-val", type=int, default=32, metavar="N", help="val patches (default: %(default)s)")
     p.add_argument("--n-test", type=int, default=128, metavar="N", help="test patches (default: %(default)s)")
-    p.add_argument("--mpp", type=float, default=1.0, metavar="UM", help="µm/px of the patches (default: 1.0, as LUAD-HistoSeg)")
+    p.add_argument("--mpp", type=float, default=1.0, metavar="UM",
+                   help="µm/px of the patches (default: 1.0, as LUAD-HistoSeg)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the patches (default: %(default)s)")
     p.set_defaults(func=_run_synth_dataset)
 
@@ -148,10 +152,16 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stage", type=int, choices=[1, 2], required=True,
                    help="1: classifier + PSCL from patch labels; 2: encoder + decoder on stage-1 pseudo-labels")
-    p.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML/TOML/JSON settings; flags override it")
-    p.add_argument("--overwrite", action="store_true", help="discard an existing run in RUN_DIR and start over")
-    add_config_flags(p, {"1": Stage1Config, "2": Stage2Config}, choice="--stage")
+    _add_run_flags(p, {"1": Stage1Config, "2": Stage2Config}, choice="--stage")
     p.set_defaults(func=run_train)
+
+
+def _add_run_flags(p: argparse.ArgumentParser, configs: dict[str, type], choice: str = "") -> None:
+    """--config, --overwrite and the flags of the run's config classes."""
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="YAML/TOML/JSON settings; flags override it")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing run in RUN_DIR and start over")
+    add_config_flags(p, configs, choice=choice)
 
 
 def train_config_from_args(args: argparse.Namespace) -> Any:
@@ -191,9 +201,7 @@ def _register_pretrain(sub: argparse._SubParsersAction) -> None:
                     "AdamW lr 1e-4, 20 epochs, batch 6) into RUN_DIR/encoder.safetensors, for "
                     "wsi-seg train --stage 1 --pretrained FILE with the same preset. Rerun to resume.",
     )
-    p.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML/TOML/JSON settings; flags override it")
-    p.add_argument("--overwrite", action="store_true", help="discard an existing run in RUN_DIR and start over")
-    add_config_flags(p, {"": PretrainConfig})
+    _add_run_flags(p, {"": PretrainConfig})
     p.set_defaults(func=run_pretrain)
 
 
@@ -229,15 +237,27 @@ def _register_pseudo_labels(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_pseudo_labels)
 
 
+RUN = object()  # --gating not given: as the stage-1 run was trained
+
+
+def _gating(value: object) -> float | str | None:
+    from training.pseudo_labels import RUN_GATING
+
+    return RUN_GATING if value is RUN else value  # type: ignore[return-value]
+
+
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     """The flags pseudo-labels and evaluate share, named and shown as in ``train``."""
     from training.config import PsclConfig
 
     p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default="auto",
                    help="dataset layout (default: %(default)s)")
-    p.add_argument("--gating", nargs="?", type=float, const=PsclConfig.gating_threshold, default=None, metavar="TAU",
-                   help="gate CAMs by classification score (eq. 4.4–4.5); TAU sets τ_g (default: off; "
-                        "TAU %(const)s)")
+    p.add_argument("--gating", nargs="?", type=float, const=PsclConfig.gating_threshold, default=RUN, metavar="TAU",
+                   help="gate CAMs by classification score (eq. 4.4–4.5); TAU sets τ_g (TAU %(const)s when not "
+                        "given; default: as the stage-1 run was trained, recorded in its checkpoint)")
+    p.add_argument("--no-gating", dest="gating", action="store_const", const=None, help="no gating")
+    p.add_argument("--gating-epsilon", type=float, default=None, metavar="EPS",
+                   help="ε of tables 5.16/5.17: a rejected class keeps ε × its CAM (default: the run's)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="patches per model call (default: %(default)s)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
@@ -250,8 +270,8 @@ def run_pseudo_labels(args: argparse.Namespace) -> int:
 
     result = generate_pseudo_labels(
         args.model, args.data, args.out, split=args.split, format=args.format, batch_size=args.batch_size,
-        device=args.device, workers=args.workers, gating_threshold=args.gating, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        device=args.device, workers=args.workers, gating_threshold=_gating(args.gating), overwrite=args.overwrite,
+        progress=not args.no_progress, gating_epsilon=args.gating_epsilon,
     )
     print(f"{result.patches} {result.split} pseudo-labels → {result.out}")
     return 0
@@ -266,9 +286,13 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="mlps: ground-truth background excluded; tpro: background a class, mIoU over tissue "
                         "(default: both)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the scores as JSON (default: no)")
-    p.add_argument("--image-labels", choices=["gt", "predicted"], default="gt",
-                   help="stage 1: classes a patch may take — from its ground truth, or the classifier's "
-                        "(default: gt)")
+    p.add_argument("--image-labels", choices=["predicted", "gt"], default="predicted",
+                   help="stage 1: classes a patch may take — predicted: the classifier's, above each protocol's "
+                        "reference threshold (mlps 0.25; tpro 0.15 LUAD, 0.4 BCSS); gt: from its ground truth, an "
+                        "oracle of pseudo-label quality, labelled as such (default: predicted)")
+    p.add_argument("--score-threshold", type=float, default=None, metavar="T",
+                   help="stage 1, predicted: one sigmoid threshold for every protocol (default: each protocol's "
+                        "reference threshold)")
     _add_inference_flags(p)
     p.set_defaults(func=run_evaluate)
 
@@ -281,15 +305,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.model, args.data, split=args.split, protocols=protocols, format=args.format,
         batch_size=args.batch_size, device=args.device, workers=args.workers,
-        image_labels=args.image_labels, gating_threshold=args.gating, progress=not args.no_progress,
+        image_labels=args.image_labels, gating_threshold=_gating(args.gating), progress=not args.no_progress,
+        score_threshold=args.score_threshold, gating_epsilon=args.gating_epsilon,
     )
     print(f"{result.checkpoint} on {args.data} ({result.split}, {result.patches} patches)")
+    print(result.mode_line())
     print(format_table(result.scores))
     if args.json is not None:
         write_json(args.json, result.scores, extra={
             "checkpoint": str(result.checkpoint), "sha256": result.sha256, "dataset": str(args.data),
-            "split": result.split, "patches": result.patches, "image_labels": args.image_labels,
-            "gating_threshold": args.gating, "confusion_matrix": result.confusion.counts.tolist(),
+            "split": result.split, "patches": result.patches, **result.to_extra(),
+            "confusion_matrix": {p: cm.counts.tolist() for p, cm in result.confusions.items()},
         })
     return 0
 

@@ -124,11 +124,14 @@ class RunConfig:
         return _build(cls, data, source)
 
     def checks(self) -> list[tuple[bool, str]]:
-        """(ok, message) of each value check; subclasses add theirs."""
+        """(ok, message) of each value check, those of the nested settings (their own
+        ``checks()``) included; subclasses add theirs."""
+        nested = [getattr(self, f.name) for f in dataclasses.fields(self)]
         return [
             (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
             (self.precision in _PRECISIONS, f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"),
-            *self.data.checks(),
+            *(check for part in nested if hasattr(part, "checks") for check in part.checks()),
         ]
 
     def validate(self: _C) -> _C:
@@ -186,13 +189,13 @@ class DataConfig(DataSource):
     """Where the patches are and how their background is seeded.
 
     ``background_seed`` / ``bkg_min_size_px`` / ``mpp`` None: the format's default
-    (LUAD: seeding on, 200 px, 1.0 µm/px; BCSS: off, 600 px, 0.25 µm/px; csv: on,
+    (LUAD: seeding on, 200 px, 1.0 µm/px; BCSS: on, 600 px, 0.25 µm/px — thesis §4.3.2, table 5.8; csv: on,
     200 px, µm/px must be given or 0.5 is assumed with a warning).
     """
 
     background_seed: bool | None = setting(None, flag="--background-seed", negatable=True,
                                            help="colour-threshold background seeding",
-                                           default_text="on for LUAD/csv, off for BCSS")
+                                           default_text="on (thesis §4.3.2, also for BCSS)")
     bkg_gray_threshold: float = setting(200.0, help="gray level above which a pixel is background")
     bkg_min_size_px: int | None = setting(None, flag="--bkg-min-size", metavar="PX",
                                           help="remove_small_objects size of the background seed",
@@ -277,15 +280,22 @@ class PsclConfig:
     temperature: float = setting(0.1, help="SupCon temperature")
     max_pixels_per_class_per_image: int | None = setting(100, help="PSCL pixels sampled per class and image")
     max_pixels_total: int | None = setting(2048, help="PSCL pixels sampled per step")
-    gating: bool = setting(False, flag="--gating", metavar="TAU", value_of="gating_threshold",
-                           help="gate CAMs by classification score (eq. 4.4–4.5); TAU sets τ_g")
-    gating_threshold: float = setting(0.8, flag="--gating-threshold", metavar="TAU", help="τ_g of gating")
+    gating: bool = setting(True, flag="--gating", metavar="TAU", value_of="gating_threshold", negatable=True,
+                           help="gate CAMs by classification score (eq. 4.4–4.5; the headline rows of tables "
+                                "5.16/5.17) in the run's pseudo-labels and val scores; TAU sets τ_g; --no-gating: off")
+    gating_threshold: float = setting(0.8, flag="--gating-threshold", metavar="TAU", help="τ_g of gating (§4.3.2)")
+    gating_epsilon: float = setting(0.0, flag="--gating-epsilon", metavar="EPS",
+                                    help="ε of tables 5.16/5.17: a rejected class keeps ε × its CAM (0: eq. 4.5)")
+    gate_pscl: bool = setting(False, flag="--gate-pscl",
+                              help="also gate the CAMs PSCL labels its pixels with (patch labels already zero "
+                                   "absent classes there)")
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
             (self.weight >= 0, f"pscl weight must be ≥ 0, got {self.weight}"),
             (0 <= self.threshold < 1, f"pscl threshold must be in [0, 1), got {self.threshold}"),
             (0 <= self.gating_threshold < 1, f"gating threshold must be in [0, 1), got {self.gating_threshold}"),
+            (0 <= self.gating_epsilon < 1, f"gating epsilon must be in [0, 1), got {self.gating_epsilon}"),
             (self.temperature > 0, f"pscl temperature must be positive, got {self.temperature}"),
         ]
 
@@ -302,15 +312,6 @@ class Stage1Config(SupervisedRunConfig):
     encoder: EncoderTraining = field(default_factory=EncoderTraining)
     pscl: PsclConfig = field(default_factory=PsclConfig)
 
-    def checks(self) -> list[tuple[bool, str]]:
-        return [
-            *super().checks(),
-            *self.optim.checks(),
-            *self.encoder.checks(),
-            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            *self.pscl.checks(),
-        ]
-
 
 def _check(checks: list[tuple[bool, str]]) -> None:
     for ok, message in checks:
@@ -324,7 +325,8 @@ class Stage2DataConfig(DataSource):
     pseudo-label folder ``wsi-seg pseudo-labels`` wrote for its train split."""
 
     pseudo_labels: str = setting(
-        "", flag="--pseudo-labels", metavar="DIR", help="pseudo-labels of the train split, written by wsi-seg pseudo-labels",
+        "", flag="--pseudo-labels", metavar="DIR",
+        help="pseudo-labels of the train split, written by wsi-seg pseudo-labels",
         required="no pseudo-labels given (--pseudo-labels DIR, written by wsi-seg pseudo-labels, or data.pseudo_labels)")
 
 
@@ -376,15 +378,6 @@ class Stage2Config(SupervisedRunConfig):
     optim: AdamWConfig = field(default_factory=AdamWConfig)
     encoder: EncoderTraining = field(default_factory=EncoderTraining)
     loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [
-            *super().checks(),
-            *self.optim.checks(),
-            *self.encoder.checks(),
-            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            *self.loss.checks(),
-        ]
 
 
 @dataclass
@@ -438,12 +431,8 @@ class PretrainConfig(RunConfig):
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [
-            *super().checks(),
-            *self.optim.checks(),
-            (self.batch_size >= 2, f"batch_size must be ≥ 2 (NT-Xent needs other images), got {self.batch_size}"),
-            *self.contrast.checks(),
-        ]
+        return [*super().checks(), (self.batch_size >= 2,
+                                    f"batch_size must be ≥ 2 (NT-Xent needs other images), got {self.batch_size}")]
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
