@@ -24,7 +24,7 @@ def test_overwrite_never_deletes_a_user_folder(tmp_path, capsys, blob_slide, che
     (folder / "notes.txt").write_text("mine")
     for extra in ((), ("--overwrite",)):
         code, _, err = segment(capsys, blob_slide, folder, checkpoints[1], *extra)
-        assert_one_line_error(code, err, folder, "a folder of 1 entries (notes.txt)", "not a wsi-seg result")
+        assert_one_line_error(code, err, folder, "a folder of 1 entry (notes.txt)", "not a wsi-seg result")
     assert (folder / "notes.txt").read_text() == "mine"
     assert not partial_path(folder).exists()
 
