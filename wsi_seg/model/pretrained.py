@@ -45,6 +45,7 @@ IMAGENET_TAGS = {
 }
 HUB_WEIGHTS_NAME = "model.safetensors"
 TIMM_PREFIX = "timm:"
+PRETRAIN_WEIGHTS_NAME = "encoder.safetensors"  # what wsi-seg pretrain writes into its run folder
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,8 @@ def _resolve(spec: str, backbone: str) -> PretrainedWeights:
         path = hub_file(repo, HUB_WEIGHTS_NAME)
         return PretrainedWeights(spec=spec, model_name=name, file=path, sha256=file_sha256(path), hub_repo=repo)
     path = Path(spec)
+    if path.is_dir() and (path / PRETRAIN_WEIGHTS_NAME).is_file():
+        path = path / PRETRAIN_WEIGHTS_NAME  # a wsi-seg pretrain run folder
     if not path.is_file():
         raise CheckpointError(
             f"{path}: pretrained weights file not found (--pretrained takes imagenet, timm:<tag> or a "
@@ -229,4 +232,4 @@ def _resolve(spec: str, backbone: str) -> PretrainedWeights:
         )
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: not a .safetensors file; pickled .pt/.pth weights are never loaded")
-    return PretrainedWeights(spec=spec, model_name=backbone, file=path, sha256=file_sha256(path))
+    return PretrainedWeights(spec=spec, model_name=backbone.split(".", 1)[0], file=path, sha256=file_sha256(path))
