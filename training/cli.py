@@ -48,7 +48,7 @@ def _register_check_dataset(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", type=Path, metavar="DIR", help="dataset folder (LUAD-HistoSeg, BCSS-WSSS or labels.csv)")
     p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default="auto",
-                   help="dataset layout (default: %(default)s)")
+                   help="dataset layout (default: %(default)s: recognised from the folder)")
     p.add_argument("--headers-only", action="store_true",
                    help="do not decode every image (masks are always decoded); what training checks")
     p.add_argument("--json", type=Path, default=None, metavar="FILE",

@@ -189,13 +189,13 @@ class DataConfig(DataSource):
     """Where the patches are and how their background is seeded.
 
     ``background_seed`` / ``bkg_min_size_px`` / ``mpp`` None: the format's default
-    (LUAD: seeding on, 200 px, 1.0 µm/px; BCSS: off, 600 px, 0.25 µm/px; csv: on,
+    (LUAD: seeding on, 200 px, 1.0 µm/px; BCSS: on, 600 px, 0.25 µm/px — thesis §4.3.2, table 5.8; csv: on,
     200 px, µm/px must be given or 0.5 is assumed with a warning).
     """
 
     background_seed: bool | None = setting(None, flag="--background-seed", negatable=True,
                                            help="colour-threshold background seeding",
-                                           default_text="on for LUAD/csv, off for BCSS")
+                                           default_text="on (thesis §4.3.2, also for BCSS)")
     bkg_gray_threshold: float = setting(200.0, help="gray level above which a pixel is background")
     bkg_min_size_px: int | None = setting(None, flag="--bkg-min-size", metavar="PX",
                                           help="remove_small_objects size of the background seed",
