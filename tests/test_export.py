@@ -32,9 +32,7 @@ def make_result(root, mask, complete=True):
     store.close()
     if not complete:
         return tmp
-    n = store.build_pyramid(min_size_px=CHUNK, progress=False)
-    store.write_ome_metadata(n, MPP, NAMES, [tuple(c) for c in COLORS])
-    store.finalize(root)
+    store.finish(root, progress=False)
     return root
 
 

@@ -15,8 +15,10 @@ NAMES = ["TE", "NEC", "LYM"]
 COLORS = [[205, 51, 51], [0, 128, 0], [0, 0, 255]]
 
 
-def write_result(root, shape, chunk, seed=0, complete=True):
-    """A result of random content, written chunk by chunk; returns (path, acts, mask)."""
+def write_result(root, shape, chunk, seed=0, complete=True, stream=True):
+    """A result of random content, written chunk by chunk; returns (path, acts, mask).
+
+    ``stream``: the store knows the chunks to come and streams the pyramid (even chunks)."""
     rng = np.random.default_rng(seed)
     h, w = shape
     acts = rng.integers(0, 256, (len(NAMES), h, w), dtype=np.uint8)
@@ -25,23 +27,23 @@ def write_result(root, shape, chunk, seed=0, complete=True):
             "mpp": 0.5, "class_names": NAMES, "class_colors": COLORS, "patch_size_px": 224}
     tmp = partial_path(root)
     store = ResultStore.create(tmp, shape, len(NAMES), chunk, prov)
-    store.open_for_writing()
-    for i in range(-(-h // chunk)):
+    rows, cols = -(-h // chunk), -(-w // chunk)
+    store.open_for_writing(expected=[(i, j) for i in range(rows) for j in range(cols)] if stream else None)
+    for i in range(rows):
         for j in range(-(-w // chunk)):
             ys, xs = slice(i * chunk, (i + 1) * chunk), slice(j * chunk, (j + 1) * chunk)
             store.write_block((i, j), i * chunk, j * chunk, acts[:, ys, xs], mask[ys, xs])
     store.close()
     if not complete:
         return tmp, acts, mask
-    n = store.build_pyramid(min_size_px=chunk, progress=False)
-    store.write_ome_metadata(n, 0.5, NAMES, [tuple(c) for c in COLORS])
-    store.finalize(root)
+    store.finish(root, progress=False)
     return root, acts, mask
 
 
-@pytest.mark.parametrize("shape, chunk", [((100, 150), 16), ((97, 131), 15), ((64, 33), 7)])
-def test_levels_equal_the_in_memory_pyramid_for_any_chunk_size(tmp_path, shape, chunk):
-    path, acts, mask = write_result(tmp_path / "r.zarr", shape, chunk)
+@pytest.mark.parametrize("shape, chunk, stream", [((100, 150), 16, True), ((97, 131), 16, False),
+                                                  ((97, 131), 15, True), ((64, 33), 7, True)])
+def test_levels_equal_the_in_memory_pyramid_for_any_chunk_size(tmp_path, shape, chunk, stream):
+    path, acts, mask = write_result(tmp_path / "r.zarr", shape, chunk, stream=stream)
     result = Result.open(path)
     assert result.complete and result.levels[0] == 0 and len(result.levels) > 1
     for level in result.levels:
@@ -71,7 +73,7 @@ def test_provenance_classes_and_level_choice(tmp_path):
 
 
 def test_partial_and_incomplete_results_are_refused_unless_asked(tmp_path):
-    path, _, mask = write_result(tmp_path / "run.zarr", (64, 64), 16, complete=False)
+    path, _, mask = write_result(tmp_path / "run.zarr", (64, 64), 16, complete=False, stream=False)
     assert path.name == "run.zarr.partial"
     with pytest.raises(ResultError, match="incomplete .*rerun the same `wsi-seg segment`") as err:
         Result.open(path)

@@ -50,9 +50,10 @@ def test_stitching_reassembles_the_exact_ramp(tmp_path, ramp_slide, checkpoints,
     assert res.patches_run > 0 and res.patches_resumed == 0
 
 
-def test_interrupted_run_resumes_to_identical_output(tmp_path, blob_slide, checkpoints, monkeypatch):
+@pytest.mark.parametrize("overlap", [32, 33])  # blocks (= chunks) of 576 and 573 px: pyramid streamed / halved at the end
+def test_interrupted_run_resumes_to_identical_output(tmp_path, blob_slide, checkpoints, monkeypatch, overlap):
     model = load_checkpoint(checkpoints[1])
-    opts = SegmentOptions(overlap_px=32, **OPTS)
+    opts = SegmentOptions(overlap_px=overlap, **OPTS)
     full = segment_slide(blob_slide, tmp_path / "full.zarr", model, opts)
 
     out = tmp_path / "resumed.zarr"
@@ -74,8 +75,13 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, blob_slide, check
     assert resumed.patches_resumed > 0
     assert resumed.patches_run + resumed.patches_resumed == full.patches_run
     a, b = zarr.open_group(str(full.out), mode="r"), zarr.open_group(str(out), mode="r")
-    for name in ("0", "1", "labels/mask/0", "labels/mask/1"):
-        assert np.array_equal(a[name][:], b[name][:]), name
+    assert a["0"].chunks[-1] == 576 + 3 * (32 - overlap)
+    levels = a.attrs["wsi_seg"]["stats"]["levels"]
+    assert levels == b.attrs["wsi_seg"]["stats"]["levels"] == 2
+    assert a.attrs["ome"] == b.attrs["ome"] and a["labels/mask"].attrs.asdict() == b["labels/mask"].attrs.asdict()
+    for level in range(levels):
+        for name in (str(level), f"labels/mask/{level}"):
+            assert np.array_equal(a[name][:], b[name][:]), name
 
 
 def test_output_is_ome_zarr_with_labels(tmp_path, blob_slide, checkpoints):

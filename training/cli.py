@@ -27,13 +27,42 @@ def _show_training_logs() -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate``, ``synth-dataset`` and ``benchmark-method``."""
+    """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate``, ``synth-dataset``, ``benchmark-method``
+    and ``check-dataset``."""
     _register_train(sub)
     _register_pretrain(sub)
     _register_pseudo_labels(sub)
     _register_evaluate(sub)
     _register_synth_dataset(sub)
     _register_benchmark_method(sub)
+    _register_check_dataset(sub)
+
+
+def _register_check_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check-dataset", help="report a dataset's splits, classes, label co-occurrence, sizes, modes and problems",
+        description="Counts per split and class, train label co-occurrence, patch sizes and modes (RGB/RGBA/grey), "
+                    "mask pixel shares, and every problem (unreadable files, unparseable names, images without "
+                    "masks, masks of the wrong mode, size, indices or palette). Exit 1 when there are problems; "
+                    "training refuses such a folder with the same findings.",
+    )
+    p.add_argument("data", type=Path, metavar="DIR", help="dataset folder (LUAD-HistoSeg, BCSS-WSSS or labels.csv)")
+    p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default="auto")
+    p.add_argument("--headers-only", action="store_true",
+                   help="do not decode every image (masks are always decoded); what training checks")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the findings as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_check_dataset)
+
+
+def run_check_dataset(args: argparse.Namespace) -> int:
+    from training.datasets import check_dataset
+
+    report = check_dataset(args.data, args.format, decode=not args.headers_only, progress=not args.no_progress)
+    print(report.format_text())
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+    return 0 if report.ok else 1
 
 
 def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:

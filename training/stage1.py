@@ -40,7 +40,7 @@ from wsi_seg.model.pretrained import PretrainedWeights
 
 from training.augment import flips
 from training.config import Stage1Config, dump_yaml
-from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_dataset
+from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_checked_dataset
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
@@ -94,7 +94,7 @@ class ResolvedData:
 
 
 def resolve_data(cfg: Stage1Config) -> ResolvedData:
-    index = open_dataset(cfg.data.path, cfg.data.format)
+    index = open_checked_dataset(cfg.data.path, cfg.data.format)
     info = index.info
     index.split("train", need_labels=True)
     enabled = info.background_seed if cfg.data.background_seed is None else cfg.data.background_seed

@@ -46,7 +46,7 @@ from wsi_seg.model import LoadedModel, PsclNet, load_checkpoint, save_checkpoint
 
 from training.augment import flips
 from training.config import Stage2Config, dump_yaml
-from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_dataset
+from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_checked_dataset
 from training.datasets.pseudo import PseudoLabelDataset, PseudoLabels, open_pseudo_labels
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.encoder_training import parameter_groups
@@ -165,7 +165,7 @@ def _train(
 
     run_dir = Path(cfg.out)
     per_rank_batch(cfg.batch_size, dist_info)
-    index = open_dataset(cfg.data.path, cfg.data.format)
+    index = open_checked_dataset(cfg.data.path, cfg.data.format)
     init = load_stage1_init(cfg.init, index)
     labels = open_pseudo_labels(cfg.data.pseudo_labels, index, need_cams=cfg.loss.name == "nr")
     _check_pseudo_label_origin(labels, init, index)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from wsi_seg.errors import OutputError
-from wsi_seg.pyramid import level_shapes
+from wsi_seg.pyramid import StreamingPyramid, halve_levels, level_shapes
 from wsi_seg.result import LABEL_NAME, PROVENANCE_KEY, is_complete, partial_path, read_provenance  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,24 @@ def _compressor() -> Any:
 
 
 class ResultStore:
-    """Writes one segmentation result; see the module docstring for the layout."""
+    """Writes one segmentation result and its pyramid; see ``wsi_seg.result`` for the layout.
+
+    Callers write level 0 only, one chunk-aligned block per chunk::
+
+        store = ResultStore.create(partial, shape_hw, num_classes, chunk_px, provenance)
+        store.open_for_writing(expected=chunk_indices)   # resumed: ResultStore(partial)
+        store.write_block(index, y0, x0, activations, mask)  # … for each block
+        store.finish(out, stats)                          # pyramid, metadata, complete, rename
+
+    The store builds the levels above (``wsi_seg.pyramid``): while blocks arrive when it
+    knows which will come (streamed, even chunk sizes; a resumed run first replays the
+    blocks the interrupted one finished), else at :meth:`finish` from level 0.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._progress = None
+        self._pyramid: StreamingPyramid | None = None
         self._levels: dict[int, tuple[Any, Any]] = {}
 
     # -- creation / reopening -------------------------------------------------
@@ -84,18 +98,35 @@ class ResultStore:
         return done
 
     # -- writing ---------------------------------------------------------------
-    def _arrays(self) -> tuple[Any, Any]:
+    def _group(self) -> Any:
         import zarr
 
-        group = zarr.open_group(str(self.root), mode="r+")
-        return group["0"], group["labels"][LABEL_NAME]["0"]
+        return zarr.open_group(str(self.root), mode="r+")
 
-    def open_for_writing(self) -> None:
-        self._act, self._mask = self._arrays()
+    def open_for_writing(self, expected: Iterable[tuple[int, int]] | None = None) -> None:
+        """Open level 0 for :meth:`write_block`.
+
+        ``expected``: the level-0 chunk indices (row, col) written by the time the run
+        ends, those of an interrupted run included. Given (and with an even chunk size),
+        the pyramid grows while blocks are written: the blocks already done are replayed
+        from level 0 first. Without it, :meth:`finish` builds the pyramid from level 0.
+        """
+        group = self._group()
+        self._act, self._mask = group["0"], group["labels"][LABEL_NAME]["0"]
+        chunk = self._mask.chunks[0]
+        self._pyramid = None
+        if expected is not None and chunk % 2 == 0:
+            expected = set(expected)
+            shapes = level_shapes(self._mask.shape, chunk)
+            self._create_levels(shapes)
+            self._pyramid = StreamingPyramid(shapes, chunk, self._act.shape[0], expected, self._write_level_chunk)
+            for i, j in sorted(self.done_blocks() & expected):
+                y, x = i * chunk, j * chunk
+                self._pyramid.add((i, j), self._act[:, y : y + chunk, x : x + chunk], self._mask[y : y + chunk, x : x + chunk])
         self._progress = open(self.root / PROGRESS_FILE, "a", encoding="utf-8")
 
     def write_block(self, index: tuple[int, int], y0: int, x0: int, activations: np.ndarray, mask: np.ndarray) -> None:
-        """Write one chunk-aligned block, then record it as done."""
+        """Write level-0 chunk ``index`` (its whole extent), record it as done, feed the pyramid."""
         h, w = mask.shape
         try:
             self._act[:, y0 : y0 + h, x0 : x0 + w] = activations
@@ -104,6 +135,8 @@ class ResultStore:
             self._progress.flush()
         except OSError as exc:
             raise OutputError(f"{self.root}: write failed ({exc.strerror or exc})") from exc
+        if self._pyramid is not None:
+            self._pyramid.add(index, activations, mask)
 
     def close(self) -> None:
         if self._progress is not None:
@@ -111,14 +144,12 @@ class ResultStore:
             self._progress = None
 
     # -- pyramid and metadata -------------------------------------------------
-    def create_levels(self, shapes: list[tuple[int, int]]) -> None:
+    def _create_levels(self, shapes: list[tuple[int, int]]) -> None:
         """Empty arrays for pyramid levels 1… of (H, W) ``shapes[1:]``, chunked like level 0."""
-        import zarr
-
-        group = zarr.open_group(str(self.root), mode="r+")
+        group = self._group()
         label_group = group["labels"][LABEL_NAME]
         c, chunk = group["0"].shape[0], group["0"].chunks[-1]
-        self._levels = {}
+        self._levels = {0: (group["0"], label_group["0"])}
         for level, (h, w) in enumerate(shapes[1:], start=1):
             act = group.create_array(
                 str(level), shape=(c, h, w), dtype="uint8", chunks=(1, chunk, chunk),
@@ -130,8 +161,7 @@ class ResultStore:
             )
             self._levels[level] = (act, mask)
 
-    def write_level_chunk(self, level: int, y0: int, x0: int, activations: np.ndarray, mask: np.ndarray) -> None:
-        """Write one whole chunk of pyramid level ``level`` (see :meth:`create_levels`)."""
+    def _write_level_chunk(self, level: int, y0: int, x0: int, activations: np.ndarray, mask: np.ndarray) -> None:
         act, msk = self._levels[level]
         h, w = mask.shape
         try:
@@ -140,29 +170,43 @@ class ResultStore:
         except OSError as exc:
             raise OutputError(f"{self.root}: write failed ({exc.strerror or exc})") from exc
 
-    def build_pyramid(self, min_size_px: int, progress: bool = True) -> int:
-        """Add 2× levels (see ``wsi_seg.pyramid``) from the finished level 0, for runs
-        whose pyramid was not built while they ran (resumed runs); returns the level count."""
-        import dask.array as da
-        import zarr
+    def build_pyramid(self, progress: bool = True) -> int:
+        """Levels 1… halved from the finished level 0 (``wsi_seg.pyramid.halve_levels``);
+        returns the level count. :meth:`finish` calls it when nothing was streamed."""
         from tqdm.auto import tqdm
 
-        group = zarr.open_group(str(self.root), mode="r+")
-        label_group = group["labels"][LABEL_NAME]
+        group = self._group()
         chunk = group["0"].chunks[-1]
-        shapes = level_shapes(group["0"].shape[1:], min_size_px)
-        self.create_levels(shapes)
-        bar = tqdm(range(1, len(shapes)), desc="pyramid", unit="level", disable=not progress, leave=False)
-        for level in bar:
-            src_act = da.from_zarr(group[str(level - 1)], chunks=(1, 2 * chunk, 2 * chunk))
-            src_mask = da.from_zarr(label_group[str(level - 1)], chunks=(2 * chunk, 2 * chunk))
-            hh, ww = shapes[level]
-            # rounded mean of 2×2 pixels in integers, as pyramid.halve
-            act = da.coarsen(np.sum, src_act[:, : 2 * hh, : 2 * ww].astype(np.uint16), {1: 2, 2: 2})
-            act = ((act + 2) // 4).astype(np.uint8)
-            mask = src_mask[: 2 * hh : 2, : 2 * ww : 2]
-            da.store([act.rechunk((1, chunk, chunk)), mask.rechunk((chunk, chunk))], list(self._levels[level]), lock=False)
+        shapes = level_shapes(group["0"].shape[1:], chunk)
+        self._create_levels(shapes)
+        with tqdm(total=len(shapes) - 1, desc="pyramid", unit="level", disable=not progress, leave=False) as bar:
+            halve_levels([self._levels[lv] for lv in range(len(shapes))], chunk, self._write_level_chunk,
+                         on_level=lambda _: bar.update())
         return len(shapes)
+
+    def finish(self, final: Path, stats: dict[str, Any] | None = None, started: float | None = None,
+               progress: bool = True, **provenance: Any) -> int:
+        """Complete the result and move it to ``final``; returns the pyramid's level count.
+
+        The pyramid is finished (streamed, or built from level 0 when blocks came without
+        ``expected`` or an odd chunk size), the NGFF metadata written from the
+        provenance's µm/px and classes, ``stats`` (with ``levels``, and ``seconds`` since
+        ``started``, a ``time.perf_counter()`` value) and the other ``provenance`` fields
+        added to the provenance, then ``complete`` (last) and the rename.
+        """
+        self.close()
+        if self._pyramid is not None and self._pyramid.pending == 0:
+            n_levels = self._pyramid.levels
+        else:
+            n_levels = self.build_pyramid(progress)
+        prov = self._group().attrs[PROVENANCE_KEY]
+        self.write_ome_metadata(n_levels, prov["mpp"], prov["class_names"], [tuple(c) for c in prov["class_colors"]])
+        stats = {**(stats or {}), "levels": n_levels}
+        if started is not None:
+            stats["seconds"] = round(time.perf_counter() - started, 3)
+        self.update_provenance(**provenance, stats=stats)
+        self.finalize(final)
+        return n_levels
 
     def write_ome_metadata(
         self,

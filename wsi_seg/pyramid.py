@@ -1,18 +1,27 @@
-"""The 2× pyramid of a result, built while inference runs.
+"""The 2× pyramid of a result.
 
-Level L+1 is level L halved: activations by the rounded mean of 2×2 pixels, the class
-mask by taking the top-left pixel of each 2×2 (labels are not averaged). Every level
-has the same chunk size as level 0, so a level-(L+1) chunk is made of the 2×2 level-L
-chunks under it. :class:`StreamingPyramid` receives each level-0 block as it is
-written, keeps a half-size copy in the parent chunk's buffer, and writes the parent as
-soon as all its children that will ever be written have arrived — so the pyramid costs
-no pass over the finished level 0, and memory holds only the parents still open (about
-one row of chunks per level, as blocks arrive in row order).
+Level L+1 is level L halved by :func:`halve`, the one place that does it: activations
+by the rounded mean of 2×2 pixels, the class mask by taking the top-left pixel of each
+2×2 (labels are not averaged). Every level has the same chunk size as level 0, so a
+level-(L+1) chunk is made of the 2×2 level-L chunks under it. Two ways to fill the
+levels, chunk by chunk, in bounded memory:
+
+- :class:`StreamingPyramid` receives each level-0 chunk as it is written, keeps a
+  half-size copy in the parent chunk's buffer, and writes the parent as soon as all its
+  children that will ever be written have arrived — so the pyramid costs no pass over
+  the finished level 0, and memory holds only the parents still open (about one row of
+  chunks per level, as chunks arrive in row order). It needs an even chunk size.
+- :func:`halve_levels` fills each level from the finished one below it, one parent
+  chunk (2×2 child chunks read back) at a time; any chunk size.
+
+``wsi_seg.output.ResultStore`` chooses between them; callers only write level 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +45,29 @@ def halve(activations: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 WriteChunk = Callable[[int, int, int, np.ndarray, np.ndarray], None]  # (level, y0, x0, acts, mask)
+
+
+def halve_levels(levels: Sequence[tuple[Any, Any]], chunk_px: int, write: WriteChunk,
+                 on_level: Callable[[int], None] | None = None) -> None:
+    """Fill levels 1… from level 0, one parent chunk at a time.
+
+    ``levels``: (activations (C, H, W), mask (H, W)) arrays per level, finest first, of the
+    shapes :func:`level_shapes` gives (zarr arrays or anything sliceable). Each level-L
+    chunk is :func:`halve` of the 2×2 level-(L-1) chunks under it, read back from
+    ``levels[L - 1]``, so it is exact for any chunk size, odd ones included.
+    ``write(level, y0, x0, activations, mask)`` stores one whole chunk.
+    """
+    c = chunk_px
+    for level in range(1, len(levels)):
+        src_act, src_mask = levels[level - 1]
+        h, w = levels[level][1].shape
+        for i in range(math.ceil(h / c)):
+            for j in range(math.ceil(w / c)):
+                y, x = 2 * i * c, 2 * j * c
+                acts, mask = halve(src_act[:, y : y + 2 * c, x : x + 2 * c], src_mask[y : y + 2 * c, x : x + 2 * c])
+                write(level, i * c, j * c, acts, mask)
+        if on_level is not None:
+            on_level(level)
 
 
 class StreamingPyramid:

@@ -19,7 +19,6 @@ from wsi_seg import __version__
 from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.output import ResultStore
-from wsi_seg.pyramid import StreamingPyramid, level_shapes
 from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
 from wsi_seg.reader import READERS, BlockReader, plan_reader
 from wsi_seg.result import is_complete, partial_path, read_provenance
@@ -215,8 +214,8 @@ class _BackgroundWriter:
     """Writes blocks on one thread (one writer per chunk, as zarr needs) while the model
     runs; at most ``max_pending`` blocks wait, so memory stays bounded."""
 
-    def __init__(self, store: ResultStore, pyramid: StreamingPyramid | None = None, max_pending: int = 8) -> None:
-        self.store, self.pyramid = store, pyramid
+    def __init__(self, store: ResultStore, max_pending: int = 8) -> None:
+        self.store = store
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-seg-writer")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._futures: list[Future] = []
@@ -224,14 +223,9 @@ class _BackgroundWriter:
     def submit(self, index: tuple[int, int], y0: int, x0: int, acts: np.ndarray, mask: np.ndarray) -> None:
         self._raise_failed()
         self._slots.acquire()
-        future = self._pool.submit(self._write, index, y0, x0, acts, mask)
+        future = self._pool.submit(self.store.write_block, index, y0, x0, acts, mask)
         future.add_done_callback(lambda _: self._slots.release())
         self._futures.append(future)
-
-    def _write(self, index: tuple[int, int], y0: int, x0: int, acts: np.ndarray, mask: np.ndarray) -> None:
-        self.store.write_block(index, y0, x0, acts, mask)
-        if self.pyramid is not None:
-            self.pyramid.add(index, acts, mask)
 
     def _raise_failed(self) -> None:
         done = [f for f in self._futures if f.done()]
@@ -285,7 +279,7 @@ def segment_slide(
     options: SegmentOptions = SegmentOptions(),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SegmentResult:
-    """Segment one slide into an OME-Zarr at ``out`` (see ``wsi_seg.output``).
+    """Segment one slide into an OME-Zarr at ``out`` (layout: ``wsi_seg.result``).
 
     ``on_progress(patches_done, patches_total)`` is called after every batch; raising
     from it (e.g. a GUI's cancel) stops the run and leaves a resumable ``.partial``.
@@ -323,15 +317,8 @@ def segment_slide(
     reader = BlockReader(reader_plan, str(slide_path), info.mpp if options.mpp is None else options.mpp,
                          grid, todo, seed, device, workers)
     net = model.net.to(device).eval()
-    store.open_for_writing()
-    # a fresh run builds the pyramid while it runs; a resumed one builds it at the end
-    pyramid = None
-    if not done and grid.block_px % 2 == 0:
-        shapes = level_shapes(grid.out_shape, grid.block_px)
-        store.create_levels(shapes)
-        pyramid = StreamingPyramid(shapes, grid.block_px, cfg.num_classes, [b.index for b in todo],
-                                   store.write_level_chunk)
-    writer = _BackgroundWriter(store, pyramid)
+    store.open_for_writing(expected=[b.index for b in blocks])  # the store grows the pyramid as blocks come
+    writer = _BackgroundWriter(store)
     assembler = _BlockAssembler(grid, todo, cfg.num_classes, writer)
     n_run = 0
     t_infer = time.perf_counter()
@@ -360,17 +347,9 @@ def segment_slide(
     if assembler.pending:  # cannot happen unless a block's patches went missing
         raise OutputError(f"{store.root}: {len(assembler.pending)} blocks incomplete after inference")
     t = time.perf_counter()
-    if pyramid is not None and pyramid.pending == 0:
-        n_levels = pyramid.levels
-    else:
-        n_levels = store.build_pyramid(min_size_px=grid.block_px, progress=options.progress)
-    store.write_ome_metadata(n_levels, cfg.mpp, cfg.class_names, cfg.class_colors)
+    stats = {"patches_run": n_run, "patches_skipped": n_skipped, "patches_resumed": n_resumed, "tissue_patches": n_total}
+    store.finish(out, stats, started=t_start, progress=options.progress,
+                 inference={**provenance["inference"], "reader": reader.provenance()})
     timings["pyramid"] = time.perf_counter() - t
     seconds = time.perf_counter() - t_start
-    store.update_provenance(
-        inference={**provenance["inference"], "reader": reader.provenance()},
-        stats={"patches_run": n_run, "patches_skipped": n_skipped, "patches_resumed": n_resumed,
-               "tissue_patches": n_total, "seconds": round(seconds, 3), "levels": n_levels},
-    )
-    store.finalize(out)
     return SegmentResult(out, n_run, n_skipped, n_resumed, seconds, timings)

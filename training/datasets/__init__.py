@@ -1,5 +1,6 @@
 """Patch datasets: LUAD-HistoSeg, BCSS-WSSS (as published) and labels.csv folders."""
 
+from training.datasets.check import DatasetReport, check_dataset, open_checked_dataset
 from training.datasets.formats import BCSS, FORMATS, LUAD, FormatInfo
 from training.datasets.io import read_mask, read_rgb, to_internal
 from training.datasets.layout import SPLITS, DatasetIndex, PatchRecord, detect_format, open_dataset, parse_label
@@ -11,12 +12,15 @@ __all__ = [
     "LUAD",
     "SPLITS",
     "DatasetIndex",
+    "DatasetReport",
     "FormatInfo",
     "PatchDataset",
     "PatchRecord",
     "SeedParams",
+    "check_dataset",
     "detect_format",
     "labels_from_mask",
+    "open_checked_dataset",
     "open_dataset",
     "parse_label",
     "read_mask",

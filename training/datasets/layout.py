@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,11 @@ class DatasetIndex:
     info: FormatInfo
     splits: dict[str, list[PatchRecord]] = field(default_factory=dict)
     patch_hw: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # what the headers say, per split: Counter of "W×H" sizes and of PIL modes
+    sizes: dict[str, Counter] = field(default_factory=dict)
+    modes: dict[str, Counter] = field(default_factory=dict)
+    # one line per problem found (file: what is wrong); open_dataset raises when any
+    problems: list[str] = field(default_factory=list)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -127,7 +133,7 @@ def detect_format(root: Path) -> str:
     )
 
 
-def _eval_split(root: Path, name: str, info: FormatInfo) -> list[PatchRecord]:
+def _eval_split(root: Path, name: str, info: FormatInfo, problems: list[str]) -> list[PatchRecord]:
     names = (name,) if name == "test" else VAL_DIR_NAMES
     folder = next((root / n for n in names if (root / n).is_dir()), None)
     if folder is None:
@@ -136,17 +142,22 @@ def _eval_split(root: Path, name: str, info: FormatInfo) -> list[PatchRecord]:
     if not img_dir.is_dir():
         raise DatasetError(f"{folder}: {name} split has no img/ folder (expected {folder.name}/img and {folder.name}/mask)")
     records = []
-    for image in _images_in(img_dir):
+    images = _images_in(img_dir)
+    for image in images:
         mask = mask_dir / (image.stem + ".png")
         if not mask.is_file():
-            raise DatasetError(f"{image}: no ground-truth mask {mask}")
+            problems.append(f"{image}: no ground-truth mask {mask}")
+            continue
         records.append(PatchRecord(image=image, labels=None, mask=mask))
-    if not records:
+    if mask_dir.is_dir():
+        stems = {p.stem for p in images}
+        problems.extend(f"{m}: mask without an image in {img_dir}" for m in _images_in(mask_dir) if m.stem not in stems)
+    if not images:
         raise DatasetError(f"{img_dir}: {name} split holds no images")
     return records
 
 
-def _read_csv(root: Path) -> tuple[FormatInfo, dict[str, list[PatchRecord]]]:
+def _read_csv(root: Path, problems: list[str]) -> tuple[FormatInfo, dict[str, list[PatchRecord]]]:
     path = root / CSV_NAME
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -166,58 +177,93 @@ def _read_csv(root: Path) -> tuple[FormatInfo, dict[str, list[PatchRecord]]]:
         if not row or not "".join(row).strip():
             continue
         if len(row) != len(header):
-            raise DatasetError(f"{path}:{line_no}: {len(row)} fields, header has {len(header)}")
+            problems.append(f"{path}:{line_no}: {len(row)} fields, header has {len(header)}")
+            continue
         image = root / row[0].strip()
         split = row[cols["split"]].strip().lower() if "split" in cols else "train"
-        if split not in SPLITS:
-            raise DatasetError(f"{path}:{line_no}: split {split!r}; expected train, val or test")
         values = [row[i].strip() for i in class_cols]
-        if any(v not in ("0", "1") for v in values):
-            raise DatasetError(f"{path}:{line_no}: labels {','.join(values)} for {row[0]}; expected 0 or 1 per class")
         mask_name = row[cols["mask"]].strip() if "mask" in cols else ""
-        if not image.is_file():
-            raise DatasetError(f"{image}: listed in {path}:{line_no} but not found")
         mask = root / mask_name if mask_name else None
-        if mask is not None and not mask.is_file():
-            raise DatasetError(f"{mask}: mask listed in {path}:{line_no} but not found")
-        splits[split].append(PatchRecord(image=image, labels=tuple(int(v) for v in values), mask=mask))
-    if not any(splits.values()):
+        if split not in SPLITS:
+            problems.append(f"{path}:{line_no}: split {split!r}; expected train, val or test")
+        elif any(v not in ("0", "1") for v in values):
+            problems.append(f"{path}:{line_no}: labels {','.join(values)} for {row[0]}; expected 0 or 1 per class")
+        elif not image.is_file():
+            problems.append(f"{image}: listed in {path}:{line_no} but not found")
+        elif mask is not None and not mask.is_file():
+            problems.append(f"{mask}: mask listed in {path}:{line_no} but not found")
+        else:
+            splits[split].append(PatchRecord(image=image, labels=tuple(int(v) for v in values), mask=mask))
+    if not any(splits.values()) and not problems:
         raise DatasetError(f"{path}: lists no patches")
     return info, splits
 
 
-def _check_split(name: str, records: list[PatchRecord], num_classes: int) -> tuple[int, int]:
-    """Header-check every image (and mask) of a split; all must share one size."""
+def _check_split(index: DatasetIndex, name: str, records: list[PatchRecord]) -> None:
+    """Header-check every image (and mask) of a split into ``index``: sizes, modes, and
+    problems (unreadable files, masks that are not single-channel or not the image's
+    size, patches of another size than the split's first)."""
+    num_classes = index.num_classes
+    sizes, modes = Counter(), Counter()
     first_hw: tuple[int, int] | None = None
     for rec in records:
-        hw, _ = image_header(rec.image)
+        try:
+            hw, mode = image_header(rec.image)
+        except DatasetError as exc:
+            index.problems.append(str(exc))
+            continue
+        sizes[f"{hw[1]}×{hw[0]}"] += 1
+        modes[mode] += 1
         if first_hw is None:
             first_hw = hw
         elif hw != first_hw:
-            raise DatasetError(
+            index.problems.append(
                 f"{rec.image}: {name} patch is {hw[1]}×{hw[0]} px but the others are "
                 f"{first_hw[1]}×{first_hw[0]} px; all patches of a split must share one size"
             )
         if rec.mask is not None:
-            mhw, mode = image_header(rec.mask)
+            try:
+                mhw, mode = image_header(rec.mask)
+            except DatasetError as exc:
+                index.problems.append(str(exc))
+                continue
             if mode not in MASK_MODES:
-                raise DatasetError(
+                index.problems.append(
                     f"{rec.mask}: mask has mode {mode}; expected a single-channel index PNG "
                     f"(0–{num_classes - 1} tissue classes, {num_classes} = background)"
                 )
-            if mhw != hw:
-                raise DatasetError(
+            elif mhw != hw:
+                index.problems.append(
                     f"{rec.mask}: mask is {mhw[1]}×{mhw[0]} px but its image is {hw[1]}×{hw[0]} px"
                 )
-    assert first_hw is not None
-    return first_hw
+    index.sizes[name], index.modes[name] = sizes, modes
+    if first_hw is not None:
+        index.patch_hw[name] = first_hw
 
 
-def open_dataset(root: str | Path, format: str = "auto", check_images: bool = True) -> DatasetIndex:
+def _labelled(paths: list[Path], info: FormatInfo, problems: list[str]) -> list[PatchRecord]:
+    records = []
+    for p in paths:
+        try:
+            records.append(PatchRecord(p, parse_label(p, len(info.class_names), info.class_names)))
+        except DatasetError as exc:
+            problems.append(str(exc))
+    return records
+
+
+def problems_error(root: Path, problems: list[str]) -> DatasetError:
+    """One line: the first problem, how many more, and the command that lists them all."""
+    more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+    return DatasetError(f"{problems[0]}{more}; `wsi-seg check-dataset {root}` lists what is wrong with the dataset")
+
+
+def open_dataset(root: str | Path, format: str = "auto", check_images: bool = True, strict: bool = True) -> DatasetIndex:
     """Index a dataset folder (``format``: auto | luad | bcss | csv).
 
     With ``check_images`` every image and mask header is read once, so an unreadable
     file or a mask of the wrong size fails here, naming the file, not mid-training.
+    Problems (also unparseable names, images without masks) are collected in
+    ``index.problems``; ``strict`` raises one DatasetError naming the first.
     """
     root = Path(root)
     if format == "auto":
@@ -226,24 +272,27 @@ def open_dataset(root: str | Path, format: str = "auto", check_images: bool = Tr
         raise DatasetError(f"unknown dataset format {format!r}; use auto, {', '.join(FORMATS)}")
     elif not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
+    problems: list[str] = []
     if format == "csv":
         if not (root / CSV_NAME).is_file():
             raise DatasetError(f"{root}: no {CSV_NAME} (needed by --format csv)")
-        info, splits = _read_csv(root)
+        info, splits = _read_csv(root, problems)
     else:
         info = LUAD if format == "luad" else BCSS
         train = _train_folder(root)
         if train is None:
             raise DatasetError(f"{root}: no train/ folder (expected the {format.upper()} layout: train/, val/, test/)")
         splits = {
-            "train": [PatchRecord(p, parse_label(p, len(info.class_names), info.class_names)) for p in _images_in(train)],
-            "val": _eval_split(root, "val", info),
-            "test": _eval_split(root, "test", info),
+            "train": _labelled(_images_in(train), info, problems),
+            "val": _eval_split(root, "val", info, problems),
+            "test": _eval_split(root, "test", info, problems),
         }
-    index = DatasetIndex(root=root, info=info, splits={k: v for k, v in splits.items() if v})
+    index = DatasetIndex(root=root, info=info, splits={k: v for k, v in splits.items() if v}, problems=problems)
     if check_images:
         for name, records in index.splits.items():
-            index.patch_hw[name] = _check_split(name, records, index.num_classes)
+            _check_split(index, name, records)
+    if strict and index.problems:
+        raise problems_error(root, index.problems)
     log.info(
         "%s: %s dataset, %s", root, info.name,
         ", ".join(f"{len(v)} {k}" for k, v in index.splits.items()),
