@@ -5,7 +5,7 @@ one OpenSlide ``read_region`` per patch at level 0 → resize to the model's µm
 tensor → model → centre crop written into a numpy mask; one batch at a time, no reader
 processes, no overlap of reading and compute, no output file. It uses the same tissue
 patches (``wsi_seg.segment.plan``), patch geometry, network, batch size, precision and
-prediction (``predict_patches``, background seeding per patch), so the two differ only
+prediction (``PsclNet.predict``, background seeding per patch), so the two differ only
 in how the slide is read, batched and written. Its wall time includes the tissue
 detection, as the engine's does; the engine additionally writes an OME-Zarr pyramid.
 
@@ -42,7 +42,7 @@ from common import (  # noqa: E402
 )
 
 from wsi_seg.model import LoadedModel  # noqa: E402
-from wsi_seg.predict import autocast_context, predict_patches, resolve_device  # noqa: E402
+from wsi_seg.runtime import autocast, resolve_device  # noqa: E402
 from wsi_seg.segment import SegmentOptions, plan, segment_slide  # noqa: E402
 from wsi_seg.slide import Slide  # noqa: E402
 from wsi_seg.tiling import TileGrid  # noqa: E402
@@ -81,13 +81,13 @@ def baseline_segment(slide_path: Path, model: LoadedModel, device: torch.device,
     h, w = grid.out_shape
     s, m = grid.stride_px, grid.margin_px
     osr = openslide.OpenSlide(str(slide_path))
-    with torch.inference_mode(), autocast_context(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(coords), batch_size):
             batch = coords[start : start + batch_size]
             rgbs = [read_patch(osr, grid, i, j) for i, j in batch]
             images = torch.stack([torch.from_numpy(r).permute(2, 0, 1) for r in rgbs]).to(device)
             bkg = torch.stack([torch.from_numpy(seed.seed(r)) for r in rgbs]).to(device) if seed.enabled else None
-            pred = predict_patches(net, images, bkg).mask.cpu().numpy()
+            pred = net.predict(images, bkg).mask.cpu().numpy()
             for k, (i, j) in enumerate(batch):
                 hh, ww = min(s, h - i * s), min(s, w - j * s)
                 mask[i * s : i * s + hh, j * s : j * s + ww] = pred[k, m : m + hh, m : m + ww]

@@ -114,17 +114,16 @@ def random_model(preset: str, folder: Path, stage: int = 2, seed: int = 0, **ove
 
 def engine_precision(device: str, precision: str) -> str:
     """What ``precision`` (e.g. "auto") means for ``segment_slide`` on ``device``."""
-    from wsi_seg.predict import resolve_device, resolve_precision
+    from wsi_seg.runtime import resolve_device, resolve_precision
 
     return resolve_precision(resolve_device(device), precision)
 
 
 def engine_workers(device: str, workers: int | None) -> int:
     """The reader processes ``segment_slide`` starts for ``workers`` (None: auto) on ``device``."""
-    from wsi_seg.predict import resolve_device
-    from wsi_seg.segment import resolve_workers
+    from wsi_seg.runtime import resolve_runtime
 
-    return resolve_workers(resolve_device(device), workers)
+    return resolve_runtime(device, workers=workers).reader_workers
 
 
 def autocast_name(ctx: object) -> str:

@@ -23,25 +23,25 @@ from pathlib import Path
 import torch
 
 from wsi_seg.model import PsclNet, load_checkpoint, preset_config, save_checkpoint
-from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
-from wsi_seg.segment import SegmentOptions, resolve_batch_size, resolve_workers, segment_slide
+from wsi_seg.runtime import autocast, available_cpus, resolve_batch_size, resolve_device, resolve_precision, resolve_workers
+from wsi_seg.segment import SegmentOptions, segment_slide
 from wsi_seg.synthetic import write_demo_slide
 
 
 def model_only(net: PsclNet, device: torch.device, batch_size: int, n_patches: int, precision: str) -> float:
-    """Patches/s of predict_patches on in-memory random patches."""
+    """Patches/s of PsclNet.predict on in-memory random patches."""
     p = net.cfg.patch_size_px
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch_size, 3, p, p), dtype=torch.uint8, generator=gen).to(device)
     background = torch.zeros(batch_size, p, p, dtype=torch.bool, device=device)
     n_batches = max(2, n_patches // batch_size)
-    with torch.inference_mode(), autocast_context(device, precision):
-        predict_patches(net, images, background)  # warm-up
+    with torch.inference_mode(), autocast(device, precision):
+        net.predict(images, background)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         for _ in range(n_batches):
-            pred = predict_patches(net, images, background)
+            pred = net.predict(images, background)
             pred.mask.cpu()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -83,7 +83,7 @@ def main() -> None:
             e2e = statistics.median(r.patches_per_second for r, _ in runs)
             mo = statistics.median(m for _, m in runs)
             rows.append((preset, res.patches_run, res.seconds, e2e, mo, res.timings))
-    print(f"device {device}, batch {args.batch_size}, workers {resolve_workers(device, args.workers)}, "
+    print(f"device {device}, batch {args.batch_size}, workers {resolve_workers(device, args.workers, available_cpus().cpus)}, "
           f"precision {args.precision} = {resolve_precision(device, args.precision)}, "
           f"threads {torch.get_num_threads()}, slide {args.size}² px @0.25 µm/px, median of {args.repeats}")
     print(f"{'preset':>8} {'patches':>8} {'wall s':>8} {'e2e p/s':>9} {'model p/s':>10} {'ratio':>6}  split (s)")

@@ -3,7 +3,7 @@
 
 The wsi_seg network is wrapped as a TIAToolbox ``ModelABC`` whose ``infer_batch``
 returns softmax probabilities (background + classes, the model's background seed
-applied as ``predict_patches`` applies it), centre-cropped to the stride, so
+applied as ``PsclNet.predict`` applies it), centre-cropped to the stride, so
 TIAToolbox's merge (average where outputs overlap) has no overlaps to average and its
 argmax equals our centre-crop stitching. Both read 224-px patches at the model's µm/px
 with 16 px of context on each side (stride 192): the same patch grid.
@@ -54,7 +54,7 @@ from common import (  # noqa: E402
 )
 
 from wsi_seg.model import LoadedModel, PsclNet  # noqa: E402
-from wsi_seg.predict import autocast_context, predict_patches  # noqa: E402
+from wsi_seg.runtime import autocast  # noqa: E402
 from wsi_seg.segment import SegmentOptions, plan, segment_slide  # noqa: E402
 from wsi_seg.slide import Slide  # noqa: E402
 from wsi_seg.tiling import TileGrid  # noqa: E402
@@ -94,8 +94,8 @@ def tia_model(net: PsclNet, margin_px: int, precision: str) -> "ModelABC":  # no
             if model.seed.enabled:
                 bkg = torch.from_numpy(np.stack([model.seed.seed(r) for r in rgb])).to(dev)
             model.net.eval()
-            with torch.inference_mode(), autocast_context(dev, model.precision):
-                pred = predict_patches(model.net, images, bkg)
+            with torch.inference_mode(), autocast(dev, model.precision):
+                pred = model.net.predict(images, bkg)
             acts = pred.activations.float()
             probs = torch.cat([(1.0 - acts.sum(1, keepdim=True)).clamp_(0, 1), acts], dim=1)
             if bkg is not None:  # seeded pixels are background, as in the engine's mask

@@ -210,7 +210,7 @@ def stage2_setups(data_dir: Path, work: Path, stage1_cfg: ModelConfig, cfg: Stag
     for name in names:
         seed_everything(cfg.seed)
         net = stage2_network(init).to(device)
-        net.classifier.requires_grad_(False)
+        net.cam_head.requires_grad_(False)
         net.train()
         forward = _SegmentationForward(net)
         opt = torch.optim.AdamW(parameter_groups(net, cfg.optim.lr, cfg.encoder), lr=cfg.optim.lr,

@@ -1,32 +1,29 @@
 """The segment job behind the "Segment slide" widget, as a plain generator (no Qt).
 
-``segment_job`` yields ``JobProgress`` while ``wsi_seg.segment.segment_slide`` runs and
-returns its ``SegmentResult`` (or None when cancelled). The widget runs it in a napari
-``thread_worker``; tests drive it directly. Cancelling sets a ``threading.Event``; the
-engine's ``on_progress`` callback raises ``JobCancelled`` at the next batch boundary,
-which stops the run with its resumable ``<out>.partial`` store left in place, never a
-complete-looking output.
-
-The engine thread hands each batch's report over and waits until this generator has
-passed it on (a thread worker does so at once), so a cancel set by whoever receives a
-report is always seen before the next batch starts, and pausing the worker pauses the
-run.
+``segment_job`` drives the engine's ``wsi_seg.segment.segment_steps`` in the caller's
+thread, yields ``JobProgress`` after each batch and returns its ``SegmentResult`` (or
+None when cancelled). The widget runs it in a napari ``thread_worker``; tests drive it
+directly. Cancelling sets a ``threading.Event`` that the engine checks before every
+batch (``Cancelled``), so a cancel set by whoever receives a report stops the run
+before its next batch, with its resumable ``<out>.partial`` store left in place, never
+a complete-looking output. Pausing the worker pauses the run, and closing the
+generator early stops it the same way.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_seg.errors import WsiSegError
+from wsi_seg.errors import Cancelled, WsiSegError
+from wsi_seg.options import SegmentOptions
 
 if TYPE_CHECKING:
-    from wsi_seg.segment import SegmentOptions, SegmentResult
+    from wsi_seg.segment import SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +33,20 @@ STAGE_SEGMENT = "segmenting"
 STAGE_PYRAMID = "building pyramid"
 
 
-class JobCancelled(Exception):
-    """Raised from the progress callback to stop a run the user cancelled."""
+def gui_options(**changes: Any) -> SegmentOptions:
+    """The engine's options with what a GUI needs: no progress bars, and reading in-process
+    (no reader processes forked from a Qt app); ``changes`` set other fields."""
+    return SegmentOptions(**{"workers": 0, "progress": False, **changes})
 
 
 @dataclass(frozen=True)
 class SegmentRequest:
-    """What the widget asks for; mirrors ``wsi-seg segment`` flags."""
+    """What the widget asks for: a slide, an output, a model and the engine's own options."""
 
     slide_path: Path
     out: Path
     model_path: Path | None = None  # None: the bundled demo model
-    device: str = "auto"
-    batch_size: int | None = None  # None: the engine's default for the device
-    overlap_px: int = 32
-    mpp: float | None = None  # level-0 µm/px for slides without metadata
-    overwrite: bool = False
-    workers: int = 0  # reader processes; 0 reads in-process (no fork from a Qt app)
-
-    def options(self) -> SegmentOptions:
-        from wsi_seg.segment import SegmentOptions
-
-        return SegmentOptions(
-            device=self.device, batch_size=self.batch_size, workers=self.workers,
-            overlap_px=self.overlap_px, mpp=self.mpp, overwrite=self.overwrite, progress=False,
-        )
+    options: SegmentOptions = field(default_factory=gui_options)
 
 
 @dataclass(frozen=True)
@@ -86,70 +72,36 @@ class JobFailed:
     error: BaseException
 
 
-_DONE = object()
-
-
 def segment_job(
     request: SegmentRequest, cancel: threading.Event | None = None
 ) -> Generator[JobProgress, None, SegmentResult | None]:
     """Run one segmentation, yielding progress; returns the result, or None if cancelled.
 
     Errors of the engine (``WsiSegError`` and subclasses) propagate unchanged, so the
-    caller can show ``str(exc)``, the same one-line message as the CLI. ``segment_slide``
-    runs in a helper thread so that this generator can yield while it works; closing
-    the generator early cancels the run and waits for it to stop.
+    caller can show ``str(exc)``, the same one-line message as the CLI.
     """
     from wsi_seg.model.checkpoint import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.predict import resolve_device
-    from wsi_seg.segment import segment_slide
+    from wsi_seg.runtime import resolve_device
+    from wsi_seg.segment import segment_steps
 
-    cancel = cancel if cancel is not None else threading.Event()
-    options = request.options()  # validates (ConfigError) before any work
     yield JobProgress(STAGE_MODEL)
-    device = resolve_device(request.device)
-    model = load_checkpoint(request.model_path or default_model_path(), device=device)
-    if cancel.is_set():
+    model = load_checkpoint(request.model_path or default_model_path(), device=resolve_device(request.options.device))
+    if cancel is not None and cancel.is_set():
         return None
-
-    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    consumed = threading.Semaphore(0)
-    outcome: dict[str, Any] = {}
-
-    def on_progress(done: int, total: int) -> None:
-        events.put(JobProgress(STAGE_PYRAMID if done >= total else STAGE_SEGMENT, done, total))
-        # wait until the report is taken, so a cancel set on seeing it stops the next batch;
-        # stop waiting on a cancel too, in case the consumer is gone (an aborted worker)
-        while not consumed.acquire(timeout=0.2) and not cancel.is_set():
-            pass
-        if cancel.is_set():
-            raise JobCancelled(f"{request.slide_path}: cancelled after {done} of {total} patches")
-
-    def run() -> None:
-        try:
-            outcome["result"] = segment_slide(request.slide_path, request.out, model, options, on_progress=on_progress)
-        except JobCancelled:
-            outcome["cancelled"] = True
-        except BaseException as exc:  # handed to the caller's thread below, not swallowed
-            outcome["error"] = exc
-        finally:
-            events.put(_DONE)
-
-    thread = threading.Thread(target=run, name=f"wsi-seg segment {request.slide_path.name}", daemon=True)
     yield JobProgress(STAGE_TISSUE)
-    thread.start()
+    steps = segment_steps(request.slide_path, request.out, model, request.options, cancel)
     try:
-        while (report := events.get()) is not _DONE:
-            yield report
-            consumed.release()
+        while True:
+            try:
+                report = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            yield JobProgress(STAGE_PYRAMID if report.done >= report.total else STAGE_SEGMENT, report.done, report.total)
+    except Cancelled:
+        return None
     finally:
-        if thread.is_alive():  # generator closed early: stop the run cleanly
-            cancel.set()
-            consumed.release()
-            thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("result")
+        steps.close()  # closed early (GeneratorExit): the engine stops and keeps its .partial
 
 
 def guarded_segment_job(

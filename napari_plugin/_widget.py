@@ -9,6 +9,7 @@ with ``str(exc)``: the same one-line message the CLI prints.
 from __future__ import annotations
 
 import threading
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +26,13 @@ from magicgui.widgets import (
 )
 
 from napari_plugin import _notify
-from napari_plugin._jobs import JobFailed, JobProgress, SegmentRequest, guarded_segment_job
+from napari_plugin._jobs import JobFailed, JobProgress, SegmentRequest, gui_options, guarded_segment_job
 from napari_plugin._result_reader import result_layer_data
 from napari_plugin._slide_reader import METADATA_KEY as SLIDE_KEY
 from napari_plugin._slide_reader import SLIDE_EXTENSIONS
 from napari_plugin._viewer import add_layer_data, connect_until_closed, slide_layers
 from wsi_seg.errors import ConfigError, WsiSegError
+from wsi_seg.options import SegmentOptions
 
 if TYPE_CHECKING:  # napari only for typing
     import napari
@@ -59,7 +61,7 @@ class SegmentWidget(Container):
         self.model.tooltip = "checkpoint directory or .safetensors file; empty: the bundled demo model"
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.batch_size = SpinBox(label="batch size (0 = auto)", value=0, min=0, max=1024)
-        self.overlap = SpinBox(label="overlap (px)", value=32, min=0, max=96)
+        self.overlap = SpinBox(label="overlap (px)", value=SegmentOptions.overlap_px, min=0, max=96)
         self.mpp = FloatSpinBox(label="µm/px (0: from slide)", value=0.0, min=0.0, max=100.0, step=0.01)
         self.output = FileEdit(label="output", mode="w", filter="OME-Zarr (*.zarr)")
         self.overwrite = CheckBox(text="overwrite existing output", value=False)
@@ -75,6 +77,7 @@ class SegmentWidget(Container):
         self.worker: GeneratorWorker | None = None
         self.last_result: SegmentResult | None = None
         self._request: SegmentRequest | None = None
+        self._job: Generator[JobProgress, None, Any] | None = None
         self._cancel = threading.Event()
         self._closed = False
         self.slide_layer.changed.connect(self._on_slide_layer)
@@ -112,11 +115,13 @@ class SegmentWidget(Container):
             slide_path=slide_path,
             out=Path(out) if out else slide_path.with_name(slide_path.stem + ".zarr"),
             model_path=Path(model) if model else None,
-            device=str(self.device.value),
-            batch_size=int(self.batch_size.value) or None,
-            overlap_px=int(self.overlap.value),
-            mpp=float(self.mpp.value) or None,
-            overwrite=bool(self.overwrite.value),
+            options=gui_options(
+                device=str(self.device.value),
+                batch_size=int(self.batch_size.value) or None,
+                overlap_px=int(self.overlap.value),
+                mpp=float(self.mpp.value) or None,
+                overwrite=bool(self.overwrite.value),
+            ),
         )
 
     # -- running ----------------------------------------------------------------
@@ -138,7 +143,13 @@ class SegmentWidget(Container):
             return None
         self._cancel = threading.Event()
         self._request = request
-        worker = create_worker(guarded_segment_job, request, self._cancel)
+        job = guarded_segment_job(request, self._cancel)
+        self._job = job
+
+        def run_job():  # a generator function, so napari makes a GeneratorWorker of it
+            return (yield from job)
+
+        worker = create_worker(run_job)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.aborted.connect(self._on_aborted)  # worker.quit(), e.g. from napari's activity dock
@@ -177,7 +188,9 @@ class SegmentWidget(Container):
             self.status.value = report.text
 
     def _on_aborted(self) -> None:
-        self._cancel.set()  # the suspended job's engine thread sees it and stops (resumable)
+        self._cancel.set()
+        if self._job is not None:  # the worker stopped iterating: stop the run, keep its .partial
+            self._job.close()
         self._on_returned(None)
 
     def _on_returned(self, result: SegmentResult | JobFailed | None) -> None:

@@ -140,7 +140,5 @@ def write_result(
     store.close()
     if not complete:
         return tmp
-    n = store.build_pyramid(min_size_px=chunk_px, progress=False)
-    store.write_ome_metadata(n, mpp, class_names, class_colors)
-    store.finalize(root)
+    store.finish(root, progress=False)
     return root

@@ -24,7 +24,7 @@ def test_shapes(stage):
 
 def test_pixel_decoder_is_fully_initialised():
     net = PsclNet(preset_config("tiny", stage=2))
-    assert net.decoder.level_embed.abs().sum() > 0
+    assert net.seg_head.decoder.level_embed.abs().sum() > 0
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
@@ -107,3 +107,26 @@ def test_pretrained_file_that_does_not_fit_is_one_clear_line(tmp_path):
         TimmEncoder("swin_tiny_patch4_window7_224", pretrained=prefixed, **preset_config("tiny").backbone_kwargs)
     with pytest.raises(CheckpointError, match="not found"):
         TimmEncoder("swin_tiny_patch4_window7_224", pretrained=tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_checkpoints_written_before_the_stage_heads_still_load(tmp_path, stage):
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    net = PsclNet(preset_config("tiny", stage=stage)).eval()
+    path = save_checkpoint(net, tmp_path / "ck")
+    weights = path / "model.safetensors"
+    legacy = {}
+    for key, value in load_file(str(weights)).items():  # the names of the earlier layout
+        for new, old in (("cam_head.classifier.", "classifier."), ("seg_head.decoder.", "decoder."),
+                         ("seg_head.classifier.", "seg_head.")):
+            if key.startswith(new):
+                key = old + key[len(new):]
+                break
+        legacy[key] = value
+    assert "classifier.weight" in legacy
+    save_file(legacy, str(weights), metadata={"wsi_seg_config": net.cfg.to_json()})
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(net(x), load_checkpoint(path).net(x))

@@ -121,15 +121,15 @@ def test_segment_widget_run_adds_the_result(make_napari_viewer, qtbot, blob_slid
 def test_segment_widget_cancel_keeps_a_resumable_partial(
     make_napari_viewer, qtbot, blob_slide, checkpoints, tmp_path, monkeypatch
 ):
-    import wsi_seg.segment as segment_mod
+    from wsi_seg.model import PsclNet
 
-    predict = segment_mod.predict_patches
+    predict = PsclNet.predict
 
     def slow_predict(*args, **kwargs):  # ~0.05 s per batch: time for the GUI to cancel mid-run
         time.sleep(0.05)
         return predict(*args, **kwargs)
 
-    monkeypatch.setattr(segment_mod, "predict_patches", slow_predict)
+    monkeypatch.setattr(PsclNet, "predict", slow_predict)
     viewer = make_napari_viewer()
     add_layer_data(viewer, read_slides(blob_slide))
     widget = _form(viewer, tmp_path, checkpoints[1], batch_size=1)
@@ -146,7 +146,7 @@ def test_segment_widget_cancel_keeps_a_resumable_partial(
     assert len(viewer.layers) == 1  # nothing added for a cancelled run
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
-    monkeypatch.setattr(segment_mod, "predict_patches", predict)
+    monkeypatch.setattr(PsclNet, "predict", predict)
     widget.start()  # same form again: resumes
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
     assert widget.last_result is not None and widget.last_result.patches_resumed > 0
@@ -219,6 +219,6 @@ def test_quitting_the_worker_stops_the_run(make_napari_viewer, qtbot, blob_slide
     worker.yielded.connect(lambda report: worker.quit() if report.stage == "segmenting" else None)
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
     assert "cancelled" in widget.status.value
-    qtbot.waitUntil(lambda: not [t for t in threading.enumerate() if t.name.startswith("wsi-seg segment")],
+    qtbot.waitUntil(lambda: not [t for t in threading.enumerate() if t.name.startswith("wsi-seg")],
                     timeout=5_000)
     assert not (tmp_path / "gui.zarr").exists() and (tmp_path / "gui.zarr.partial").is_dir()

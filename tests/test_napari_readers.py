@@ -21,6 +21,7 @@ from napari_plugin._jobs import (
     STAGE_SEGMENT,
     JobFailed,
     SegmentRequest,
+    gui_options,
     guarded_segment_job,
     run_to_end,
     segment_job,
@@ -167,7 +168,7 @@ def test_broken_wsi_seg_store_gives_a_clear_error(tmp_path, result):
 # -- the segment job ------------------------------------------------------------------
 def test_job_cancel_leaves_a_resumable_partial_then_resumes(tmp_path, blob_slide, checkpoints):
     out = tmp_path / "job.zarr"
-    request = SegmentRequest(blob_slide, out, checkpoints[2], device="cpu", batch_size=2)
+    request = SegmentRequest(blob_slide, out, checkpoints[2], gui_options(device="cpu", batch_size=2))
     cancel = threading.Event()
     job = segment_job(request, cancel)
     reports = []
@@ -192,7 +193,7 @@ def test_job_cancel_leaves_a_resumable_partial_then_resumes(tmp_path, blob_slide
 
 
 def test_job_errors_are_the_engines_messages(tmp_path, blob_slide):
-    request = SegmentRequest(blob_slide, tmp_path / "x.zarr", tmp_path / "nope", device="cpu")
+    request = SegmentRequest(blob_slide, tmp_path / "x.zarr", tmp_path / "nope", gui_options(device="cpu"))
     with pytest.raises(CheckpointError, match="nope: checkpoint not found") as raised:
         run_to_end(segment_job(request))
     _reports, failed = run_to_end(guarded_segment_job(request))  # what the widget runs
@@ -201,12 +202,12 @@ def test_job_errors_are_the_engines_messages(tmp_path, blob_slide):
 
 def test_closing_the_job_early_cancels_the_run(tmp_path, blob_slide, checkpoints):
     out = tmp_path / "closed.zarr"
-    job = segment_job(SegmentRequest(blob_slide, out, checkpoints[1], device="cpu", batch_size=1))
+    job = segment_job(SegmentRequest(blob_slide, out, checkpoints[1], gui_options(device="cpu", batch_size=1)))
     while next(job).stage != STAGE_SEGMENT:
         pass
     job.close()  # e.g. the viewer closed: must not leave a thread writing
     assert not out.exists() and (tmp_path / "closed.zarr.partial").is_dir()
-    assert not [t for t in threading.enumerate() if t.name.startswith("wsi-seg segment")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("wsi-seg")]  # no writer left running
 
 
 # -- summary --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from conftest import write_slide
 import wsi_seg.segment as segment_mod
 from wsi_seg.model import load_checkpoint
 from wsi_seg.output import is_complete, partial_path
-from wsi_seg.predict import PatchPrediction
+from wsi_seg.model import PatchPrediction, PsclNet
 from wsi_seg.segment import SegmentOptions, segment_slide
 
 OPTS = dict(device="cpu", workers=0, progress=False)
@@ -38,7 +38,7 @@ def ramp_slide(tmp_path):
 
 @pytest.mark.parametrize("overlap", [0, 32, 45])
 def test_stitching_reassembles_the_exact_ramp(tmp_path, ramp_slide, checkpoints, monkeypatch, overlap):
-    monkeypatch.setattr(segment_mod, "predict_patches", echo_predictor)
+    monkeypatch.setattr(PsclNet, "predict", echo_predictor)
     path, rgb = ramp_slide
     model = load_checkpoint(checkpoints[2])
     res = segment_slide(path, tmp_path / "out.zarr", model, SegmentOptions(overlap_px=overlap, batch_size=3, **OPTS))
@@ -84,6 +84,34 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, blob_slide, check
             assert np.array_equal(a[name][:], b[name][:]), name
 
 
+def test_cancelled_run_raises_cancelled_and_resumes_to_identical_output(tmp_path, blob_slide, checkpoints):
+    import threading
+
+    from wsi_seg.errors import Cancelled
+
+    model = load_checkpoint(checkpoints[2])
+    opts = SegmentOptions(overlap_px=32, batch_size=2, **OPTS)
+    full = segment_slide(blob_slide, tmp_path / "full.zarr", model, opts)
+
+    out, cancel, seen = tmp_path / "resumed.zarr", threading.Event(), []
+
+    def cancel_half_way(done, total):
+        seen.append(done)
+        if done >= total // 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled, match=r"cancelled after \d+ of \d+ patches; rerun to resume"):
+        segment_slide(blob_slide, out, model, opts, on_progress=cancel_half_way, cancel=cancel)
+    assert seen[-1] < full.patches_run  # stopped before its next batch, short of the end
+    assert not out.exists() and partial_path(out).exists() and not is_complete(partial_path(out))
+    resumed = segment_slide(blob_slide, out, model, opts)
+    assert resumed.patches_resumed > 0
+    assert resumed.patches_run + resumed.patches_resumed == full.patches_run
+    a, b = zarr.open_group(str(full.out), mode="r"), zarr.open_group(str(out), mode="r")
+    for name in ("0", "1", "labels/mask/0", "labels/mask/1"):
+        assert np.array_equal(a[name][:], b[name][:]), name
+
+
 def test_output_is_ome_zarr_with_labels(tmp_path, blob_slide, checkpoints):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
@@ -127,11 +155,11 @@ def test_glass_is_background_and_resolution_follows_the_model(tmp_path, checkpoi
 
 @pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native_bf16, expected):
-    import wsi_seg.predict as predict
+    import wsi_seg.runtime as runtime
 
-    monkeypatch.setattr(predict, "cpu_has_native_bf16", lambda: native_bf16)
-    assert predict.resolve_precision(torch.device("cpu"), "auto") == expected
-    assert predict.resolve_precision(torch.device("cpu"), "fp32") == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    assert runtime.resolve_precision(torch.device("cpu"), "auto") == expected
+    assert runtime.resolve_precision(torch.device("cpu"), "fp32") == "fp32"
 
 
 @pytest.mark.parametrize("precision, message", [("fp16", "fp16 autocast is for CUDA"), ("fp8", "unknown precision")])
@@ -144,16 +172,14 @@ def test_bad_precision_is_refused_before_any_work(tmp_path, blob_slide, checkpoi
     assert not (tmp_path / "o.zarr").exists() and not partial_path(tmp_path / "o.zarr").exists()
 
 
-def test_auto_batch_size_and_readers_follow_the_device(monkeypatch):
-    from wsi_seg.segment import resolve_batch_size, resolve_workers
+def test_auto_batch_size_and_readers_follow_the_device():
+    from wsi_seg.runtime import resolve_batch_size, resolve_workers
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_batch_size(cpu, None) == 2 and resolve_batch_size(cuda, None) == 32
     assert resolve_batch_size(cpu, 5) == 5
-    monkeypatch.setattr(segment_mod.os, "cpu_count", lambda: 16)
-    assert resolve_workers(cpu, None) == 0 and resolve_workers(cuda, None) == 8 and resolve_workers(cpu, 3) == 3
-    monkeypatch.setattr(segment_mod.os, "cpu_count", lambda: 1)
-    assert resolve_workers(cuda, None) == 1
+    assert resolve_workers(cpu, None, 16) == 0 and resolve_workers(cuda, None, 16) == 8
+    assert resolve_workers(cpu, 3, 16) == 3 and resolve_workers(cuda, None, 1) == 1
 
 
 def test_resolved_settings_are_recorded(tmp_path, blob_slide, checkpoints):

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 
 from wsi_seg.errors import ConfigError
 
-from training.cams import background_at, gate_cams, mask_absent_classes, pixel_pseudo_labels
+from wsi_seg.model.heads import gate_cams, mask_absent_classes
+
+from training.cams import background_at, pixel_pseudo_labels
 from training.losses import MLSMLoss, PSCLLoss, sample_pixels, water_fill
 
 

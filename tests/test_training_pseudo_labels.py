@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from wsi_seg.model import Stage1Output
-
-from training.cams import mask_absent_classes, pseudo_label_mask
+from wsi_seg.model import CamHead, Stage1Output
+from wsi_seg.model.heads import mask_absent_classes, pseudo_label_mask
 from training.pseudo_labels import palette_of, read_cams, stage1_label_maps, write_cams, write_label_png
 
 CAMS = torch.tensor([[
@@ -33,37 +30,43 @@ def test_absent_classes_are_zeroed_first():
     assert pseudo_label_mask(cams, BKG).tolist() == [[[1, 1], [3, 0]]]
 
 
-class _FakeNet:
-    """Returns fixed class maps, so the whole stage-1 label path can be checked by hand."""
-
-    def __init__(self, class_maps: torch.Tensor, logits: torch.Tensor) -> None:
-        self.cfg = SimpleNamespace(cam_score_threshold=0.5)
-        self._out = Stage1Output(logits=logits, class_maps=class_maps, features=torch.zeros(1, 1, 2, 2))
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float()
-
-    def forward_stage1(self, x: torch.Tensor) -> Stage1Output:
-        return self._out
-
-
-def test_stage1_label_maps_end_to_end():
+def test_cam_head_rules_end_to_end():
     # raw class maps; eq. 4.3 turns each into ReLU / max
     maps = torch.tensor([[[[2.0, -1.0], [1.0, 0.0]], [[1.0, 4.0], [-3.0, 2.0]]]])
-    net = _FakeNet(maps, logits=torch.tensor([[3.0, -3.0]]))
-    images = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    out = Stage1Output(logits=torch.tensor([[3.0, -3.0]]), class_maps=maps, features=torch.zeros(1, 1, 2, 2))
+    head = CamHead(1, 2, score_threshold=0.5)
     bkg = torch.zeros(1, 2, 2, dtype=torch.bool)
-    both = stage1_label_maps(net, images, bkg, image_labels=torch.tensor([[1.0, 1.0]]))
-    assert both.cams[0, 0].tolist() == [[1.0, 0.0], [0.5, 0.0]]
-    assert both.cams[0, 1].tolist() == [[0.25, 1.0], [0.0, 0.5]]
+    both = head.predict_from(out, (2, 2), bkg, image_labels=torch.tensor([[1.0, 1.0]]))
+    assert both.activations[0, 0].tolist() == [[1.0, 0.0], [0.5, 0.0]]
+    assert both.activations[0, 1].tolist() == [[0.25, 1.0], [0.0, 0.5]]
     assert both.mask.tolist() == [[[1, 2], [1, 2]]]
-    only_first = stage1_label_maps(net, images, bkg, image_labels=torch.tensor([[1.0, 0.0]]))
+    only_first = head.predict_from(out, (2, 2), bkg, image_labels=torch.tensor([[1.0, 0.0]]))
     assert only_first.mask.tolist() == [[[1, 1], [1, 1]]]
     # without image labels the classifier decides: sigmoid(-3) < 0.5 drops class 2
-    assert stage1_label_maps(net, images, bkg).mask.tolist() == [[[1, 1], [1, 1]]]
+    assert head.predict_from(out, (2, 2), bkg).mask.tolist() == [[[1, 1], [1, 1]]]
+    # … but the top class is always kept, even below the threshold (px 1,0: all CAMs 0, first wins)
+    low = Stage1Output(logits=torch.tensor([[-4.0, -3.0]]), class_maps=maps, features=out.features)
+    assert head.predict_from(low, (2, 2), bkg).mask.tolist() == [[[2, 2], [1, 2]]]
     # gating τ_g = 0.8 likewise removes class 2 even when the label says present
-    gated = stage1_label_maps(net, images, bkg, image_labels=torch.tensor([[1.0, 1.0]]), gating_threshold=0.8)
+    gated = head.predict_from(out, (2, 2), bkg, image_labels=torch.tensor([[1.0, 1.0]]), gating_threshold=0.8)
     assert gated.mask.tolist() == [[[1, 1], [1, 1]]]
+    # the background seed is background (0) in the mask
+    seeded = head.predict_from(out, (2, 2), torch.tensor([[[True, False], [False, False]]]))
+    assert seeded.mask.tolist() == [[[0, 1], [1, 1]]]
+
+
+def test_pseudo_labels_and_segment_share_the_cam_head():
+    from wsi_seg.model import PsclNet, preset_config
+
+    torch.manual_seed(0)
+    net = PsclNet(preset_config("tiny", stage=1)).eval()
+    images = torch.randint(0, 255, (2, 3, 224, 224), dtype=torch.uint8)
+    bkg = torch.zeros(2, 224, 224, dtype=torch.bool)
+    bkg[:, :50] = True
+    with torch.inference_mode():
+        a, b = stage1_label_maps(net, images, bkg), net.predict(images, bkg)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.activations, b.activations)
+    assert (a.mask[:, :50] == 0).all()
 
 
 def test_label_png_and_cams_round_trip(tmp_path):

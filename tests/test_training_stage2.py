@@ -193,7 +193,7 @@ def test_stage2_ce_from_the_cli_gives_a_checkpoint_segment_can_use(stage1, tmp_p
     assert prov["pseudo_labels"]["path"] == str(stage1["pl"].resolve()) and prov["stage1"]["stage"] == 1
     assert prov["optim"] == {"name": "AdamW", "lr": 1e-3, "weight_decay": 0.01}
     # the stage-1 classifier came along untouched; the encoder was fine-tuned from the stage-1 one
-    assert torch.equal(loaded.net.classifier.weight, init.net.classifier.weight)
+    assert torch.equal(loaded.net.cam_head.classifier.weight, init.net.cam_head.classifier.weight)
     assert not torch.equal(loaded.net.encoder.body.model.patch_embed.proj.weight,
                            init.net.encoder.body.model.patch_embed.proj.weight)
 

@@ -1,30 +1,15 @@
-"""CAM post-processing shared by PSCL and pseudo-label generation (thesis §4.3.2).
+"""Feature-level CAM labels of the PSCL loss (thesis eq. 4.6).
 
-Shapes: ``cams`` (B, N, h, w) float in [0, 1] (thesis eq. 4.3, see
-:func:`wsi_seg.model.cams_from_class_maps`), ``labels`` (B, N) multi-hot image labels,
-``logits`` (B, N) classification logits, ``background`` (B, H, W) bool seeds.
-Class indices in the maps returned here: see each function.
+Shapes: ``cams`` (B, N, h, w) float in [0, 1] (eq. 4.3, see
+:func:`wsi_seg.model.cams_from_class_maps`), ``background`` (B, H, W) bool seeds.
+The patch-level rules (absent classes, gating eq. 4.4–4.5, the eq. 4.9 mask) belong to
+the stage-1 head, :mod:`wsi_seg.model.heads`, shared with inference.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def mask_absent_classes(cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Zero the CAMs of classes absent from each image's label (known during training)."""
-    return cams * (labels > 0).to(cams.dtype)[:, :, None, None]
-
-
-def gate_cams(cams: torch.Tensor, logits: torch.Tensor, threshold: float = 0.8) -> torch.Tensor:
-    """Thesis eq. 4.4–4.5: CAM_n ← CAM_n · [sigmoid(score_n) > τ_g].
-
-    Only tissue classes are gated; the background channel, concatenated later, is
-    always kept (the thesis' constant background score of 1).
-    """
-    keep = torch.sigmoid(logits.detach().float()) > threshold
-    return cams * keep.to(cams.dtype)[:, :, None, None]
 
 
 def background_at(background: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -53,18 +38,3 @@ def pixel_pseudo_labels(
     scores = cams if background is None else torch.cat([cams, background[:, None].to(cams.dtype)], dim=1)
     peak, label = scores.max(dim=1)
     return torch.where(peak > threshold, label, torch.full_like(label, -1))
-
-
-def upsample_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of (B, N, h, w) CAMs to the patch size, kept in [0, 1]."""
-    return F.interpolate(cams, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
-
-
-def pseudo_label_mask(cams: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-    """Thesis eq. 4.9: l = (argmax CAM + 1) · (1 − bkg), as (B, H, W) uint8.
-
-    ``cams`` (B, N, H, W) at patch resolution, absent classes already zeroed;
-    ``background`` (B, H, W) bool. Result: 0 = background, 1..N = classes.
-    """
-    label = cams.max(dim=1).indices.to(torch.uint8) + 1
-    return label * (~background.bool()).to(torch.uint8)

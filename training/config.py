@@ -108,7 +108,8 @@ class RunConfig:
     seed: int = setting(0, flag="--seed", metavar="N", help="seed of weights, batches and augmentations")
     device: str = setting("auto", flag="--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N", result=False)
     precision: str = setting("auto", flag="--precision", choices=_PRECISIONS,
-                             help="autocast precision; auto: bf16 on CUDA if supported, else fp32")
+                             help="autocast precision; auto: bf16 where the device computes it natively, "
+                                  "fp16 on older CUDA GPUs, else fp32 (as wsi-seg segment)")
     progress: bool = setting(True, flag="--no-progress", help="no progress bars", result=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Scoring a checkpoint against ground-truth masks of a val/test split.
 
-Stage-1 checkpoints are scored on their CAM pseudo-labels (thesis eq. 4.9), stage-2
-checkpoints on the argmax of ``forward_segmentation`` upsampled to the patch. Which
-classes a stage-1 patch may take (``image_labels``):
+Each checkpoint is scored on the mask of its network's ``predict`` (``wsi_seg.model.heads``):
+stage 1 on its CAM pseudo-labels (thesis eq. 4.9), stage 2 on the argmax of its
+segmentation head upsampled to the patch. Which classes a stage-1 patch may take
+(``image_labels``):
 
 * ``gt`` (default): the classes present in the patch's ground truth (or its csv
   label) — the setting of training pseudo-labels, where patch labels are known;
@@ -23,9 +24,9 @@ from torch.utils.data import DataLoader
 from wsi_seg.errors import ConfigError
 from wsi_seg.model import PsclNet, load_checkpoint
 
-from training.datasets import PatchDataset, SeedParams, open_dataset
 from wsi_seg.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
-from training.pseudo_labels import seed_params_of, stage1_label_maps
+
+from training.datasets import PatchDataset, SeedParams, open_dataset
 
 log = logging.getLogger(__name__)
 IMAGE_LABEL_MODES = ("gt", "predicted")
@@ -39,13 +40,9 @@ def predict_label_maps(
     gating_threshold: float | None = None,
 ) -> torch.Tensor:
     """(B, H, W) uint8 label maps (0 = background, 1..N) of a batch from :class:`PatchDataset`."""
-    images = batch["image"].to(device)
-    if net.cfg.stage == 2:
-        from wsi_seg.predict import predict_patches
-
-        return predict_patches(net, images).mask
-    labels = batch["labels"] if image_labels == "gt" else None
-    return stage1_label_maps(net, images, batch["background"], labels, gating_threshold).mask
+    labels = batch["labels"].to(device) if image_labels == "gt" else None
+    background = batch["background"].to(device) if net.head.needs_background_seed else None
+    return net.predict(batch["image"].to(device), background, labels, gating_threshold).mask
 
 
 def confusion_on_loader(
@@ -98,7 +95,7 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> EvaluationResult:
     """Score a checkpoint on a split with ground-truth masks, under each protocol."""
-    from wsi_seg.predict import resolve_device
+    from wsi_seg.runtime import resolve_device
 
     for p in protocols:
         if p not in PROTOCOLS:
@@ -112,7 +109,9 @@ def evaluate_checkpoint(
             f"{', '.join(loaded.config.class_names)}"
         )
     records = index.split(split, need_masks=True)
-    seed = seed_params_of(loaded.config) if loaded.config.stage == 1 else SeedParams(enabled=False)
+    # a stage-2 network is scored alone; CAMs need the seed as their background (eq. 4.9)
+    seeded = loaded.net.head.needs_background_seed
+    seed = SeedParams.of_model(loaded.config) if seeded else SeedParams(enabled=False)
     dataset = PatchDataset(records, index.num_classes, seed=seed, with_masks=True)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     cm = confusion_on_loader(loaded.net, loader, dev, image_labels, gating_threshold, progress=progress)

@@ -37,30 +37,28 @@ RUN_FILES = ("state", "state.tmp", "state.old", "metrics.csv", "config.yaml", "r
 
 def device_and_dist(device_name: str) -> tuple[torch.device, DistInfo]:
     """The device to train on and the torchrun process group (if any) joined."""
-    from wsi_seg.predict import resolve_device
+    import os
+
+    from wsi_seg.runtime import available_cpus, resolve_device
 
     device = resolve_device(device_name)
     info = init_distributed(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
+    if device.type == "cpu":  # the CPUs this process may use, shared by torchrun's local ranks
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        torch.set_num_threads(max(1, available_cpus().cpus // max(1, local_ranks)))
     if not info.is_main:  # rank 0 reports for everyone
         logging.getLogger("training").setLevel(logging.WARNING)
     return device, info
 
 
 def autocast_for(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, bool]:
-    """(autocast context, needs a grad scaler) of ``precision`` (auto | fp32 | bf16 | fp16).
+    """(autocast context, needs a grad scaler) of ``precision`` (auto | fp32 | bf16 | fp16),
+    resolved as for inference by :mod:`wsi_seg.runtime` (``auto``: bf16 where native)."""
+    from wsi_seg.runtime import autocast, needs_grad_scaler
 
-    ``auto``: bf16 on CUDA devices that support it, else fp32.
-    """
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext(), False
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("fp16 training is for CUDA; use bf16 or fp32 on the CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype), precision == "fp16"
+    return autocast(device, precision), needs_grad_scaler(device, precision)
 
 
 def result_settings(settings: dict[str, Any], ignored: Sequence[str]) -> dict[str, Any]:

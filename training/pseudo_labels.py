@@ -26,10 +26,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from wsi_seg.errors import ConfigError, OutputError
-from wsi_seg.model import PsclNet, cams_from_class_maps, load_checkpoint
-from wsi_seg.model.config import ModelConfig
+from wsi_seg.model import CamHead, PatchPrediction, PsclNet, load_checkpoint
 
-from training.cams import gate_cams, mask_absent_classes, pseudo_label_mask, upsample_cams
 from training.datasets import PatchDataset, SeedParams, open_dataset
 
 log = logging.getLogger(__name__)
@@ -40,46 +38,19 @@ CAM_SCALE = 255
 BACKGROUND_COLOR = (255, 255, 255)
 
 
-@dataclass
-class CamLabels:
-    """cams: (B, N, H, W) float in [0, 1] at patch size; mask: (B, H, W) uint8 (eq. 4.9)."""
-
-    cams: torch.Tensor
-    mask: torch.Tensor
-
-
-def seed_params_of(cfg: ModelConfig) -> SeedParams:
-    """The background seeding a stage-1 checkpoint was trained with."""
-    return SeedParams.of_model(cfg)
-
-
 def stage1_label_maps(
     net: PsclNet,
     images: torch.Tensor,
     background: torch.Tensor,
     image_labels: torch.Tensor | None = None,
     gating_threshold: float | None = None,
-) -> CamLabels:
-    """CAM pseudo-labels of (B, 3, H, W) uint8 patches on the network's device.
-
-    With ``image_labels`` (B, N) the CAMs of absent classes are zeroed (thesis: the
-    patch labels are known for the training set); without, classes whose sigmoid score
-    is below the checkpoint's ``cam_score_threshold`` are zeroed (the top class always
-    kept), as ``wsi-seg segment`` does. ``gating_threshold`` adds eq. 4.4–4.5.
-    """
-    out = net.forward_stage1(net.normalize(images))
-    cams = cams_from_class_maps(out.class_maps.float())
-    if image_labels is not None:
-        cams = mask_absent_classes(cams, image_labels.to(cams.device))
-    else:
-        scores = torch.sigmoid(out.logits.float())
-        keep = scores >= net.cfg.cam_score_threshold
-        keep[torch.arange(len(scores)), scores.argmax(dim=1)] = True
-        cams = cams * keep[:, :, None, None]
-    if gating_threshold is not None:
-        cams = gate_cams(cams, out.logits, gating_threshold)
-    cams = upsample_cams(cams, tuple(images.shape[-2:]))
-    return CamLabels(cams=cams, mask=pseudo_label_mask(cams, background.to(cams.device)))
+) -> PatchPrediction:
+    """CAMs and eq. 4.9 pseudo-labels of (B, 3, H, W) uint8 patches on the network's device,
+    from its CAM head (``CamHead.predict_from``: with ``image_labels`` (B, N) the CAMs of
+    absent classes are zeroed, without them the classifier's own classes are kept, as
+    ``wsi-seg segment`` does; ``gating_threshold`` adds eq. 4.4–4.5)."""
+    features = net.encoder(net.normalize(images))
+    return net.cam_head.predict(features, tuple(images.shape[-2:]), background, image_labels, gating_threshold)
 
 
 def palette_of(class_colors: tuple[tuple[int, int, int], ...]) -> list[int]:
@@ -134,12 +105,12 @@ def generate_pseudo_labels(
     """Write eq. 4.9 pseudo-labels and CAMs of a stage-1 checkpoint for one split."""
     from tqdm import tqdm
 
-    from wsi_seg.predict import resolve_device
+    from wsi_seg.runtime import resolve_device
 
     dev = resolve_device(device)
     loaded = load_checkpoint(model, device=dev)
     cfg = loaded.config
-    if cfg.stage != 1:
+    if not isinstance(loaded.net.head, CamHead):
         raise ConfigError(f"{model}: pseudo-labels come from a stage-1 checkpoint; this one is stage {cfg.stage}")
     index = open_dataset(data, format)
     if tuple(index.class_names) != tuple(cfg.class_names):
@@ -154,7 +125,7 @@ def generate_pseudo_labels(
         raise OutputError(f"{mask_dir}: already holds pseudo-labels; use --overwrite or another --out")
     mask_dir.mkdir(parents=True, exist_ok=True)
     cam_dir.mkdir(parents=True, exist_ok=True)
-    dataset = PatchDataset(records, index.num_classes, seed=seed_params_of(cfg))
+    dataset = PatchDataset(records, index.num_classes, seed=SeedParams.of_model(cfg))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     palette = palette_of(cfg.class_colors)
     net = loaded.net.eval()
@@ -164,7 +135,7 @@ def generate_pseudo_labels(
                 net, batch["image"].to(dev), batch["background"], batch["labels"].to(dev), gating_threshold
             )
             masks = labels.mask.cpu().numpy()
-            cams = labels.cams.cpu().numpy()
+            cams = labels.activations.cpu().numpy()
             for j, i in enumerate(batch["index"].tolist()):
                 stem = records[i].image.stem
                 write_label_png(mask_dir / f"{stem}.png", masks[j], palette)
@@ -181,7 +152,7 @@ def generate_pseudo_labels(
         "class_colors": [list(c) for c in cfg.class_colors],
         "cams": {"key": "cams", "dtype": "uint8", "layout": "(N, H, W)", "scale": 1 / CAM_SCALE},
         "gating_threshold": gating_threshold,
-        "background_seed": seed_params_of(cfg).__dict__,
+        "background_seed": SeedParams.of_model(cfg).__dict__,
         "checkpoint": {"path": str(Path(model).resolve()), "sha256": loaded.sha256},
         "dataset": {"path": str(Path(data).resolve()), "format": index.info.name},
         "splits": splits,

@@ -44,6 +44,16 @@ def software_versions() -> dict[str, str]:
     }
 
 
+def _runtime_facts() -> dict[str, Any]:
+    """Torch threads and the CPUs this process may use (``wsi_seg.runtime``)."""
+    import torch
+
+    from wsi_seg.runtime import available_cpus
+
+    cpus = available_cpus()
+    return {"torch_threads": torch.get_num_threads(), "cpus": cpus.cpus, "cpus_source": cpus.source}
+
+
 def write_run_json(run_dir: Path, facts: dict[str, Any]) -> Path:
     """``RUN_DIR/run.json``: start time, command, versions, git state, plus ``facts``."""
     payload = {
@@ -52,6 +62,7 @@ def write_run_json(run_dir: Path, facts: dict[str, Any]) -> Path:
         "command": sys.argv,
         "software": software_versions(),
         "git": git_state(),
+        "runtime": _runtime_facts(),
         **facts,
     }
     path = run_dir / "run.json"

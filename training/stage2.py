@@ -114,7 +114,7 @@ def stage2_network(init: LoadedModel) -> PsclNet:
     cfg = init.config.replace(stage=2, provenance={})
     net = PsclNet(cfg)
     net.encoder.load_state_dict(init.net.encoder.state_dict())
-    net.classifier.load_state_dict(init.net.classifier.state_dict())
+    net.cam_head.load_state_dict(init.net.cam_head.state_dict())
     return net
 
 
@@ -186,7 +186,7 @@ def _train(
 
     seed_everything(cfg.seed)
     net = stage2_network(init).to(device)
-    net.classifier.requires_grad_(False)  # not used by the segmentation forward
+    net.cam_head.requires_grad_(False)  # not used by the segmentation forward
     net.train()
     groups = parameter_groups(net, cfg.optim.lr, cfg.encoder)  # freezes before DDP sees the parameters
     forward: nn.Module = _SegmentationForward(net)

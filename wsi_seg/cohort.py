@@ -21,7 +21,7 @@ from pathlib import Path
 from wsi_seg.errors import ConfigError, ResultError, WsiSegError
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.result import Result
-from wsi_seg.segment import SegmentOptions, segment_slide
+from wsi_seg.segment import CancelFlag, SegmentOptions, segment_slide
 from wsi_seg.slide import slide_fingerprint
 
 log = logging.getLogger(__name__)
@@ -115,15 +115,16 @@ def segment_one(
     out: Path,
     model: LoadedModel,
     options: SegmentOptions,
-    on_progress: Callable[[int, int], None] | None = None,
+    cancel: CancelFlag | None = None,
 ) -> SlideOutcome:
-    """Segment one slide of a cohort; a WsiSegError becomes a ``failed`` row, not a stop.
+    """Segment one slide of a cohort; a WsiSegError becomes a ``failed`` row, not a stop
+    (``Cancelled``, raised once ``cancel`` is set, is not an error and propagates).
 
     Shared by the sequential and the distributed runs, so both write the same outputs.
     """
     started = time.perf_counter()
     try:
-        res = segment_slide(slide, out, model, options, on_progress=on_progress)
+        res = segment_slide(slide, out, model, options, cancel=cancel)
     except WsiSegError as exc:
         return failed_outcome(slide, out, exc, started)
     return SlideOutcome(str(slide), str(out), "done", res.patches_run, round(res.seconds, 2))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from wsi_seg.cohort import CohortSummary, SlideOutcome, failed_outcome, output_path, segment_one, skipped_outcome
 from wsi_seg.errors import CheckpointError, ConfigError, WsiSegError
 from wsi_seg.model.checkpoint import LoadedModel, load_checkpoint
-from wsi_seg.predict import resolve_device
+from wsi_seg.runtime import available_cpus, parse_device, resolve_device
 from wsi_seg.segment import SegmentOptions
 
 if TYPE_CHECKING:
@@ -163,23 +162,7 @@ def import_distributed() -> Any:
 
 def _device_kind(device: str) -> str:
     """cpu, cuda or auto, from a --device value; checks its syntax, not this machine."""
-    if device == "auto":
-        return "auto"
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
-    if kind not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return kind
-
-
-def _available_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return "auto" if device == "auto" else parse_device(device).type
 
 
 @contextmanager
@@ -208,7 +191,7 @@ def _cluster(
     placement = _Placement(
         resources={GPU: 1} if gpu else None,
         gpu_by_worker_rank=gpu and device in ("auto", "cuda"),
-        torch_threads=max(1, _available_cpus() // local_workers),
+        torch_threads=max(1, available_cpus().cpus // local_workers),
         cancel_event=cancel_event,
     )
     # non-daemonic workers may start DataLoader processes (read in the config at each worker (re)start)
@@ -303,20 +286,16 @@ _MODELS: dict[tuple[str, str, str], LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-class SlideCancelled(Exception):
-    """The client interrupted the run; the slide stops and stays resumable."""
-
-
 def _segment_task(slide: str, out: str, model_path: str, model_sha256: str,
                   options: SegmentOptions, placement: _Placement) -> SlideOutcome:
     """One slide on a worker: same options as the client's, but no progress bars."""
     started = time.perf_counter()
-    options = replace(options, progress=False, device=_worker_device(options.device, placement))
+    options = replace(options, progress=False, device=_worker_device(options.device, placement),
+                      threads=_worker_threads(placement))
     if options.workers != 0 and multiprocessing.current_process().daemon:
         log.info("daemonic dask worker: reading %s in-process (start workers with "
                  "DASK_DISTRIBUTED__WORKER__DAEMON=False for reader processes)", slide)
         options = replace(options, workers=0)
-    _set_torch_threads(placement)
     try:
         model = _worker_model(model_path, options.device, model_sha256)
     except WsiSegError as exc:  # this worker cannot run the model (no CUDA, another checkpoint)
@@ -324,7 +303,7 @@ def _segment_task(slide: str, out: str, model_path: str, model_sha256: str,
 
         err = WsiSegError(f"{slide}: dask worker {get_worker().name}: {exc}")
         return failed_outcome(Path(slide), Path(out), err, started)
-    return segment_one(Path(slide), Path(out), model, options, on_progress=_CancelCheck(placement.cancel_event))
+    return segment_one(Path(slide), Path(out), model, options, cancel=_ClientCancel(placement.cancel_event))
 
 
 def _worker_device(device: str, placement: _Placement) -> str:
@@ -339,11 +318,9 @@ def _worker_device(device: str, placement: _Placement) -> str:
     return f"cuda:{int(get_worker().name) % torch.cuda.device_count()}"
 
 
-def _set_torch_threads(placement: _Placement) -> None:
+def _worker_threads(placement: _Placement) -> int:
     """The placement's torch threads, or on a remote worker its CPUs shared by the slides it
     can run at once (its threads, or its GPUs when slides take one)."""
-    import torch
-
     threads = placement.torch_threads
     if threads is None:
         from distributed import get_worker
@@ -352,9 +329,8 @@ def _set_torch_threads(placement: _Placement) -> None:
         slots = state.nthreads
         for name, amount in (placement.resources or {}).items():
             slots = min(slots, int(state.total_resources.get(name, 0) // amount))
-        threads = max(1, _available_cpus() // max(1, slots))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+        threads = max(1, available_cpus().cpus // max(1, slots))
+    return threads
 
 
 def _worker_model(path: str, device: str, sha256: str) -> LoadedModel:
@@ -373,26 +349,28 @@ def _worker_model(path: str, device: str, sha256: str) -> LoadedModel:
         return _MODELS[key]
 
 
-class _CancelCheck:
-    """``on_progress`` callback: raises SlideCancelled once the client set the run's cancel event."""
+class _ClientCancel:
+    """The ``cancel`` flag of a slide on a worker: set once the client set the run's dask
+    ``Event``, which is asked at most every ``poll_s`` seconds (the engine checks before
+    every batch)."""
 
     def __init__(self, event_name: str, poll_s: float = CANCEL_POLL_S) -> None:
         self.event_name, self.poll_s = event_name, poll_s
-        self._last = -float("inf")  # first check after the first batch
+        self._last = -float("inf")
         self._event: Any = None
+        self._set = False
 
-    def __call__(self, done: int, total: int) -> None:
+    def is_set(self) -> bool:
         now = time.monotonic()
-        if now - self._last < self.poll_s:
-            return
+        if self._set or now - self._last < self.poll_s:
+            return self._set
         self._last = now
         try:
             if self._event is None:
                 from distributed import Event
 
                 self._event = Event(self.event_name)  # through this worker's client
-            cancelled = self._event.is_set()
+            self._set = bool(self._event.is_set())
         except (OSError, TimeoutError):  # scheduler unreachable: keep going, the result stays valid
-            return
-        if cancelled:
-            raise SlideCancelled(f"run cancelled by the client after {done} of {total} patches")
+            pass
+        return self._set

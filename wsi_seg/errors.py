@@ -12,6 +12,14 @@ class WsiSegError(Exception):
     """Base class of every error wsi-seg raises on purpose."""
 
 
+class Cancelled(Exception):
+    """A run stopped because its caller cancelled it; what it finished is kept for a resume.
+
+    Not a ``WsiSegError``: nothing is wrong with the input, and a cohort does not record
+    a cancelled slide as failed.
+    """
+
+
 class SlideError(WsiSegError, OSError):
     """A slide cannot be opened, decoded or used."""
 

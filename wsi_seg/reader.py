@@ -30,11 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 from wsi_seg.decode.reduced import JpegRegionReader, dct_reduction
 from wsi_seg.decode.tiff_jpeg import JPEG_TILE_VENDORS, JpegLevel, TileFile, find_jpeg_level
 from wsi_seg.errors import ConfigError, SlideError, WsiSegError
+from wsi_seg.options import READERS  # defined with the options, torch-free
 from wsi_seg.slide import Slide
 from wsi_seg.tiling import Block, TileGrid
 from wsi_seg.tissue import SeedParams
-
-READERS = ("auto", "openslide", "jpeg-cpu", "jpeg-device")
 
 
 @dataclass(frozen=True)

@@ -3,83 +3,30 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from wsi_seg import __version__
-from wsi_seg.errors import ConfigError, NoTissueError, OutputError, SlideError
+from wsi_seg.errors import Cancelled, NoTissueError, OutputError, SlideError
 from wsi_seg.model.checkpoint import LoadedModel
+from wsi_seg.options import SegmentOptions
 from wsi_seg.output import ResultStore
-from wsi_seg.predict import autocast_context, predict_patches, resolve_device, resolve_precision
-from wsi_seg.reader import READERS, BlockReader, plan_reader
+from wsi_seg.reader import BlockReader, plan_reader
 from wsi_seg.result import is_complete, partial_path, read_provenance
+from wsi_seg.runtime import resolve_runtime, torch_threads
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
-from wsi_seg.tissue import SeedParams, TissueParams, tissue_mask
+from wsi_seg.tissue import SeedParams, tissue_mask
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    """How to run one slide; the CLI flags map onto these fields."""
-
-    device: str = "auto"
-    batch_size: int | None = None  # patches per model call; None: auto (see resolve_batch_size)
-    workers: int | None = None  # reader processes; None: auto (see resolve_workers)
-    overlap_px: int = 32
-    mpp: float | None = None  # level-0 µm/px override for slides without metadata
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    reader: str = "auto"  # slide decoder, one of wsi_seg.reader.READERS
-    tissue: TissueParams = field(default_factory=TissueParams)
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch size must be ≥ 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
-        if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
-            raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
-        if self.reader not in READERS:
-            raise ConfigError(f"unknown reader {self.reader!r}; use one of {', '.join(READERS)}")
-
-
-def resolve_batch_size(device: torch.device, batch_size: int | None) -> int:
-    """Patches per model call for ``batch_size`` (None: auto).
-
-    Auto is 2 on the CPU, where small batches stay in cache: swin-t ran 1.3–1.5× faster
-    per patch at batch 2 than at 8 (fp32 and bf16, 2 cores), the ``small`` preset about
-    10 % slower. 32 on CUDA.
-    """
-    if batch_size is not None:
-        return batch_size
-    return 2 if device.type == "cpu" else 32
-
-
-def resolve_workers(device: torch.device, workers: int | None) -> int:
-    """Reader processes for ``workers`` (None: auto).
-
-    Auto is 0 on the CPU: the model's threads already use every core, and reader
-    processes only compete with them (``benchmarks/segment_throughput.py --workers``:
-    swin-t end-to-end/model-only 1.01 in-process vs 0.93 with one reader on 2 cores).
-    On CUDA, where decoding is the limit, one reader per spare core, up to 8.
-    """
-    if workers is not None:
-        return workers
-    if device.type == "cpu":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 @dataclass
@@ -272,17 +219,54 @@ class _BlockAssembler:
         return True
 
 
+class CancelFlag(Protocol):
+    """What ``cancel`` may be: a ``threading.Event``, or anything with ``is_set()``."""
+
+    def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SegmentProgress:
+    """Reported after every batch: ``done`` of ``total`` tissue patches (resumed ones included)."""
+
+    done: int
+    total: int
+
+
 def segment_slide(
     slide_path: str | Path,
     out: str | Path,
     model: LoadedModel,
     options: SegmentOptions = SegmentOptions(),
     on_progress: Callable[[int, int], None] | None = None,
+    cancel: CancelFlag | None = None,
 ) -> SegmentResult:
     """Segment one slide into an OME-Zarr at ``out`` (layout: ``wsi_seg.result``).
 
-    ``on_progress(patches_done, patches_total)`` is called after every batch; raising
-    from it (e.g. a GUI's cancel) stops the run and leaves a resumable ``.partial``.
+    ``on_progress(patches_done, patches_total)`` is called after every batch. ``cancel``
+    is checked before every batch: once set, the run raises :class:`Cancelled` and
+    leaves its finished blocks in a resumable ``.partial`` (rerun to resume).
+    """
+    steps = segment_steps(slide_path, out, model, options, cancel)
+    while True:
+        try:
+            report = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(report.done, report.total)
+
+
+def segment_steps(
+    slide_path: str | Path,
+    out: str | Path,
+    model: LoadedModel,
+    options: SegmentOptions = SegmentOptions(),
+    cancel: CancelFlag | None = None,
+) -> Generator[SegmentProgress, None, SegmentResult]:
+    """:func:`segment_slide` as a generator: yields progress after every batch and returns
+    the result, so a caller (a GUI job) drives the run in its own thread. Closing the
+    generator early stops the run like ``cancel`` does, leaving a resumable ``.partial``.
     """
     from tqdm.auto import tqdm
 
@@ -290,11 +274,9 @@ def segment_slide(
     timings: dict[str, float] = {}
     out = Path(out)
     cfg = model.config
-    device = resolve_device(options.device)
-    precision = resolve_precision(device, options.precision)  # validates before any work
-    autocast = autocast_context(device, precision)
-    batch_size = resolve_batch_size(device, options.batch_size)
-    workers = resolve_workers(device, options.workers)
+    rt = resolve_runtime(options.device, options.precision, options.workers, options.batch_size,
+                         options.threads)  # validates before any work
+    device, workers = rt.device, rt.reader_workers
     with Slide(slide_path, mpp=options.mpp) as slide:
         info = slide.info()
         _ = slide.mpp  # raises MissingMppError early
@@ -303,9 +285,7 @@ def segment_slide(
         timings["tissue"] = time.perf_counter() - t
         reader_plan = plan_reader(options.reader, slide, cfg.mpp, device)
     provenance = _provenance(info, model, grid, options)
-    provenance["inference"] = {"device": str(device), "precision": precision,
-                               "reader_workers": workers, "batch_size": batch_size,
-                               "reader": reader_plan.provenance()}
+    provenance["inference"] = {**rt.provenance(), "reader": reader_plan.provenance()}
     store = _prepare_store(out, grid, model, provenance, options.overwrite)
     blocks = grid.blocks(run)
     done = store.done_blocks()
@@ -324,19 +304,23 @@ def segment_slide(
     t_infer = time.perf_counter()
     bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
     try:
-        with torch.inference_mode(), autocast:
-            for patches, backgrounds, owners in _batches(reader, batch_size):
-                patches = patches.to(device, non_blocking=True)
-                bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
-                pred = predict_patches(net, patches, bkg)
-                acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
-                masks = pred.mask.cpu().numpy()
+        with torch_threads(rt.torch_threads):
+            for patches, backgrounds, owners in _batches(reader, rt.batch_size):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"{slide_path}: cancelled after {n_resumed + n_run} of {n_total} patches; "
+                                    "rerun to resume")
+                # the grad and autocast modes are thread state: entered per batch, never held across a yield
+                with torch.inference_mode(), rt.autocast():
+                    patches = patches.to(device, non_blocking=True)
+                    bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
+                    pred = net.predict(patches, bkg)
+                    acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+                    masks = pred.mask.cpu().numpy()
                 for k, (item, patch_idx) in enumerate(owners):
                     assembler.add(item, patch_idx, acts[k], masks[k])
                 n_run += len(owners)
                 bar.update(len(owners))
-                if on_progress is not None:
-                    on_progress(n_resumed + n_run, n_total)
+                yield SegmentProgress(n_resumed + n_run, n_total)
     finally:
         bar.close()
         try:

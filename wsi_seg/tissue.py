@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from skimage.color import rgb2gray
-from skimage.morphology import remove_small_holes, remove_small_objects
 
 if TYPE_CHECKING:
     from wsi_seg.model.config import ModelConfig
 
 
 def _gray_uint8(rgb: np.ndarray) -> np.ndarray:
+    from skimage.color import rgb2gray  # scikit-image on first use: the CLI starts without it
+
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
     return (rgb2gray(rgb[..., :3]) * 255.0).astype(np.float32)
@@ -31,6 +31,8 @@ def background_seed(rgb: np.ndarray, gray_threshold: float = 200, min_size_px: i
     Pixels brighter than ``gray_threshold`` are background candidates; connected white
     regions smaller than ``min_size_px`` pixels are dropped (they are inside tissue).
     """
+    from skimage.morphology import remove_small_objects
+
     candidates = _gray_uint8(rgb) > gray_threshold
     if min_size_px > 0:
         candidates = remove_small_objects(candidates, max_size=min_size_px - 1)
@@ -75,6 +77,8 @@ def tissue_mask(rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams
     Tissue is darker than ``gray_threshold`` or saturated (stained); specks smaller than
     ``min_tissue_um2`` are removed and holes up to ``max_hole_um2`` are filled.
     """
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
     rgb = rgb[..., :3]
     gray = _gray_uint8(rgb)
     rgbf = rgb.astype(np.float32)

@@ -7,7 +7,9 @@ from torch import nn
 
 from wsi_seg.errors import ConfigError
 
-from training.cams import background_at, gate_cams, mask_absent_classes, pixel_pseudo_labels
+from wsi_seg.model.heads import gate_cams, mask_absent_classes
+
+from training.cams import background_at, pixel_pseudo_labels
 from training.losses.sampling import sample_pixels
 
 # SupCon keeps a handful of M×M float32 matrices alive for backward (similarities,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from wsi_seg.errors import ConfigError
+from wsi_seg.options import READERS, SegmentOptions
 from wsi_seg.tissue import TissueParams
 
 log = logging.getLogger(__name__)
@@ -26,15 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="slide-reading worker processes (default: 0 = in-process on CPU, where the model uses "
                         "every core; up to 8 on CUDA)")
-    p.add_argument("--overlap", type=int, default=32, help="patch overlap in px at the model resolution; centre-cropped (default: 32)")
+    p.add_argument("--overlap", type=int, default=SegmentOptions.overlap_px, metavar="PX",
+                   help="patch overlap in px at the model resolution; centre-cropped (default: %(default)s)")
     p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides whose metadata lacks it")
     p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction,
                    help="minimum tissue fraction of a patch to run it (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32)")
+                   help="autocast precision (default: auto = bf16 where the device computes it natively: CUDA GPUs "
+                        "with bf16, CPUs with AVX512-BF16/AMX; fp16 on older CUDA GPUs; else fp32)")
     p.add_argument("--preview", type=Path, default=None, metavar="REPORT.png|.html",
                    help="with --out: also write the slide report (overlay, legend, per-class areas)")
-    p.add_argument("--reader", default="auto", choices=["auto", "openslide", "jpeg-cpu", "jpeg-device"],
+    p.add_argument("--reader", default="auto", choices=list(READERS),
                    help="slide decoder: openslide (any format); jpeg-cpu (JPEG tiles of SVS/tiled TIFF decoded at "
                         "1/2, 1/4, 1/8 scale when the level is that much finer than the model); jpeg-device "
                         "(tiles decoded in batches on the model's device, nvJPEG on CUDA); auto: jpeg-device on "
@@ -54,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from wsi_seg.cohort import SlideOutcome, expand_inputs, run_cohort
     from wsi_seg.model.checkpoint import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.predict import resolve_device
-    from wsi_seg.segment import SegmentOptions, segment_slide
+    from wsi_seg.runtime import resolve_device
+    from wsi_seg.segment import segment_slide
 
     if args.out is not None and len(args.slides) != 1:
         raise ConfigError(f"--out takes one slide, got {len(args.slides)}; use --out-dir for several")

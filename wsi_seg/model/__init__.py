@@ -2,14 +2,18 @@
 
 from wsi_seg.model.checkpoint import LoadedModel, load_checkpoint, read_config, save_checkpoint
 from wsi_seg.model.config import ModelConfig
-from wsi_seg.model.network import PsclNet, Stage1Output, cams_from_class_maps
+from wsi_seg.model.heads import CamHead, PatchPrediction, SegmentationHead, Stage1Output, cams_from_class_maps
+from wsi_seg.model.network import PsclNet
 from wsi_seg.model.presets import DEFAULT_PRESET, preset_config, preset_names
 
 __all__ = [
     "DEFAULT_PRESET",
+    "CamHead",
     "LoadedModel",
     "ModelConfig",
+    "PatchPrediction",
     "PsclNet",
+    "SegmentationHead",
     "Stage1Output",
     "cams_from_class_maps",
     "load_checkpoint",

@@ -1,76 +1,41 @@
-"""The PSCL network (thesis §4.1): encoder, stage-1 classifier, stage-2 pixel decoder."""
+"""The PSCL network (thesis ch. 4): encoder plus the stage heads of ``wsi_seg.model.heads``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from wsi_seg.errors import ConfigError
 from wsi_seg.model.config import ModelConfig
 from wsi_seg.model.backbones import build_encoder
+from wsi_seg.model.heads import CamHead, PatchPrediction, SegmentationHead, Stage1Output
 from wsi_seg.model.pretrained import PretrainedWeights
 
-
-@dataclass
-class Stage1Output:
-    """Stage-1 forward result.
-
-    logits: (B, N) GAP of the class maps; class_maps: (B, N, h, w) raw wᵀf at the last
-    encoder stage; features: (B, C, h, w) that last stage (PSCL works on it).
-    """
-
-    logits: torch.Tensor
-    class_maps: torch.Tensor
-    features: torch.Tensor
+# state-dict names of checkpoints written before the heads were modules of their own
+_LEGACY_KEYS = (("classifier.", "cam_head.classifier."), ("decoder.", "seg_head.decoder."),
+                ("seg_head.weight", "seg_head.classifier.weight"), ("seg_head.bias", "seg_head.classifier.bias"))
 
 
-def cams_from_class_maps(class_maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Thesis eq. 4.3: CAM_i = ReLU(A_i) / max ReLU(A_i), per image and class; in [0, 1]."""
-    relu = F.relu(class_maps)
-    peak = relu.flatten(2).amax(dim=2).clamp_min(eps)[..., None, None]
-    return relu / peak
-
-
-def build_pixel_decoder(cfg: ModelConfig, channels: list[int]) -> nn.Module:
-    """The Mask2Former pixel decoder for encoder stages of the given channel counts.
-
-    Built through ``Mask2FormerModel(config).pixel_level_module`` so transformers
-    initialises every parameter (``level_embed`` included); its throw-away backbone is
-    a one-block Swin with the same channel counts.
-    """
-    from transformers import Mask2FormerConfig, Mask2FormerModel, SwinConfig
-
-    c0 = channels[0]
-    if channels != [c0, 2 * c0, 4 * c0, 8 * c0]:
-        raise ConfigError(f"pixel decoder needs doubling stage widths, backbone gives {channels}")
-    backbone = SwinConfig(
-        embed_dim=c0,
-        depths=[1, 1, 1, 1],
-        num_heads=[1, 1, 1, 1],
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
-    m2f_cfg = Mask2FormerConfig(
-        backbone_config=backbone,
-        feature_size=cfg.decoder_dim,
-        mask_feature_size=cfg.decoder_dim,
-        hidden_dim=cfg.decoder_dim,
-        encoder_layers=cfg.decoder_layers,
-        encoder_feedforward_dim=cfg.decoder_ffn_dim,
-        num_attention_heads=cfg.decoder_heads,
-        decoder_layers=1,
-        num_queries=1,
-        dim_feedforward=cfg.decoder_ffn_dim,
-    )
-    return Mask2FormerModel(m2f_cfg).pixel_level_module.decoder
+def _upgrade_legacy_keys(module: nn.Module, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook: rename the head weights of older checkpoints in place."""
+    if prefix + "classifier.weight" not in state:
+        return
+    for key in [k for k in state if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        for old, new in _LEGACY_KEYS:
+            if rest.startswith(old):
+                state[prefix + new + rest[len(old):]] = state.pop(key)
+                break
 
 
 class PsclNet(nn.Module):
-    """Encoder + 1×1 classifier (stage 1) and, for stage 2, pixel decoder + 1×1 head.
+    """Encoder + stage-1 CAM head and, for stage 2, the segmentation head.
 
+    ``head`` is the head that predicts: the CAM head for stage 1, the segmentation head
+    for stage 2 (whose CAM head, copied from stage 1, is carried along unused).
     Stage 2 predicts ``num_classes + 1`` channels: 0 = background, 1..N = classes.
     """
 
@@ -78,15 +43,19 @@ class PsclNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = build_encoder(cfg, pretrained)
-        cam_channels = self.encoder.channels[self.encoder.cam_level]
-        self.classifier = nn.Conv2d(cam_channels, cfg.num_classes, 1, bias=False)
-        self.decoder: nn.Module | None = None
-        self.seg_head: nn.Module | None = None
+        level = self.encoder.cam_level
+        self.cam_head = CamHead(self.encoder.channels[level], cfg.num_classes, cfg.cam_score_threshold, level)
+        self.seg_head: SegmentationHead | None = None
         if cfg.stage == 2:
-            self.decoder = build_pixel_decoder(cfg, self.encoder.channels)
-            self.seg_head = nn.Conv2d(cfg.decoder_dim, cfg.num_classes + 1, 1)
+            self.seg_head = SegmentationHead(cfg, self.encoder.channels)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys)
+
+    @property
+    def head(self) -> CamHead | SegmentationHead:
+        """The head whose ``predict`` gives this network's activations and mask."""
+        return self.seg_head if self.seg_head is not None else self.cam_head
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 RGB → normalised float, on the images' device."""
@@ -94,20 +63,32 @@ class PsclNet(nn.Module):
         return (x - self.mean) / self.std
 
     def forward_stage1(self, x: torch.Tensor) -> Stage1Output:
-        features = self.encoder(x)[self.encoder.cam_level]
-        class_maps = self.classifier(features)
-        logits = class_maps.mean(dim=(2, 3))
-        return Stage1Output(logits=logits, class_maps=class_maps, features=features)
+        """CAM-head output of normalised images (stage-1 training and PSCL)."""
+        return self.cam_head(self.encoder(x))
 
     def forward_segmentation(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N+1, H/4, W/4) segmentation logits of a stage-2 network."""
-        if self.decoder is None or self.seg_head is None:
+        """(B, N+1, H/4, W/4) segmentation logits of normalised images (stage 2 only)."""
+        if self.seg_head is None:
             raise ConfigError("this network has no decoder (stage-1 checkpoint)")
-        decoded = self.decoder(self.encoder(x))
-        return self.seg_head(decoded.mask_features)
+        return self.seg_head(self.encoder(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Stage 2: segmentation logits; stage 1: classification logits."""
-        if self.cfg.stage == 2:
-            return self.forward_segmentation(x)
-        return self.forward_stage1(x).logits
+        """The predicting head's logits: stage 1 (B, N) classification, stage 2 segmentation."""
+        return self.head.logits(self.encoder(x))
+
+    def predict(
+        self,
+        images_uint8: torch.Tensor,
+        background: torch.Tensor | None = None,
+        image_labels: torch.Tensor | None = None,
+        gating_threshold: float | None = None,
+    ) -> PatchPrediction:
+        """Activations and mask of (B, 3, P, P) uint8 patches on the network's device.
+
+        ``background`` (B, P, P) bool is the background seed: background in the mask
+        whatever the network says (eq. 4.9 for stage 1). ``image_labels`` and
+        ``gating_threshold`` choose a stage-1 patch's classes (see ``CamHead.predict_from``).
+        """
+        features = self.encoder(self.normalize(images_uint8))
+        size = tuple(images_uint8.shape[-2:])
+        return self.head.predict(features, size, background, image_labels, gating_threshold)

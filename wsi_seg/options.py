@@ -1,0 +1,43 @@
+"""How to segment one slide: the options every front end (CLI, cohorts, napari) passes.
+
+Kept free of torch and scikit-image, so a command line or a widget can read the defaults
+without importing the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wsi_seg.errors import ConfigError
+from wsi_seg.tissue import TissueParams
+
+READERS = ("auto", "openslide", "jpeg-cpu", "jpeg-device")  # slide decoders, see wsi_seg.reader
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to run one slide; the CLI flags map onto these fields."""
+
+    device: str = "auto"
+    batch_size: int | None = None  # patches per model call; None: auto (see wsi_seg.runtime)
+    workers: int | None = None  # reader processes; None: auto (see wsi_seg.runtime)
+    overlap_px: int = 32
+    mpp: float | None = None  # level-0 µm/px override for slides without metadata
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see wsi_seg.runtime)
+    threads: int | None = None  # torch threads; None: the CPUs this process may use
+    reader: str = "auto"  # slide decoder, one of READERS
+    tissue: TissueParams = field(default_factory=TissueParams)
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch size must be ≥ 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be ≥ 1, got {self.threads}")
+        if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
+            raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
+        if self.reader not in READERS:
+            raise ConfigError(f"unknown reader {self.reader!r}; use one of {', '.join(READERS)}")
