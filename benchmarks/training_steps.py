@@ -1,16 +1,14 @@
 """Training step time of each loss setup, side by side: stage 1 MLSM only, MLSM + PSCL
 (with and without background pixels in PSCL), stage 2 cross-entropy and NR.
 
-One step = what the trainers' loops do per batch (``training.stage1`` / ``training.stage2``):
-forward (under the run's autocast), the loss modules of ``training.losses`` configured
-from the config defaults, ``zero_grad``, backward, optimizer (+ scheduler) step. The
-forward modules, network builders, loss modules and ``segmentation_loss`` are the
-training code's own; only the ~10-line loop body is repeated here. Each setup has its
-own network and optimizer and a fixed batch of synthetic patches
-(``training.synthetic_dataset.write_dataset``; stage 2 with pseudo-labels and CAMs
-written by ``generate_pseudo_labels`` from a random stage-1 network), so data loading is
-not timed. Setups alternate step by step so other load hits all alike; the figure is the
-median over ``--steps`` steps after ``--warmup``.
+One step = ``Trainer.train_step`` of the trainers themselves (``training.stage1`` /
+``training.stage2``): their ``step`` (forward under the run's autocast, the losses of
+``training.losses`` configured from the config defaults), then backward, optimizer (+
+scheduler) step. Each setup is a trainer of its own (network, optimizer) and a fixed
+batch of synthetic patches (``training.synthetic_dataset.write_dataset``; stage 2 with
+pseudo-labels and CAMs written by ``generate_pseudo_labels`` from a random stage-1
+network), so data loading is not timed. Setups alternate step by step so other load
+hits all alike; the figure is the median over ``--steps`` steps after ``--warmup``.
 
 Batch sizes default to the config defaults (``Stage1Config``: 16, ``Stage2Config``: 32,
 the thesis'); random init, ``small`` preset (the swin-t is ~10× slower on a CPU).
@@ -19,7 +17,8 @@ the thesis'); random init, ``small`` preset (the swin-t is ~10× slower on a CPU
 the multi-scale adapter, random weights): stage-1 MLSM+PSCL and stage-2 CE steps with
 the encoder trained and frozen (``--freeze-encoder``), side by side. Each encoder and
 stage runs in a fresh process (trained and frozen interleaved in it), so one large
-network's memory does not stay resident under the next.
+network's memory does not stay resident under the next; each case's rows are printed
+as soon as it is done.
 
 Memory per step: the peak above what was resident before the step (activations,
 gradients, temporaries) — on CUDA ``max_memory_allocated``, on the CPU the RSS
@@ -35,11 +34,12 @@ high-water mark (``VmHWM``, reset before every step through ``/proc/self/clear_r
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -48,40 +48,37 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import autocast_name, print_table, work_folder  # noqa: E402
 
-from wsi_seg.model import ModelConfig, PsclNet, cams_from_class_maps, load_checkpoint, save_checkpoint  # noqa: E402
+from wsi_seg.model import PsclNet, save_checkpoint  # noqa: E402
 
-from training.config import EncoderTraining, Stage1Config, Stage2Config, load_stage1_config  # noqa: E402
-from training.encoder_training import parameter_groups  # noqa: E402
-from training.datasets import PatchDataset, open_dataset  # noqa: E402
-from training.datasets.pseudo import PseudoLabelDataset, open_pseudo_labels  # noqa: E402
+from training.config import EncoderTraining, Stage1Config, Stage2Config, load_config  # noqa: E402
+from training.datasets import PatchDataset  # noqa: E402
+from training.datasets.pseudo import PseudoLabelDataset  # noqa: E402
 from training.loop import autocast_for  # noqa: E402
-from training.losses import GumbelSoftmax, MLSMLoss, NRLoss, PSCLLoss, default_supcon  # noqa: E402
 from training.pseudo_labels import generate_pseudo_labels  # noqa: E402
-from training.reproducibility import seed_everything  # noqa: E402
-from training.stage1 import _Stage1Forward, build_model_config, resolve_data  # noqa: E402
-from training.stage2 import _SegmentationForward, segmentation_loss, stage2_network  # noqa: E402
+from training.stage1 import Stage1Trainer  # noqa: E402
+from training.stage2 import Stage2Trainer  # noqa: E402
 from training.synthetic_dataset import write_dataset  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
 
 Step = Callable[[], dict[str, float]]
 
 
 @dataclass
 class Setup:
-    """One timed configuration: a name, its stage, batch size, a step closure, and the
-    bytes its parameters and optimizer state hold (after the first step)."""
+    """One timed configuration: a name, its stage, batch size, a step closure and its trainer."""
 
     name: str
     stage: int
     batch_size: int
     step: Step
-    net: torch.nn.Module | None = None
-    optimizer: torch.optim.Optimizer | None = None
+    trainer: Trainer | None = None
 
     def resident_mib(self) -> float:
-        """Parameters + optimizer state, MiB."""
-        tensors = list(self.net.parameters()) if self.net is not None else []
-        if self.optimizer is not None:
-            tensors += [v for st in self.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+        """Parameters + optimizer state of the trainer, MiB."""
+        if self.trainer is None:
+            return float("nan")
+        tensors = list(self.trainer.net.parameters())
+        tensors += [v for st in self.trainer.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
         return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
@@ -135,101 +132,53 @@ def first_batch(dataset: torch.utils.data.Dataset, batch_size: int) -> dict[str,
     return next(iter(DataLoader(dataset, batch_size=batch_size, shuffle=False)))
 
 
+def _setup(name: str, stage: int, trainer: Trainer, device: torch.device, batch: dict[str, torch.Tensor]) -> Setup:
+    """A prepared trainer, set up (network built and seeded) to step on ``batch``."""
+    trainer.setup(device)
+    return Setup(name, stage, trainer.cfg.batch_size, lambda: trainer.train_step(batch), trainer)
+
+
 STAGE1_SETUPS = (("stage 1 MLSM only", False, True), ("stage 1 MLSM+PSCL", True, True),
                  ("stage 1 MLSM+PSCL, no bkg", True, False))
 
 
 def stage1_setups(cfg: Stage1Config, device: torch.device, names: tuple[str, ...] | None = None,
-                  suffix: str = "") -> tuple[list[Setup], ModelConfig]:
-    """MLSM only, MLSM + PSCL, MLSM + PSCL without background (the stage-1 loop body; those in
-    ``names`` if given), and the stage-1 model config they use. The optimizer gets the
-    training code's parameter groups (``cfg.encoder``: frozen or slower backbone)."""
-    data = resolve_data(cfg)
-    model_cfg = build_model_config(cfg, data)
-    records = data.index.split("train", need_labels=True)[: cfg.batch_size]
-    batch = first_batch(PatchDataset(records, data.index.num_classes, seed=data.seed), cfg.batch_size)
-    images, labels = batch["image"].to(device), batch["labels"].to(device)
-    background = batch["background"].to(device) if data.seed.enabled else None
-    autocast, use_scaler = autocast_for(device, cfg.precision)
+                  suffix: str = "") -> tuple[list[Setup], Stage1Trainer]:
+    """MLSM only, MLSM + PSCL, MLSM + PSCL without background (those in ``names`` if
+    given): stage-1 trainers of ``cfg`` with PSCL switched; the last trainer (its model
+    config makes stage 2's init)."""
     setups = []
     for name, pscl_on, with_bkg in STAGE1_SETUPS:
         if names is not None and name not in names:
             continue
-        seed_everything(cfg.seed)
-        net = PsclNet(model_cfg).to(device).train()
-        forward = _Stage1Forward(net)
-        opt = torch.optim.SGD(parameter_groups(net, cfg.optim.lr, cfg.encoder), lr=cfg.optim.lr,
-                              momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=10_000, power=cfg.optim.poly_power)
-        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        mlsm_loss = MLSMLoss()
-        pscl_loss = PSCLLoss(
-            threshold=cfg.pscl.threshold, include_background=with_bkg,
-            gating_threshold=cfg.pscl.gating_threshold if cfg.pscl.gating else None,
-            max_pixels_per_class_per_image=cfg.pscl.max_pixels_per_class_per_image,
-            max_pixels_total=cfg.pscl.max_pixels_total, loss=default_supcon(cfg.pscl.temperature),
-        )
-
-        def step(net=net, forward=forward, opt=opt, sched=sched, scaler=scaler, mlsm_loss=mlsm_loss,
-                 pscl_loss=pscl_loss, pscl_on=pscl_on) -> dict[str, float]:
-            with autocast:
-                logits, class_maps, features = forward(images)
-            total = mlsm_loss(logits, labels)
-            if pscl_on:
-                cams = cams_from_class_maps(class_maps.detach().float())
-                pscl = pscl_loss(features.float(), cams, background, image_labels=labels, logits=logits)
-                total = total + cfg.pscl.weight * pscl
-            loss = total.item()
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            return {"loss": loss, "pscl_pixels": pscl_loss.last_stats.get("sampled_pixels", 0) if pscl_on else 0}
-
-        setups.append(Setup(name + suffix, 1, cfg.batch_size, step, net, opt))
-    return setups, model_cfg
+        pscl = replace(cfg.pscl, enabled=pscl_on, include_background=with_bkg)
+        trainer = Stage1Trainer(replace(cfg, pscl=pscl))
+        trainer.prepare()
+        records = trainer.data.index.split("train", need_labels=True)[: cfg.batch_size]
+        batch = first_batch(PatchDataset(records, trainer.data.index.num_classes, seed=trainer.data.seed),
+                            cfg.batch_size)
+        setups.append(_setup(name + suffix, 1, trainer, device, batch))
+    return setups, trainer
 
 
-def stage2_setups(data_dir: Path, work: Path, stage1_cfg: ModelConfig, cfg: Stage2Config,
+def stage2_setups(data_dir: Path, work: Path, stage1: Stage1Trainer, cfg: Stage2Config,
                   device: torch.device, names: tuple[str, ...] = ("ce", "nr"), suffix: str = "") -> list[Setup]:
-    """CE and NR (those in ``names``): the stage-2 loop body, on pseudo-labels of a random
-    stage-1 network; parameter groups as in training (``cfg.encoder``)."""
+    """CE and NR (those in ``names``): stage-2 trainers on pseudo-labels of a random
+    stage-1 network."""
     torch.manual_seed(cfg.seed)
-    tag = stage1_cfg.preset or stage1_cfg.backbone
-    ckpt = save_checkpoint(PsclNet(stage1_cfg), work / f"train_steps_stage1_{tag}")
+    tag = stage1.model_cfg.preset or stage1.model_cfg.backbone
+    ckpt = save_checkpoint(PsclNet(stage1.model_cfg), work / f"train_steps_stage1_{tag}")
     pl_dir = work / f"train_steps_pseudo_labels_{tag}"
     generate_pseudo_labels(ckpt, data_dir, pl_dir, device=str(device), overwrite=True, progress=False)
-    index = open_dataset(data_dir)
-    records = open_pseudo_labels(pl_dir, index, need_cams=True).records[: cfg.batch_size]
-    batch = first_batch(PseudoLabelDataset(records, index.num_classes, with_cams=True), cfg.batch_size)
-    images = batch["image"].to(device)
-    init = load_checkpoint(ckpt)
-    autocast, use_scaler = autocast_for(device, cfg.precision)
+    cfg = replace(cfg, init=str(ckpt), data=replace(cfg.data, path=str(data_dir), pseudo_labels=str(pl_dir)))
     setups = []
     for name in names:
-        seed_everything(cfg.seed)
-        net = stage2_network(init).to(device)
-        net.cam_head.requires_grad_(False)
-        net.train()
-        forward = _SegmentationForward(net)
-        opt = torch.optim.AdamW(parameter_groups(net, cfg.optim.lr, cfg.encoder), lr=cfg.optim.lr,
-                                weight_decay=cfg.optim.weight_decay)
-        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        nr = NRLoss(probabilities=GumbelSoftmax(tau=cfg.loss.gumbel_tau)) if name == "nr" else None
-
-        def step(forward=forward, opt=opt, scaler=scaler, name=name, nr=nr) -> dict[str, float]:
-            with autocast:
-                logits = forward(images)
-            loss = segmentation_loss(name, logits, batch, device, nr)
-            value = loss.item()
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            return {"loss": value}
-
-        setups.append(Setup(f"stage 2 {name.upper()}{suffix}", 2, cfg.batch_size, step, net, opt))
+        trainer = Stage2Trainer(replace(cfg, loss=replace(cfg.loss, name=name)))
+        trainer.prepare()
+        records = trainer.labels.records[: cfg.batch_size]
+        batch = first_batch(PseudoLabelDataset(records, trainer.index.num_classes, with_cams=name == "nr"),
+                            cfg.batch_size)
+        setups.append(_setup(f"stage 2 {name.upper()}{suffix}", 2, trainer, device, batch))
     return setups
 
 
@@ -262,28 +211,26 @@ def encoder_case(preset: str, stage: int, batch: int, steps: int, warmup: int, d
     device = torch.device(device_name)
     data_dir = make_dataset(Path(work), batch, seed)
     setups: list[Setup] = []
-    model_cfg = None
     for freeze in (False, True):
         suffix = ", frozen" if freeze else ", trained"
-        cfg1 = load_stage1_config(None, {
-            "data.path": str(data_dir), "out": str(Path(work) / "unused_run"), "model.preset": preset,
-            "batch_size": batch, "data.workers": 0, "device": device_name, "precision": precision,
-            "progress": False, "seed": seed, "encoder.freeze": freeze})
+        common = {"data.path": str(data_dir), "out": str(Path(work) / "unused_run"), "batch_size": batch,
+                  "data.workers": 0, "device": device_name, "precision": precision, "progress": False,
+                  "seed": seed, "encoder.freeze": freeze}
+        cfg1 = load_config(Stage1Config, None, {**common, "model.preset": preset})
         if stage == 1:
-            got, model_cfg = stage1_setups(cfg1, device, names=("stage 1 MLSM+PSCL",), suffix=suffix)
+            setups += stage1_setups(cfg1, device, names=("stage 1 MLSM+PSCL",), suffix=suffix)[0]
         else:
-            model_cfg = build_model_config(cfg1, resolve_data(cfg1))
-            cfg2 = Stage2Config(batch_size=batch, device=device_name, precision=precision, seed=seed,
-                                encoder=EncoderTraining(freeze=freeze))
-            got = stage2_setups(data_dir, Path(work), model_cfg, cfg2, device, names=("ce",), suffix=suffix)
-        setups += got
+            stage1 = Stage1Trainer(cfg1)
+            stage1.prepare()
+            cfg2 = load_config(Stage2Config, None, common)
+            setups += stage2_setups(data_dir, Path(work), stage1, cfg2, device, names=("ce",), suffix=suffix)
     times, _, memory = time_steps(setups, steps, warmup, device)
     rows = []
     for s in setups:
-        net = s.net
+        net = s.trainer.net
         rows.append({
-            "encoder": preset, "backbone": model_cfg.backbone if model_cfg else "", "setup": s.name,
-            "stage": stage, "batch": batch, "s_step": statistics.median(times[s.name]),
+            "encoder": preset, "backbone": s.trainer.net.cfg.backbone, "setup": s.name, "stage": stage,
+            "batch": batch, "s_step": statistics.median(times[s.name]),
             "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
             "trainable_m": sum(p.numel() for p in net.parameters() if p.requires_grad) / 1e6,
             "resident_mib": s.resident_mib(), "step_mib": memory[s.name],
@@ -308,19 +255,18 @@ def compare_encoders(args: argparse.Namespace) -> None:
                                                     args.precision, args.seed, args.threads, str(work)))
                 rows += got
                 print(f"{preset} stage {stage}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+                for r in got:
+                    print("  " + json.dumps(r), flush=True)
     resolved = autocast_name(autocast_for(torch.device(args.device), args.precision)[0])
     print(f"\nrandom init, device {args.device}, precision {args.precision} = {resolved}, "
           f"{args.threads or torch.get_num_threads()} torch threads, batch {batch} of 224-px synthetic patches, "
           f"median of {args.steps} steps after {args.warmup} warm-up, trained/frozen interleaved")
-    by_key = {(r["encoder"], r["stage"], str(r["setup"]).endswith("frozen")): r for r in rows}
-    table = []
-    for r in rows:
-        trained = by_key[(r["encoder"], r["stage"], False)]
-        table.append([r["encoder"], r["backbone"], r["setup"], f"{r['params_m']:.1f}", f"{r['trainable_m']:.1f}",
-                      f"{r['s_step']:.3f}", r["batch"] / r["s_step"], f"{r['resident_mib']:.0f}",
-                      f"{r['step_mib']:.0f}", r["s_step"] / trained["s_step"]])
+    trained = {(r["encoder"], r["stage"]): r for r in rows if str(r["setup"]).endswith("trained")}
     print_table(["encoder", "backbone", "setup", "params M", "trained M", "s/step", "images/s",
-                 "weights+opt MiB", "step MiB", "time vs trained"], table)
+                 "weights+opt MiB", "step MiB", "time vs trained"],
+                [[r["encoder"], r["backbone"], r["setup"], f"{r['params_m']:.1f}", f"{r['trainable_m']:.1f}",
+                  f"{r['s_step']:.3f}", r["batch"] / r["s_step"], f"{r['resident_mib']:.0f}", f"{r['step_mib']:.0f}",
+                  r["s_step"] / trained[(r["encoder"], r["stage"])]["s_step"]] for r in rows])
 
 
 def main() -> None:
@@ -354,11 +300,12 @@ def main() -> None:
         overrides = {"data.path": str(data_dir), "out": str(work / "unused_run"), "model.preset": args.preset,
                      "batch_size": bs1, "data.workers": 0, "device": args.device, "precision": args.precision,
                      "progress": False, "seed": args.seed}
-        cfg1 = load_stage1_config(None, overrides)
-        cfg2 = Stage2Config(batch_size=bs2, device=args.device, precision=args.precision, seed=args.seed)
+        cfg1 = load_config(Stage1Config, None, overrides)
+        cfg2 = load_config(Stage2Config, None, {**{k: v for k, v in overrides.items() if k != "model.preset"},
+                                                "batch_size": bs2})
         device = torch.device(args.device)
-        setups, model_cfg = stage1_setups(cfg1, device)
-        setups += stage2_setups(data_dir, work, model_cfg, cfg2, device)
+        setups, stage1 = stage1_setups(cfg1, device)
+        setups += stage2_setups(data_dir, work, stage1, cfg2, device)
         print(f"data and networks ready in {time.perf_counter() - t0:.0f} s; timing {args.warmup} + {args.steps} "
               f"steps per setup …", flush=True)
         times, pixels, memory = time_steps(setups, args.steps, args.warmup, device)

@@ -3,7 +3,9 @@
 Layers, bottom to top:
   1. the source slide (``attrs["wsi_seg"]["slide"]["path"]``), when it still exists;
   2. one image per class activation map (class colour, additive, hidden);
-  3. the class-index mask as a Labels layer with the class colours and names.
+  3. the class-index mask as a Labels layer with the class colours and names;
+  4. the user's corrections (``labels/corrected``, saved from napari), when there are
+     some, as a second Labels layer; the mask under it is then hidden.
 
 All are multiscale, lazy (one dask array per zarr level) and placed in micrometres
 with the same corner convention as ``_slide_reader``. Only stores whose root carries
@@ -23,7 +25,7 @@ from napari_plugin import _notify
 from napari_plugin._slide_reader import METADATA_KEY as SLIDE_KEY
 from napari_plugin._slide_reader import UNITS_UM, LayerData, PathLike, ReaderFunction, _as_list, slide_layer_data
 from wsi_seg.errors import WsiSegError
-from wsi_seg.result import BACKGROUND, Placement, Result, read_provenance
+from wsi_seg.result import BACKGROUND, CORRECTED_NAME, LABEL_NAME, Placement, Result, read_provenance
 
 RESULT_KEY = "wsi_seg_result"  # layer.metadata[RESULT_KEY] describes the result
 
@@ -108,7 +110,6 @@ def result_layer_data(path: PathLike, include_slide: bool = True) -> list[LayerD
 
     result = open_result(path)
     activations = [da.from_zarr(result.activations(level)) for level in result.levels]
-    masks = [da.from_zarr(result.mask(level)) for level in result.levels]
     suffix = "" if result.complete else " (incomplete)"
     if not result.complete:
         _notify.warn(
@@ -133,18 +134,34 @@ def result_layer_data(path: PathLike, include_slide: bool = True) -> list[LayerD
             **_placement(result.placement(labels=False)),
         }
         layers.append((_multiscale([level[c] for level in activations]), kwargs, "image"))
+    corrected = CORRECTED_NAME in result.label_names
+    layers.append(labels_layer_data(result, LABEL_NAME, suffix, visible=not corrected))
+    if corrected:
+        layers.append(labels_layer_data(result, CORRECTED_NAME, suffix))
+    return layers
+
+
+def labels_layer_data(result: Result, labels: str = LABEL_NAME, suffix: str = "", visible: bool = True) -> LayerData:
+    """The Labels layer of the label image ``labels`` (mask or corrected) of a result.
+
+    Its ``features`` name the classes, so hovering shows "class: <name>" (status bar and
+    tooltip).
+    """
+    import dask.array as da
+
+    masks = [da.from_zarr(result.mask(level, labels)) for level in result.levels]
     n_classes = len(result.class_names)
-    labels_kwargs = {
-        "name": f"{result.name}: mask{suffix}",
+    kwargs = {
+        "name": f"{result.name}: {labels}{suffix}",
         "multiscale": len(masks) > 1,
         "colormap": label_colormap(result),
         "features": {"index": list(range(n_classes + 1)), "class": [BACKGROUND, *result.class_names]},
         "opacity": 0.5,
-        "metadata": _metadata(result, "mask"),
+        "visible": visible,
+        "metadata": _metadata(result, "mask", labels=labels),
         **_placement(result.placement(labels=True)),
     }
-    layers.append((_multiscale(masks), labels_kwargs, "labels"))
-    return layers
+    return _multiscale(masks), kwargs, "labels"
 
 
 def _slide_open_in_viewer(slide_path: Path | None) -> bool:

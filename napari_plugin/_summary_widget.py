@@ -70,7 +70,7 @@ class SummaryWidget(Container):
         self.extend([self.legend, self.refresh_button])
         self.rows: list[ClassArea] = []
         self.layer: Layer | None = None
-        self._cache: dict[tuple[str, bool], list[ClassArea]] = {}
+        self._cache: dict[tuple[str, bool, str, int], list[ClassArea]] = {}
         self.refresh_button.clicked.connect(lambda: self.refresh(force=True))
         layers = napari_viewer.layers
         connect_until_closed(self, [
@@ -92,7 +92,7 @@ class SummaryWidget(Container):
             self.legend.value = EMPTY_TEXT
             return self.rows
         meta = layer.metadata[RESULT_KEY]
-        key = (meta["path"], bool(meta["complete"]))
+        key = (meta["path"], bool(meta["complete"]), str(meta.get("labels", "mask")), id(layer))
         if force or key not in self._cache:
             self._cache[key] = summarize_layer(layer)
         self.rows = self._cache[key]

@@ -41,10 +41,14 @@ def require_napari() -> None:
         raise ViewerNotInstalledError(f"napari viewer not available ({exc}); {INSTALL_HINT}") from exc
 
 
-def open_viewer(slide: Path, mask: Path | None = None, mpp: float | None = None, show: bool = True) -> napari.Viewer:
+def open_viewer(
+    slide: Path, mask: Path | None = None, mpp: float | None = None, show: bool = True, docks: bool = True
+) -> napari.Viewer:
     """A napari viewer showing ``slide`` and, above it, the result ``mask`` (if given).
 
-    ``slide`` may itself be a result; its source slide is then shown under it.
+    ``slide`` may itself be a result; its source slide is then shown under it. With
+    ``docks``, the "Result summary" (legend, areas) and "Corrections" widgets are docked
+    on the right, and hovering shows the class under the cursor in a tooltip.
     """
     require_napari()
     import napari
@@ -71,8 +75,22 @@ def open_viewer(slide: Path, mask: Path | None = None, mpp: float | None = None,
     viewer = napari.Viewer(title=f"wsi-seg: {slide.name}", show=show)
     add_layer_data(viewer, slide_data + mask_data)
     _scale_bar(viewer).visible = True  # in µm: the layers carry their units
+    if docks:
+        dock_widgets(viewer)
     viewer.reset_view()
     return viewer
+
+
+def dock_widgets(viewer: napari.Viewer) -> tuple[object, object]:
+    """Dock the legend/summary and corrections widgets; class names show on hover."""
+    from napari_plugin._corrections_widget import CorrectionsWidget
+    from napari_plugin._summary_widget import SummaryWidget
+
+    summary, corrections = SummaryWidget(viewer), CorrectionsWidget(viewer)
+    viewer.window.add_dock_widget(summary, name="Result summary", area="right")
+    viewer.window.add_dock_widget(corrections, name="Corrections", area="right")
+    viewer.tooltip.visible = True  # the Labels layers' features: "class: <name>" under the cursor
+    return summary, corrections
 
 
 def _scale_bar(viewer: napari.Viewer):  # type: ignore[no-untyped-def]

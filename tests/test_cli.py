@@ -98,7 +98,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys, blob_slid
     other = tmp_path / "user_data"
     other.mkdir()
     code, _, err = segment(capsys, blob_slide, other, checkpoints[1])
-    assert_one_line_error(code, err, other, "not a complete wsi-seg result")
+    assert_one_line_error(code, err, other, "not a wsi-seg result")
 
 
 def test_partial_run_of_another_model_is_refused(tmp_path, capsys, blob_slide, checkpoints, monkeypatch):
@@ -114,7 +114,7 @@ def test_partial_run_of_another_model_is_refused(tmp_path, capsys, blob_slide, c
     assert code == 130 and "resume" in err
     monkeypatch.undo()
     code, _, err = segment(capsys, blob_slide, out, checkpoints[2])
-    assert_one_line_error(code, err, "different slide, model or settings")
+    assert_one_line_error(code, err, "another model", checkpoints[1], checkpoints[2])
     code, out_text, err = segment(capsys, blob_slide, out, checkpoints[1])
     assert code == 0 and is_complete(out), err
 

@@ -6,12 +6,13 @@ import json
 import numpy as np
 import pytest
 import zarr
+from conftest import write_result
 
 import wsi_seg.export as export_mod
 from wsi_seg.cli import export_cmd
 from wsi_seg.errors import ConfigError, DatasetError, OutputError, WsiSegError
 from wsi_seg.export import export_geojson
-from wsi_seg.output import ResultStore, partial_path
+from wsi_seg.result import partial_path
 
 NAMES = ["TE", "NEC", "LYM"]
 COLORS = [[205, 51, 51], [0, 128, 0], [0, 0, 255]]
@@ -21,19 +22,9 @@ S = MPP / SLIDE_MPP
 
 
 def make_result(root, mask, complete=True):
-    """A real result store (ResultStore, pyramid, OME metadata) holding ``mask``."""
-    h, w = mask.shape
-    prov = {"slide": {"path": "/slides/s.svs", "mpp": SLIDE_MPP, "dimensions_px": [int(w * S), int(h * S)]},
-            "mpp": MPP, "class_names": NAMES, "class_colors": COLORS}
-    tmp = partial_path(root)
-    store = ResultStore.create(tmp, (h, w), len(NAMES), CHUNK, prov)
-    store.open_for_writing()
-    store.write_block((0, 0), 0, 0, np.zeros((len(NAMES), h, w), np.uint8), mask)
-    store.close()
-    if not complete:
-        return tmp
-    store.finish(root, progress=False)
-    return root
+    """A real result store (ResultStore, pyramid, OME metadata) holding ``mask`` (conftest)."""
+    return write_result(root, mask, slide_mpp=SLIDE_MPP, mpp=MPP, class_names=tuple(NAMES),
+                        class_colors=tuple(tuple(c) for c in COLORS), chunk_px=CHUNK, complete=complete)
 
 
 def shapes_mask():

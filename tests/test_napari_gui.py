@@ -80,7 +80,7 @@ def test_manifest_readers_and_widgets_work_through_napari(npe2pm, make_napari_vi
         viewer.open(str(blob_slide), plugin="wsi-seg")
         viewer.open(str(result), plugin="wsi-seg")
         assert [type(layer).__name__ for layer in viewer.layers] == ["Image"] * 5 + ["Labels"]
-        for name in ("Segment slide", "Result summary"):
+        for name in ("Segment slide", "Result summary", "Corrections"):
             _dock, widget = viewer.window.add_plugin_dock_widget("wsi-seg", name)
             assert widget is not None
 

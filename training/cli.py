@@ -78,7 +78,8 @@ def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int, default=D.n_train, metavar="N", help="train patches (default: %(default)s)")
     p.add_argument("--n-test", type=int, default=D.n_test, metavar="N", help="test patches (default: %(default)s)")
     p.add_argument("--preset", default=D.preset, metavar="NAME", help="model preset (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=D.stage1_epochs, metavar="N", help="stage-1 epochs (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=D.stage1_epochs, metavar="N",
+                   help="stage-1 epochs (default: %(default)s)")
     p.add_argument("--stage2-epochs", type=int, default=D.stage2_epochs, metavar="N",
                    help="stage-2 epochs (default: %(default)s)")
     p.add_argument("--stage1-batch-size", type=int, default=None, metavar="N",
@@ -86,7 +87,8 @@ def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage2-batch-size", type=int, default=D.stage2_batch_size, metavar="N",
                    help="stage-2 batch (default: %(default)s)")
     p.add_argument("--seed", type=int, default=D.seed, metavar="N", help="seed of data and runs (default: %(default)s)")
-    p.add_argument("--device", default=D.device, metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--device", default=D.device, metavar="DEVICE",
+                   help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.set_defaults(func=run_benchmark_method)
 
 
@@ -121,7 +123,8 @@ def _register_synth_dataset(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int, default=800, metavar="N", help="train patches (default: %(default)s)")
     p.add_argument("--n-val", type=int, default=32, metavar="N", help="val patches (default: %(default)s)")
     p.add_argument("--n-test", type=int, default=128, metavar="N", help="test patches (default: %(default)s)")
-    p.add_argument("--mpp", type=float, default=1.0, metavar="UM", help="µm/px of the patches (default: 1.0, as LUAD-HistoSeg)")
+    p.add_argument("--mpp", type=float, default=1.0, metavar="UM",
+                   help="µm/px of the patches (default: 1.0, as LUAD-HistoSeg)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the patches (default: %(default)s)")
     p.set_defaults(func=_run_synth_dataset)
 
@@ -148,10 +151,16 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stage", type=int, choices=[1, 2], required=True,
                    help="1: classifier + PSCL from patch labels; 2: encoder + decoder on stage-1 pseudo-labels")
-    p.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML/TOML/JSON settings; flags override it")
-    p.add_argument("--overwrite", action="store_true", help="discard an existing run in RUN_DIR and start over")
-    add_config_flags(p, {"1": Stage1Config, "2": Stage2Config}, choice="--stage")
+    _add_run_flags(p, {"1": Stage1Config, "2": Stage2Config}, choice="--stage")
     p.set_defaults(func=run_train)
+
+
+def _add_run_flags(p: argparse.ArgumentParser, configs: dict[str, type], choice: str = "") -> None:
+    """--config, --overwrite and the flags of the run's config classes."""
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="YAML/TOML/JSON settings; flags override it")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing run in RUN_DIR and start over")
+    add_config_flags(p, configs, choice=choice)
 
 
 def train_config_from_args(args: argparse.Namespace) -> Any:
@@ -191,9 +200,7 @@ def _register_pretrain(sub: argparse._SubParsersAction) -> None:
                     "AdamW lr 1e-4, 20 epochs, batch 6) into RUN_DIR/encoder.safetensors, for "
                     "wsi-seg train --stage 1 --pretrained FILE with the same preset. Rerun to resume.",
     )
-    p.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML/TOML/JSON settings; flags override it")
-    p.add_argument("--overwrite", action="store_true", help="discard an existing run in RUN_DIR and start over")
-    add_config_flags(p, {"": PretrainConfig})
+    _add_run_flags(p, {"": PretrainConfig})
     p.set_defaults(func=run_pretrain)
 
 
@@ -238,8 +245,10 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gating", nargs="?", type=float, const=PsclConfig.gating_threshold, default=None, metavar="TAU",
                    help="gate CAMs by classification score (eq. 4.4–4.5); TAU sets τ_g (default: off; "
                         "TAU %(const)s)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="patches per model call (default: %(default)s)")
-    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="patches per model call (default: %(default)s)")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="DataLoader worker processes (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -265,7 +274,8 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=["mlps", "tpro", "both"], default="both",
                    help="mlps: ground-truth background excluded; tpro: background a class, mIoU over tissue "
                         "(default: both)")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the scores as JSON (default: no)")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE",
+                   help="also write the scores as JSON (default: no)")
     p.add_argument("--image-labels", choices=["gt", "predicted"], default="gt",
                    help="stage 1: classes a patch may take — from its ground truth, or the classifier's "
                         "(default: gt)")

@@ -124,11 +124,14 @@ class RunConfig:
         return _build(cls, data, source)
 
     def checks(self) -> list[tuple[bool, str]]:
-        """(ok, message) of each value check; subclasses add theirs."""
+        """(ok, message) of each value check, those of the nested settings (their own
+        ``checks()``) included; subclasses add theirs."""
+        nested = [getattr(self, f.name) for f in dataclasses.fields(self)]
         return [
             (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
             (self.precision in _PRECISIONS, f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"),
-            *self.data.checks(),
+            *(check for part in nested if hasattr(part, "checks") for check in part.checks()),
         ]
 
     def validate(self: _C) -> _C:
@@ -302,15 +305,6 @@ class Stage1Config(SupervisedRunConfig):
     encoder: EncoderTraining = field(default_factory=EncoderTraining)
     pscl: PsclConfig = field(default_factory=PsclConfig)
 
-    def checks(self) -> list[tuple[bool, str]]:
-        return [
-            *super().checks(),
-            *self.optim.checks(),
-            *self.encoder.checks(),
-            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            *self.pscl.checks(),
-        ]
-
 
 def _check(checks: list[tuple[bool, str]]) -> None:
     for ok, message in checks:
@@ -324,7 +318,8 @@ class Stage2DataConfig(DataSource):
     pseudo-label folder ``wsi-seg pseudo-labels`` wrote for its train split."""
 
     pseudo_labels: str = setting(
-        "", flag="--pseudo-labels", metavar="DIR", help="pseudo-labels of the train split, written by wsi-seg pseudo-labels",
+        "", flag="--pseudo-labels", metavar="DIR",
+        help="pseudo-labels of the train split, written by wsi-seg pseudo-labels",
         required="no pseudo-labels given (--pseudo-labels DIR, written by wsi-seg pseudo-labels, or data.pseudo_labels)")
 
 
@@ -376,15 +371,6 @@ class Stage2Config(SupervisedRunConfig):
     optim: AdamWConfig = field(default_factory=AdamWConfig)
     encoder: EncoderTraining = field(default_factory=EncoderTraining)
     loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [
-            *super().checks(),
-            *self.optim.checks(),
-            *self.encoder.checks(),
-            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            *self.loss.checks(),
-        ]
 
 
 @dataclass
@@ -438,12 +424,8 @@ class PretrainConfig(RunConfig):
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [
-            *super().checks(),
-            *self.optim.checks(),
-            (self.batch_size >= 2, f"batch_size must be ≥ 2 (NT-Xent needs other images), got {self.batch_size}"),
-            *self.contrast.checks(),
-        ]
+        return [*super().checks(), (self.batch_size >= 2,
+                                    f"batch_size must be ≥ 2 (NT-Xent needs other images), got {self.batch_size}")]
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -1,10 +1,7 @@
-"""Training-loop plumbing shared by stage 1, stage 2 and unsupervised pre-training.
-
-Each trainer (``stage1``, ``stage2``, ``pretrain``) owns its forward pass and loss;
-what they have in common lives here: device and torchrun setup, autocast, the run
-directory (create, check the settings fingerprint, refuse a finished run), the seeded
-(distributed) train loader, the per-epoch ``metrics.csv`` and the one-line error of a
-DataLoader worker.
+"""The pieces :class:`training.trainer.Trainer` runs a training with: device and torchrun
+setup, autocast, the run directory (create, check the settings fingerprint, refuse a
+finished run, resume its state), the seeded (distributed) train loader, the per-epoch
+``metrics.csv`` and the one-line error of a DataLoader worker.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +55,6 @@ def autocast_for(device: torch.device, precision: str) -> tuple[contextlib.Abstr
     from wsi_seg.runtime import autocast, needs_grad_scaler
 
     return autocast(device, precision), needs_grad_scaler(device, precision)
-
-
-def result_settings(settings: dict[str, Any], ignored: Sequence[str]) -> dict[str, Any]:
-    """``settings`` (a config's ``to_dict()``) without the dotted keys in ``ignored``:
-    those that do not change a run's result, so a resumed run may differ in them."""
-    d = json.loads(json.dumps(settings, default=str))
-    for dotted in ignored:
-        node = d
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return d
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -211,18 +194,3 @@ def train_loader(
         pin_memory=device.type == "cuda",
     )
     return loader, sampler, generator
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The loader seed of an epoch (the same in every trainer, so runs are comparable)."""
-    return seed * 1_000_003 + epoch
-
-
-@dataclass
-class RunResult:
-    """What a training run (stage 1, stage 2) leaves: its folder, checkpoint and history."""
-
-    run_dir: Path
-    checkpoint: Path | None  # None on ranks other than 0
-    history: list[dict[str, Any]]
-    resumed_from_epoch: int

@@ -29,60 +29,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from wsi_seg.errors import CheckpointError, ConfigError, WsiSegError
+from wsi_seg.errors import CheckpointError, ConfigError
 from wsi_seg.model import preset_config
 from wsi_seg.model.config import ModelConfig
 from wsi_seg.model.backbones import build_encoder, resolve_hub_backbone
 from wsi_seg.model.hub import is_hub_name
 from wsi_seg.model.pretrained import PretrainedWeights, hub_backbone_weights, resolve_pretrained
 
-from training.config import ModelSettings, PretrainConfig, dump_yaml
+from training.config import ModelSettings, PretrainConfig
 from training.datasets.unlabelled import ContrastiveViews, check_image_sizes, pretrain_images
-from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
-from training.loop import (
-    autocast_for,
-    device_and_dist,
-    epoch_seed,
-    per_rank_batch,
-    prepare_run_dir,
-    resume_run,
-    result_settings,
-    train_loader,
-    worker_error,
-    write_metrics_csv,
-)
 from training.losses import IntraInterNTXentLoss
-from training.reproducibility import rng_state, seed_everything
-from training.run_info import git_state, software_versions, write_run_json
-from training.run_state import RunState, fingerprint, save_run_state
+from training.trainer import EpochCallback, LossValues, RunResult, Trainer, TrainingParts
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "encoder.safetensors"
 METADATA_KEY = "wsi_seg_pretrain"
 WEIGHTS_FORMAT_VERSION = 1
-METRICS_COLUMNS = ("epoch", "loss", "intra", "inter", "lr", "seconds")
-_NON_RESULT_KEYS = ("out", "device", "progress", "data.workers", "model.pretrained_sha256")
-
-
-@dataclass
-class PretrainResult:
-    run_dir: Path
-    weights: Path | None  # None on ranks other than 0
-    history: list[dict[str, Any]]
-    resumed_from_epoch: int
 
 
 class ContrastiveNet(nn.Module):
@@ -204,27 +174,6 @@ def initial_weights(weights: PretrainedWeights | None) -> PretrainedWeights | st
     return weights.spec if is_hub_name(weights.spec) else weights
 
 
-def train_pretrain(
-    cfg: PretrainConfig,
-    overwrite: bool = False,
-    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-) -> PretrainResult:
-    """Pre-train the encoder into ``cfg.out``, resuming an interrupted run; see the module doc.
-
-    ``on_epoch_end(epoch, row)`` is called after each epoch's state is saved (epochs
-    count from 1); raising in it stops the run like an interruption would.
-    """
-    cfg.validate()
-    fp = fingerprint(result_settings(cfg.to_dict(), _NON_RESULT_KEYS))
-    device, dist_info = device_and_dist(cfg.device)
-    try:
-        return _train(cfg, fp, device, dist_info, overwrite, on_epoch_end)
-    except WsiSegError as exc:
-        raise worker_error(exc) from exc
-    finally:
-        shutdown(dist_info)
-
-
 def pretrain_model_config(cfg: PretrainConfig) -> ModelConfig:
     """The encoder's ModelConfig: the preset (or backbone) at the pre-training patch size;
     a hub backbone (``hf-hub:…``) resolved to its timm architecture."""
@@ -236,109 +185,59 @@ def pretrain_model_config(cfg: PretrainConfig) -> ModelConfig:
     return resolve_hub_backbone(preset_config(cfg.model.preset, **overrides))[0]
 
 
-def _train(
-    cfg: PretrainConfig,
-    fp: str,
-    device: torch.device,
-    dist_info: DistInfo,
-    overwrite: bool,
-    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
-) -> PretrainResult:
-    from tqdm import tqdm
+class PretrainTrainer(Trainer):
+    """NT-Xent on two views of each image: L_intra + λ·L_inter (eq. 4.1)."""
 
-    run_dir = Path(cfg.out)
-    weights_path = run_dir / WEIGHTS_NAME
-    per_rank_batch(cfg.batch_size, dist_info)
-    model_cfg = pretrain_model_config(cfg)
-    hub_weights = model_cfg.provenance.get("encoder_weights")
-    images = pretrain_images(cfg.data.path, cfg.data.format)
-    check_image_sizes(images, model_cfg.patch_size_px)
-    if len(images) < cfg.batch_size:
-        raise ConfigError(f"{cfg.data.path}: {len(images)} images, fewer than one batch of {cfg.batch_size}; lower --batch-size")
-    state_dir = prepare_run_dir(run_dir, fp, cfg.epochs, overwrite, dist_info, result=WEIGHTS_NAME, finished=weights_path)
-    seed_everything(cfg.seed)
-    weights = resolve_run_weights(cfg.model, model_cfg)
-    net = ContrastiveNet(model_cfg, cfg.contrast.projection_dim, pretrained=initial_weights(weights)).to(device)
-    _check_input_size(net.encoder, model_cfg)
-    if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-    net.train()
-    forward: nn.Module = net
-    if dist_info.enabled:
-        forward = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    dataset = ContrastiveViews(images, model_cfg.patch_size_px)
-    loader, sampler, loader_gen = train_loader(dataset, cfg.batch_size, dist_info, cfg.seed, cfg.data.workers, device)
-    steps_per_epoch = len(loader)
-    autocast, use_scaler = autocast_for(device, cfg.precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    loss_fn = IntraInterNTXentLoss(cfg.contrast.inter_weight, cfg.contrast.temperature)
+    cfg: PretrainConfig
+    metrics_columns = ("epoch", "loss", "intra", "inter", "lr", "seconds")
+    result_name = WEIGHTS_NAME
 
-    history, start_epoch, step = resume_run(state_dir, cfg.epochs, net, optimizer, scaler)
-    if dist_info.is_main:
-        write_run_json(run_dir, {
-            "resumed_after_epoch": start_epoch,
-            "device": str(device),
-            "world_size": dist_info.world_size,
-            "images": {"path": str(Path(cfg.data.path).resolve()), "count": len(images)},
-            "model": model_cfg.to_dict(),
-        })
+    def prepare(self) -> None:
+        cfg = self.cfg
+        self.model_cfg = pretrain_model_config(cfg)
+        self.images = pretrain_images(cfg.data.path, cfg.data.format)
+        check_image_sizes(self.images, self.model_cfg.patch_size_px)
+        if len(self.images) < cfg.batch_size:
+            raise ConfigError(f"{cfg.data.path}: {len(self.images)} images, fewer than one batch of "
+                              f"{cfg.batch_size}; lower --batch-size")
+        self.weights = resolve_run_weights(cfg.model, self.model_cfg)  # records its sha256 in cfg.model
 
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        loader_gen.manual_seed(epoch_seed(cfg.seed, epoch))
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        sums = {"loss": 0.0, "intra": 0.0, "inter": 0.0}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not (cfg.progress and dist_info.is_main), leave=False)
-        for batch in bar:
-            views = [batch[k].to(device, non_blocking=True) for k in ("image", "visual", "spatial")]
-            with autocast:
-                outputs = forward(*views)
-            loss = loss_fn(*(o.float() for o in outputs))
-            loss_value = loss.item()
-            if not math.isfinite(loss_value) and not use_scaler:
-                raise ConfigError(f"loss became {loss_value} at step {step + 1} (epoch {epoch + 1}); lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            sums["loss"] += loss_value
-            sums["intra"] += loss_fn.last_stats["intra"]
-            sums["inter"] += loss_fn.last_stats["inter"]
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-        means = mean_across_ranks({k: v / steps_per_epoch for k, v in sums.items()}, dist_info, device)
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            **{k: round(v, 6) for k, v in means.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - t0, 3),
+    def result_file(self) -> Path:
+        return self.run_dir / WEIGHTS_NAME
+
+    def build(self) -> TrainingParts:
+        cfg = self.cfg
+        net = ContrastiveNet(self.model_cfg, cfg.contrast.projection_dim,
+                             pretrained=initial_weights(self.weights)).to(self.device)
+        _check_input_size(net.encoder, self.model_cfg)
+        net.train()
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.loss_fn = IntraInterNTXentLoss(cfg.contrast.inter_weight, cfg.contrast.temperature)
+        return TrainingParts(net=net, optimizer=optimizer,
+                             dataset=ContrastiveViews(self.images, self.model_cfg.patch_size_px))
+
+    def step(self, batch: dict[str, torch.Tensor]) -> LossValues:
+        views = [batch[k].to(self.device, non_blocking=True) for k in ("image", "visual", "spatial")]
+        with self.autocast:
+            outputs = self.forward(*views)
+        loss = self.loss_fn(*(o.float() for o in outputs))
+        return {"loss": loss, "intra": self.loss_fn.last_stats["intra"], "inter": self.loss_fn.last_stats["inter"]}
+
+    def run_facts(self) -> dict[str, Any]:
+        return {
+            "images": {"path": str(Path(self.cfg.data.path).resolve()), "count": len(self.images)},
+            "model": self.model_cfg.to_dict(),
         }
-        history.append(row)
-        if dist_info.is_main:
-            rng_tensors, rng_values = rng_state()
-            save_run_state(
-                run_dir, net, optimizer,
-                RunState(epoch=epoch + 1, step=step, fingerprint=fp, history=history,
-                         scaler=scaler.state_dict() if use_scaler else {}, rng_values=rng_values),
-                rng_tensors,
-            )
-            write_metrics_csv(run_dir / "metrics.csv", history, METRICS_COLUMNS)
-            log.info("epoch %d/%d: loss %.4f (intra %.4f, inter %.4f), %.1f s",
-                     epoch + 1, cfg.epochs, row["loss"], row["intra"], row["inter"], row["seconds"])
-        barrier(dist_info)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, row)
 
-    weights = None
-    if dist_info.is_main:
-        weights = save_encoder_weights(net.encoder, weights_path, model_cfg, _provenance(cfg, images, run_dir))
-        log.info("pre-trained encoder written to %s", weights)
-    barrier(dist_info)
-    return PretrainResult(run_dir=run_dir, weights=weights, history=history, resumed_from_epoch=start_epoch)
+    def save_result(self) -> Path:
+        return save_encoder_weights(self.net.encoder, self.run_dir / WEIGHTS_NAME, self.model_cfg, _provenance(self))
+
+
+def train_pretrain(cfg: PretrainConfig, overwrite: bool = False,
+                   on_epoch_end: EpochCallback | None = None) -> RunResult:
+    """Pre-train the encoder into ``cfg.out``, resuming an interrupted run
+    (:meth:`training.trainer.Trainer.run`)."""
+    return PretrainTrainer(cfg).run(overwrite, on_epoch_end)
 
 
 def _check_input_size(encoder: nn.Module, cfg: ModelConfig) -> None:
@@ -361,20 +260,15 @@ def cfg_hub_weights(cfg: PretrainConfig) -> str | None:
     return backbone if backbone.startswith(("hf-hub:", "hf_hub:")) else None
 
 
-def _provenance(cfg: PretrainConfig, images: list[Path], run_dir: Path) -> dict[str, Any]:
+def _provenance(trainer: PretrainTrainer) -> dict[str, Any]:
+    cfg = trainer.cfg
     return {
         "method": "NT-Xent pre-training, L_intra + λ·L_inter (thesis §4.2)",
         "images": str(Path(cfg.data.path).resolve()),
-        "image_count": len(images),
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
+        "image_count": len(trainer.images),
         "optim": {"name": "AdamW", **dataclasses.asdict(cfg.optim)},
         "contrast": dataclasses.asdict(cfg.contrast),
         "initial_weights": cfg.model.pretrained if cfg.model.pretrained != "auto" else cfg_hub_weights(cfg) or "auto",
         "initial_weights_sha256": cfg.model.pretrained_sha256,
-        "run_dir": str(run_dir.resolve()),
-        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "software": software_versions(),
-        "git": git_state(),
+        **trainer.provenance(),
     }

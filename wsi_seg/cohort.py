@@ -22,7 +22,7 @@ from wsi_seg.errors import ConfigError, ResultError, WsiSegError
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.result import Result
 from wsi_seg.segment import CancelFlag, SegmentOptions, segment_slide
-from wsi_seg.slide import slide_fingerprint
+from wsi_seg.slide import Slide
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,9 @@ def is_finished(slide: Path, out: Path, model_sha256: str) -> bool:
     """True when ``out`` is a complete result of this very slide by the model with this sha256."""
     try:
         prov = Result.open(out).provenance
-        same_slide = prov.slide.fingerprint == slide_fingerprint(slide)
-    except (ResultError, OSError):
+        with Slide(slide) as s:
+            same_slide = prov.slide.fingerprint == s.fingerprint()
+    except (ResultError, OSError):  # SlideError is an OSError: segment_slide reports it
         return False
     return same_slide and prov.model.sha256 == model_sha256
 

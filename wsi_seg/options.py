@@ -6,12 +6,16 @@ without importing the engine.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from wsi_seg.errors import ConfigError
 from wsi_seg.tissue import TissueParams
 
 READERS = ("auto", "openslide", "jpeg-cpu", "jpeg-device")  # slide decoders, see wsi_seg.reader
+# 4·10¹⁰ px: a 200,000 × 200,000 px output, beyond any 40x slide at the model's resolution
+DEFAULT_MAX_OUTPUT_PX = 40_000_000_000
+MAX_UPSAMPLING = 2.0  # model px per slide level-0 px without allow_upsampling
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,8 @@ class SegmentOptions:
     tissue: TissueParams = field(default_factory=TissueParams)
     overwrite: bool = False
     progress: bool = True
+    allow_upsampling: bool = False  # a model µm/px more than MAX_UPSAMPLING× finer than level 0
+    max_output_px: int = DEFAULT_MAX_OUTPUT_PX  # level-0 output pixels a run may plan
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -41,3 +47,7 @@ class SegmentOptions:
             raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
         if self.reader not in READERS:
             raise ConfigError(f"unknown reader {self.reader!r}; use one of {', '.join(READERS)}")
+        if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise ConfigError(f"--mpp must be a positive number of µm per pixel, got {self.mpp}")
+        if self.max_output_px < 1:
+            raise ConfigError(f"--max-output-px must be ≥ 1, got {self.max_output_px}")

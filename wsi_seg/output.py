@@ -2,13 +2,12 @@
 
 The layout is in ``wsi_seg.result``, which reads it. A run writes to ``<out>.partial`` and renames it on success; ``.wsi_seg_progress``
 inside it lists finished blocks so an interrupted run resumes where it stopped.
+``wsi_seg.ownership`` decides what may be replaced; ``wsi_seg.lock`` keeps one run per output.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from wsi_seg.errors import OutputError
+from wsi_seg.ownership import PROGRESS_FILE, clear_partial, swap_into_place  # noqa: F401 (PROGRESS_FILE re-exported)
 from wsi_seg.pyramid import StreamingPyramid, halve_levels, level_shapes
 from wsi_seg.result import LABEL_NAME, PROVENANCE_KEY, is_complete, partial_path, read_provenance  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-PROGRESS_FILE = ".wsi_seg_progress"
 
 
 def _compressor() -> Any:
@@ -63,13 +62,14 @@ class ResultStore:
         chunk_px: int,
         provenance: dict[str, Any],
     ) -> ResultStore:
-        """A fresh store at ``root`` (removed first if it exists)."""
+        """A fresh store at ``root``, which must be new or our own ``.partial``: it is
+        emptied first, except for the lock file of the run that holds it."""
         import zarr
 
-        if root.exists():
-            shutil.rmtree(root)
         try:
-            group = zarr.open_group(str(root), mode="w", zarr_format=3)
+            if root.exists():
+                clear_partial(root)
+            group = zarr.open_group(str(root), mode="a", zarr_format=3)  # emptied above
             h, w = shape_hw
             group.create_array(
                 "0", shape=(num_classes, h, w), dtype="uint8", chunks=(1, chunk_px, chunk_px),
@@ -192,7 +192,7 @@ class ResultStore:
         ``expected`` or an odd chunk size), the NGFF metadata written from the
         provenance's µm/px and classes, ``stats`` (with ``levels``, and ``seconds`` since
         ``started``, a ``time.perf_counter()`` value) and the other ``provenance`` fields
-        added to the provenance, then ``complete`` (last) and the rename.
+        added to the provenance, then the rename and ``complete`` (last).
         """
         self.close()
         if self._pyramid is not None and self._pyramid.pending == 0:
@@ -270,14 +270,14 @@ class ResultStore:
         group.attrs[PROVENANCE_KEY] = {**group.attrs[PROVENANCE_KEY], **fields}
 
     def finalize(self, final: Path) -> None:
-        """Mark complete (last write), drop the progress file, rename into place."""
-        self.close()
-        (self.root / PROGRESS_FILE).unlink(missing_ok=True)
+        """Drop the progress file, swap into place (an old result of ours at ``final`` is
+        removed only once the new one is there), then mark complete: the last write, so a
+        store that failed to move is never taken for a result."""
         from datetime import datetime, timezone
 
-        self.update_provenance(complete=True, completed_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(self.root, final)
+        self.close()
+        (self.root / PROGRESS_FILE).unlink(missing_ok=True)
+        swap_into_place(self.root, final)
         self.root = final
+        self.update_provenance(complete=True, completed_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 

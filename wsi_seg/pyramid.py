@@ -41,7 +41,14 @@ def halve(activations: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
     h, w = mask.shape[0] // 2 * 2, mask.shape[1] // 2 * 2
     a = activations[:, :h, :w].astype(np.uint16)
     total = a[:, 0::2, 0::2] + a[:, 1::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 1::2]
-    return ((total + 2) // 4).astype(np.uint8), mask[:h:2, :w:2]
+    return ((total + 2) // 4).astype(np.uint8), halve_mask(mask)
+
+
+def halve_mask(mask: np.ndarray) -> np.ndarray:
+    """(H, W) class mask → half size: the top-left pixel of each 2×2 (odd edges dropped).
+    Also used alone where only labels change (``wsi_seg.corrections``)."""
+    h, w = mask.shape[0] // 2 * 2, mask.shape[1] // 2 * 2
+    return mask[:h:2, :w:2]
 
 
 WriteChunk = Callable[[int, int, int, np.ndarray, np.ndarray], None]  # (level, y0, x0, acts, mask)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,12 +17,14 @@ import torch
 
 from wsi_seg import __version__
 from wsi_seg.errors import Cancelled, NoTissueError, OutputError, SlideError
+from wsi_seg.lock import RunLock
 from wsi_seg.model.checkpoint import LoadedModel
-from wsi_seg.options import SegmentOptions
+from wsi_seg.options import MAX_UPSAMPLING, SegmentOptions
 from wsi_seg.output import ResultStore
+from wsi_seg.ownership import check_output, output_lock
 from wsi_seg.reader import BlockReader, plan_reader
-from wsi_seg.result import is_complete, partial_path, read_provenance
-from wsi_seg.runtime import resolve_runtime, torch_threads
+from wsi_seg.result import partial_path, read_provenance
+from wsi_seg.runtime import Runtime, resolve_runtime, torch_threads
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
 from wsi_seg.tissue import SeedParams, tissue_mask
@@ -53,9 +56,54 @@ class SegmentResult:
         )
 
 
+@dataclass(frozen=True)
+class SegmentPlan:
+    """What a run will do, known before it starts; the CLI prints it first."""
+
+    slide: str
+    out_shape: tuple[int, int]  # (H, W) px of output level 0
+    out_mpp: float
+    slide_mpp: float
+    tissue_patches: int
+    todo_patches: int  # tissue patches not done by an earlier, interrupted run
+    seconds_per_patch: float  # measured on one batch of the model on its device
+    device: str
+
+    @property
+    def estimate_s(self) -> float:
+        return self.todo_patches * self.seconds_per_patch
+
+    def describe(self) -> str:
+        h, w = self.out_shape
+        est = self.estimate_s
+        when = f"{est:.0f} s" if est < 120 else f"{est / 60:.0f} min" if est < 7200 else f"{est / 3600:.1f} h"
+        return (
+            f"{Path(self.slide).name}: planned output {w} × {h} px ({w * h / 1e6:,.1f} Mpx) at {self.out_mpp:g} µm/px "
+            f"from a {self.slide_mpp:g} µm/px slide; {self.todo_patches} of {self.tissue_patches} tissue patches to run, "
+            f"≈ {when} of model time on {self.device}"
+        )
+
+
+def check_bounds(slide: Slide, grid: TileGrid, model_mpp: float, options: SegmentOptions) -> None:
+    """Refuse, before any reading, a run that would upsample absurdly or plan a huge output."""
+    if grid.scale > MAX_UPSAMPLING and not options.allow_upsampling:
+        raise SlideError(
+            f"{slide.path}: the slide is {slide.mpp:g} µm/px and the model runs at {model_mpp:g} µm/px: "
+            f"{grid.scale:.3g}× upsampling of level 0 (more than {MAX_UPSAMPLING:g}×); check the slide's µm/px "
+            "(--mpp), or pass --allow-upsampling"
+        )
+    h, w = grid.out_shape
+    if h * w > options.max_output_px:
+        raise SlideError(
+            f"{slide.path}: the output would be {w} × {h} px ({h * w / 1e9:.3g} Gpx) at the model's {model_mpp:g} µm/px, "
+            f"over --max-output-px {options.max_output_px:.3g}; check the slide's µm/px (--mpp), or raise --max-output-px"
+        )
+
+
 def plan(slide: Slide, model_mpp: float, patch_px: int, options: SegmentOptions) -> tuple[TileGrid, np.ndarray]:
-    """(grid, which patches to run: (rows, cols) bool) for a slide."""
+    """(grid, which patches to run: (rows, cols) bool) for a slide; bounds are checked first."""
     grid = make_grid(slide.dimensions, slide.mpp, model_mpp, patch_px, options.overlap_px)
+    check_bounds(slide, grid, model_mpp, options)
     if min(grid.out_shape) < patch_px:
         raise SlideError(
             f"{slide.path}: slide is {grid.out_shape[1]}×{grid.out_shape[0]} px at the model's "
@@ -108,27 +156,51 @@ def _same_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return key(old) == key(new)
 
 
+def _mismatch(tmp: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Why the interrupted run in ``tmp`` is not this run, naming both sides."""
+    old_slide, new_slide = old.get("slide", {}), new.get("slide", {})
+    if old_slide.get("fingerprint") != new_slide.get("fingerprint"):
+        return (
+            f"{tmp}: holds an interrupted run of another slide ({old_slide.get('path')}, fingerprint "
+            f"{old_slide.get('fingerprint')}), not of {new_slide.get('path')} (fingerprint "
+            f"{new_slide.get('fingerprint')}); pass --overwrite to discard it"
+        )
+    if old.get("model", {}).get("sha256") != new.get("model", {}).get("sha256"):
+        return (
+            f"{tmp}: holds an interrupted run of another model ({old.get('model', {}).get('path')}), not of "
+            f"{new.get('model', {}).get('path')}; pass --overwrite to discard it"
+        )
+    keys = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
+    return f"{tmp}: holds an interrupted run with other settings ({', '.join(keys)}); pass --overwrite to discard it"
+
+
 def _prepare_store(out: Path, grid: TileGrid, model: LoadedModel, provenance: dict[str, Any], overwrite: bool) -> ResultStore:
-    """A store to write into: resumed if a matching partial run exists, else fresh."""
-    if out.exists():
-        if not overwrite:
-            what = "a complete wsi-seg result" if is_complete(out) else "something that is not a complete wsi-seg result"
-            raise OutputError(f"{out}: output already exists ({what}); pass --overwrite to replace it")
+    """A store to write into: resumed if a matching partial run exists, else fresh.
+
+    ``out`` was checked by ``ownership.check_output`` and its ``.partial`` is locked by this run.
+    """
     tmp = partial_path(out)
-    if tmp.exists() and not overwrite:
-        old = read_provenance(tmp)
-        if old is not None and _same_run(old, provenance):
+    old = read_provenance(tmp)
+    if old is not None and not overwrite:
+        if _same_run(old, provenance):
             log.info("resuming the interrupted run in %s", tmp)
             return ResultStore(tmp)
-        raise OutputError(
-            f"{tmp}: holds an interrupted run of a different slide, model or settings; "
-            "pass --overwrite to discard it"
-        )
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out.parent}: cannot create output folder ({exc.strerror or exc})") from exc
+        raise OutputError(_mismatch(tmp, old, provenance))
     return ResultStore.create(tmp, grid.out_shape, model.config.num_classes, grid.block_px, provenance)
+
+
+def _seconds_per_patch(net: Any, rt: Runtime, patch_px: int, seeded: bool) -> float:
+    """Model time per patch, from the second of two batches of noise (the first warms up)."""
+    n, device = rt.batch_size, rt.device
+    x = torch.randint(0, 256, (n, 3, patch_px, patch_px), dtype=torch.uint8, device=device)
+    bkg = torch.zeros((n, patch_px, patch_px), dtype=torch.bool, device=device) if seeded else None
+    with torch_threads(rt.torch_threads), torch.inference_mode(), rt.autocast():
+        net.predict(x, bkg)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        net.predict(x, bkg).mask.cpu()
+    return (time.perf_counter() - t) / n
 
 
 def _batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]]:
@@ -240,14 +312,17 @@ def segment_slide(
     options: SegmentOptions = SegmentOptions(),
     on_progress: Callable[[int, int], None] | None = None,
     cancel: CancelFlag | None = None,
+    on_plan: Callable[[SegmentPlan], None] | None = None,
 ) -> SegmentResult:
     """Segment one slide into an OME-Zarr at ``out`` (layout: ``wsi_seg.result``).
 
-    ``on_progress(patches_done, patches_total)`` is called after every batch. ``cancel``
+    ``out`` must be new or a result of ours (``--overwrite``); the run holds the lock of
+    ``out`` throughout. ``on_plan(plan)`` is called once the work is known, before
+    inference. ``on_progress(patches_done, patches_total)`` is called after every batch. ``cancel``
     is checked before every batch: once set, the run raises :class:`Cancelled` and
     leaves its finished blocks in a resumable ``.partial`` (rerun to resume).
     """
-    steps = segment_steps(slide_path, out, model, options, cancel)
+    steps = segment_steps(slide_path, out, model, options, cancel, on_plan)
     while True:
         try:
             report = next(steps)
@@ -263,16 +338,32 @@ def segment_steps(
     model: LoadedModel,
     options: SegmentOptions = SegmentOptions(),
     cancel: CancelFlag | None = None,
+    on_plan: Callable[[SegmentPlan], None] | None = None,
 ) -> Generator[SegmentProgress, None, SegmentResult]:
     """:func:`segment_slide` as a generator: yields progress after every batch and returns
     the result, so a caller (a GUI job) drives the run in its own thread. Closing the
     generator early stops the run like ``cancel`` does, leaving a resumable ``.partial``.
+    The lock on ``out`` is held from the first step until the generator ends.
     """
+    out = Path(out)
+    check_output(out, options.overwrite)
+    with output_lock(out) as lock:
+        return (yield from _locked_steps(Path(slide_path), out, model, options, cancel, on_plan, lock))
+
+
+def _locked_steps(
+    slide_path: Path,
+    out: Path,
+    model: LoadedModel,
+    options: SegmentOptions,
+    cancel: CancelFlag | None,
+    on_plan: Callable[[SegmentPlan], None] | None,
+    lock: RunLock,
+) -> Generator[SegmentProgress, None, SegmentResult]:
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    out = Path(out)
     cfg = model.config
     rt = resolve_runtime(options.device, options.precision, options.workers, options.batch_size,
                          options.threads)  # validates before any work
@@ -297,6 +388,14 @@ def segment_steps(
     reader = BlockReader(reader_plan, str(slide_path), info.mpp if options.mpp is None else options.mpp,
                          grid, todo, seed, device, workers)
     net = model.net.to(device).eval()
+    plan_ = SegmentPlan(
+        str(slide_path), grid.out_shape, cfg.mpp, info.mpp if options.mpp is None else options.mpp, n_total,
+        sum(len(b.patches) for b in todo), _seconds_per_patch(net, rt, cfg.patch_size_px, seed.enabled) if todo else 0.0,
+        str(device),
+    )
+    log.info("%s", plan_.describe())
+    if on_plan is not None:
+        on_plan(plan_)
     store.open_for_writing(expected=[b.index for b in blocks])  # the store grows the pyramid as blocks come
     writer = _BackgroundWriter(store)
     assembler = _BlockAssembler(grid, todo, cfg.num_classes, writer)
@@ -334,6 +433,7 @@ def segment_steps(
     stats = {"patches_run": n_run, "patches_skipped": n_skipped, "patches_resumed": n_resumed, "tissue_patches": n_total}
     store.finish(out, stats, started=t_start, progress=options.progress,
                  inference={**provenance["inference"], "reader": reader.provenance()})
+    lock.moved(out)
     timings["pyramid"] = time.perf_counter() - t
     seconds = time.perf_counter() - t_start
     return SegmentResult(out, n_run, n_skipped, n_resumed, seconds, timings)

@@ -1,12 +1,13 @@
 """Slide reading with OpenSlide: pyramid levels, µm/px, and reads at a target µm/px.
 
 Regions are read from the pyramid level nearest to (and not coarser than) the wanted
-resolution, then resized; never from level 0 when a closer level exists.
+resolution, then resized; never from level 0 when a closer level exists. Plain images
+(PNG, JPEG, stripped TIFF) open as single-level slides through OpenSlide's ``ImageSlide``,
+the same reader contract; they carry no µm/px, so they need ``--mpp``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -17,12 +18,19 @@ import numpy as np
 from PIL import Image
 
 from wsi_seg.errors import MissingMppError, SlideError
+from wsi_seg.fingerprint import slide_fingerprint
 
 log = logging.getLogger(__name__)
 
 # a level is "fine enough" if its µm/px is at most this much coarser than wanted
 LEVEL_TOLERANCE = 0.01
 _STRIP_PIXELS = 16_000_000  # thumbnail strips read at most this many level pixels
+MAX_THUMBNAIL_STRIPS = 128  # a thumbnail reads at most 128 × 16 Mpx (2 Gpx) of its level
+MAX_THUMBNAIL_PX = 32_000_000  # thumbnails coarser than asked rather than larger than this
+# µm/px a slide's metadata may plausibly give: 0.05 (beyond any objective) to 50 (below
+# any slide scan; a 72-dpi TIFF resolution tag reads as 352.8); --mpp overrides
+PLAUSIBLE_MPP = (0.05, 50.0)
+_CONVERT_HINT = "convert it to a pyramidal TIFF, e.g. `vips tiffsave IN OUT.tif --tile --pyramid --compression jpeg`"
 
 
 @dataclass(frozen=True)
@@ -40,16 +48,30 @@ class SlideInfo:
     fingerprint: str
 
 
-def slide_fingerprint(path: Path, sample_bytes: int = 1 << 20) -> str:
-    """Cheap content hash: file size + first and last MiB (slides are GB)."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(sample_bytes))
-        if size > sample_bytes:
-            f.seek(max(size - sample_bytes, sample_bytes))
-            h.update(f.read(sample_bytes))
-    return h.hexdigest()[:32]
+PLAIN_IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _open_plain_image(path: Path) -> tuple[object, str] | None:
+    """(``openslide.ImageSlide``, format) of a plain PNG/JPEG/TIFF image, or None if it is not one."""
+    import openslide
+
+    if path.suffix.lower() not in PLAIN_IMAGE_SUFFIXES:
+        return None
+    try:
+        with Image.open(path) as img:
+            fmt, size = img.format, img.size
+    except Image.DecompressionBombError as exc:
+        raise SlideError(f"{path}: a plain image too large to read whole ({exc}); {_CONVERT_HINT}") from exc
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if fmt not in PLAIN_IMAGE_SUFFIXES.values():
+        return None
+    try:
+        slide = openslide.ImageSlide(str(path))
+    except Exception as exc:  # PIL's own error types
+        raise SlideError(f"{path}: cannot read this {fmt} image ({exc})") from exc
+    log.debug("%s: a plain %s image of %d × %d px, read as one level", path, fmt, *size)
+    return slide, fmt
 
 
 class Slide:
@@ -63,16 +85,25 @@ class Slide:
             raise SlideError(f"{self.path}: slide file not found")
         if self.path.is_dir() and self.path.suffix.lower() != ".mrxs":
             raise SlideError(f"{self.path}: is a directory, not a slide file")
+        if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+            raise SlideError(f"{self.path}: --mpp must be a positive number of µm per pixel, got {mpp}")
+        if self.path.suffix.lower() == ".mrxs" and not self.path.with_suffix("").is_dir():
+            raise SlideError(
+                f"{self.path}: a MIRAX slide needs its companion folder {self.path.with_suffix('').name}/ "
+                "(Slidedat.ini and the Data*.dat files) next to the .mrxs file; copy that folder too"
+            )
+        self.plain_image: str | None = None  # the image format (PNG, JPEG, TIFF) of a plain image
         try:
             self._osr = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError as exc:
-            raise SlideError(f"{self.path}: unsupported or unreadable slide format") from exc
+            plain = _open_plain_image(self.path)
+            if plain is None:
+                raise SlideError(f"{self.path}: unsupported or unreadable slide format") from exc
+            self._osr, self.plain_image = plain
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlideError(f"{self.path}: cannot open slide ({exc})") from exc
         props = self._osr.properties
         if mpp is not None:
-            if not mpp > 0:
-                raise SlideError(f"{self.path}: --mpp must be positive, got {mpp}")
             self._mpp, self._mpp_source = float(mpp), "user"
         else:
             self._mpp, self._mpp_source = self._read_mpp(props), "metadata"
@@ -81,7 +112,8 @@ class Slide:
         self.dimensions: tuple[int, int] = tuple(self._osr.dimensions)  # type: ignore[assignment]
         self.level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
-        self.vendor = props.get("openslide.vendor", "unknown")
+        self.vendor = f"plain {self.plain_image} image" if self.plain_image else props.get("openslide.vendor", "unknown")
+        self._fingerprint: str | None = None
 
     @staticmethod
     def _read_mpp(props: object) -> float | None:
@@ -102,14 +134,45 @@ class Slide:
         return self._osr.properties
 
     @property
-    def mpp(self) -> float:
-        """Level-0 µm/px; raises MissingMppError when the slide does not say."""
+    def mpp_problem(self) -> str | None:
+        """Why the slide's own µm/px cannot be used (missing or implausible), or None."""
+        if self._mpp_source == "user":
+            return None
+        if self.plain_image:
+            return (
+                f"{self.path}: a plain {self.plain_image} image, not a whole-slide image, and it carries no µm/px; "
+                "pass --mpp with its resolution (e.g. --mpp 0.5 for a 20x scan) to segment it as a "
+                "single-level slide, or convert it to a pyramidal TIFF that records it, e.g. "
+                f"`vips tiffsave {self.path.name} OUT.tif --tile --pyramid --xres 2000 --yres 2000` (px/mm) for 0.5 µm/px"
+            )
         if self._mpp is None:
-            raise MissingMppError(
+            return (
                 f"{self.path}: slide has no µm/px metadata (openslide.mpp-x); "
                 "pass --mpp with the scan resolution, e.g. --mpp 0.25 for 40x"
             )
-        return self._mpp
+        lo, hi = PLAUSIBLE_MPP
+        if not lo <= self._mpp <= hi:
+            return (
+                f"{self.path}: its metadata says {self._mpp:g} µm/px, outside the {lo:g}–{hi:g} µm/px of slide "
+                "scans (a 72-dpi TIFF resolution tag reads as 352.8); pass --mpp with the scan resolution, "
+                "e.g. --mpp 0.25 for 40x"
+            )
+        return None
+
+    @property
+    def mpp(self) -> float:
+        """Level-0 µm/px; raises MissingMppError when the slide does not say, or says
+        something implausible (see ``PLAUSIBLE_MPP``), and ``--mpp`` was not given."""
+        problem = self.mpp_problem
+        if problem is not None:
+            raise MissingMppError(problem)
+        return self._mpp  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        """The slide's content fingerprint (``wsi_seg.fingerprint``), computed once."""
+        if self._fingerprint is None:
+            self._fingerprint = slide_fingerprint(self.path, self._osr.properties)
+        return self._fingerprint
 
     def info(self) -> SlideInfo:
         props = self._osr.properties
@@ -126,7 +189,7 @@ class Slide:
             mpp=self._mpp,
             mpp_source=self._mpp_source,
             objective_power=None if math.isnan(power) else power,
-            fingerprint=slide_fingerprint(self.path),
+            fingerprint=self.fingerprint(),
         )
 
     def level_for_mpp(self, target_mpp: float) -> int:
@@ -168,16 +231,26 @@ class Slide:
     def thumbnail(self, mpp: float) -> tuple[np.ndarray, float]:
         """An RGB thumbnail at about ``mpp`` µm/px, read in strips to bound memory.
 
+        Read from the coarsest level that suffices; coarser than ``mpp`` if it would
+        exceed ``MAX_THUMBNAIL_PX``. A slide without a level coarse enough to read in
+        ``MAX_THUMBNAIL_STRIPS`` strips is refused (SlideError) rather than read for hours.
         Returns the image and its exact µm/px (along x).
         """
         w0, h0 = self.dimensions
+        mpp = max(mpp, self.mpp * math.sqrt(w0 * h0 / MAX_THUMBNAIL_PX))
         scale = self.mpp / mpp
         out_w, out_h = max(1, round(w0 * scale)), max(1, round(h0 * scale))
         level = self.level_for_mpp(mpp)
         ds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
-        out = np.empty((out_h, out_w, 3), np.uint8)
         rows_per_strip = max(1, int(_STRIP_PIXELS / lw * out_h / lh))
+        if lw * lh > MAX_THUMBNAIL_STRIPS * _STRIP_PIXELS:
+            raise SlideError(
+                f"{self.path}: no pyramid level coarse enough for a thumbnail: level {level} ({lw} × {lh} px) "
+                f"would take {math.ceil(lw * lh / _STRIP_PIXELS):,} strip reads of 16 Mpx (at most "
+                f"{MAX_THUMBNAIL_STRIPS}); {_CONVERT_HINT}"
+            )
+        out = np.empty((out_h, out_w, 3), np.uint8)
         for oy in range(0, out_h, rows_per_strip):
             oy1 = min(out_h, oy + rows_per_strip)
             ly0, ly1 = math.floor(oy * lh / out_h), min(lh, math.ceil(oy1 * lh / out_h))

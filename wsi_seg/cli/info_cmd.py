@@ -14,13 +14,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.slide import Slide
+    from wsi_seg.errors import SlideError
+    from wsi_seg.slide import PLAUSIBLE_MPP, Slide
     from wsi_seg.tissue import TissueParams, tissue_mask
 
     with Slide(args.slide, mpp=args.mpp) as slide:
         info = slide.info()
         w, h = info.dimensions
         mpp = "unknown (pass --mpp)" if info.mpp is None else f"{info.mpp:.4f} ({info.mpp_source})"
+        if info.mpp is not None and slide.mpp_problem is not None:
+            mpp += f"; implausible, outside {PLAUSIBLE_MPP[0]:g}–{PLAUSIBLE_MPP[1]:g} µm/px: pass --mpp"
         print(f"slide:       {info.path}")
         print(f"vendor:      {info.vendor}")
         print(f"size:        {w} × {h} px")
@@ -30,9 +33,14 @@ def run(args: argparse.Namespace) -> int:
         for level, ((lw, lh), ds) in enumerate(zip(info.level_dimensions, info.level_downsamples)):
             extra = f"  {info.mpp * ds:.3f} µm/px" if info.mpp else ""
             print(f"level {level}:     {lw} × {lh} px  downsample {ds:g}{extra}")
-        if info.mpp is not None:
+        print(f"fingerprint: {info.fingerprint}")
+        if info.mpp is not None and slide.mpp_problem is None:
             params = TissueParams()
-            thumb, thumb_mpp = slide.thumbnail(max(params.thumbnail_mpp, info.mpp))
+            try:
+                thumb, thumb_mpp = slide.thumbnail(max(params.thumbnail_mpp, info.mpp))
+            except SlideError as exc:  # a slide too large to thumbnail: say so, the rest stands
+                print(f"tissue:      not measured ({str(exc).removeprefix(f'{slide.path}: ')})")
+                return 0
             tissue = tissue_mask(thumb, thumb_mpp, params)
             area_mm2 = tissue.sum() * thumb_mpp**2 / 1e6
             print(f"tissue:      {tissue.mean():.1%} of the slide, {area_mm2:.2f} mm²")

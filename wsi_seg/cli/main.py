@@ -21,6 +21,7 @@ from wsi_seg.errors import WsiSegError
 log = logging.getLogger("wsi_seg")
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `cat` gives when its reader (e.g. `head`) goes away
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     show_tb = args.traceback or os.environ.get("WSI_SEG_TRACEBACK") == "1"
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # the reader of our output stopped (`wsi-seg info … | head -1`): not an error to
+        # report; stdout goes to /dev/null so that Python's exit flush stays quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except WsiSegError as exc:
         if show_tb:
             raise

@@ -5,13 +5,29 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsi_seg.errors import ConfigError
-from wsi_seg.options import READERS, SegmentOptions
+from wsi_seg.options import DEFAULT_MAX_OUTPUT_PX, READERS, SegmentOptions
 from wsi_seg.tissue import TissueParams
 
+if TYPE_CHECKING:
+    from wsi_seg.segment import SegmentPlan
+
 log = logging.getLogger(__name__)
+
+
+def _pixel_count(text: str) -> int:
+    """A pixel count such as 4e10 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1 and value < 2**62):
+        raise argparse.ArgumentTypeError(f"expected a number of pixels ≥ 1 such as 4e10, got {text!r}")
+    return int(value)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "every core; up to 8 on CUDA)")
     p.add_argument("--overlap", type=int, default=SegmentOptions.overlap_px, metavar="PX",
                    help="patch overlap in px at the model resolution; centre-cropped (default: %(default)s)")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides whose metadata lacks it")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="level-0 µm/px of the slide: for slides whose metadata lacks it or gives an implausible "
+                        "value, and for plain PNG/JPEG/TIFF images (read as one level)")
+    p.add_argument("--allow-upsampling", action="store_true",
+                   help="allow a model µm/px more than 2× finer than the slide's level 0")
+    p.add_argument("--max-output-px", type=_pixel_count, default=DEFAULT_MAX_OUTPUT_PX, metavar="N",
+                   help="refuse a slide whose output at the model's µm/px would exceed N px "
+                        "(default: %(default).0e, a 200,000² px output)")
     p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction,
                    help="minimum tissue fraction of a patch to run it (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -54,11 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.cohort import SlideOutcome, expand_inputs, run_cohort
-    from wsi_seg.model.checkpoint import load_checkpoint
-    from wsi_seg.model.default import default_model_path
-    from wsi_seg.runtime import resolve_device
-    from wsi_seg.segment import segment_slide
+    from wsi_seg.ownership import check_output, cohort_lock, output_lock
 
     if args.out is not None and len(args.slides) != 1:
         raise ConfigError(f"--out takes one slide, got {len(args.slides)}; use --out-dir for several")
@@ -86,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         tissue=TissueParams(min_tissue_fraction=args.tissue_threshold),
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        allow_upsampling=args.allow_upsampling,
+        max_output_px=args.max_output_px,
     )
     if on_cluster:
         from wsi_seg.cohort_dask import import_distributed
@@ -95,11 +116,32 @@ def run(args: argparse.Namespace) -> int:
         # -v shows its warnings and errors, -vv its info
         levels = [logging.CRITICAL, logging.WARNING, logging.INFO]
         logging.getLogger("distributed").setLevel(levels[min(args.verbose, 2)])
+    with ExitStack() as held:
+        # before the model loads: an output that must not be written, or one in use, fails at once
+        if args.out is not None:
+            check_output(args.out, args.overwrite)
+            with output_lock(args.out):
+                pass
+        else:
+            held.enter_context(cohort_lock(args.out_dir))
+        return _run(args, options, on_cluster)
+
+
+def _run(args: argparse.Namespace, options: SegmentOptions, on_cluster: bool) -> int:
+    from wsi_seg.cohort import SlideOutcome, expand_inputs, run_cohort
+    from wsi_seg.model.checkpoint import load_checkpoint
+    from wsi_seg.model.default import default_model_path
+    from wsi_seg.runtime import resolve_device
+    from wsi_seg.segment import segment_slide
+
+    def show_plan(plan: SegmentPlan) -> None:
+        print(plan.describe(), flush=True)
+
     # on a cluster the workers load the model; the client only checks it and takes its sha256
     device = "cpu" if on_cluster else resolve_device(args.device)
     model = load_checkpoint(args.model if args.model is not None else default_model_path(), device=device)
     if args.out is not None:
-        result = segment_slide(Path(args.slides[0]), args.out, model, options)
+        result = segment_slide(Path(args.slides[0]), args.out, model, options, on_plan=show_plan)
         print(result.summary(Path(args.slides[0]).name))
         if args.preview is not None:
             from wsi_seg.report import write_report

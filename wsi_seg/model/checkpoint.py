@@ -21,6 +21,9 @@ from wsi_seg.model.pretrained import file_sha256
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 METADATA_KEY = "wsi_seg_config"
+# what a checkpoint must state rather than inherit from ModelConfig's defaults: a missing
+# class list would silently be the LUAD one, a missing µm/px 0.5
+REQUIRED_KEYS = ("class_names", "mpp", "patch_size_px")
 
 
 @dataclass
@@ -82,6 +85,14 @@ def read_config(path: str | Path) -> ModelConfig:
             if METADATA_KEY not in meta:
                 raise CheckpointError(f"{weights}: safetensors file carries no wsi-seg config")
             data = json.loads(meta[METADATA_KEY])
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{cfg_file or weights}: model config is not a JSON object")
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise CheckpointError(
+                f"{cfg_file or weights}: model config does not state {', '.join(missing)}; wsi-seg does not "
+                "guess them (add them to the config: the classes, µm/px and patch size it was trained with)"
+            )
         return ModelConfig.from_dict(data)
     except CheckpointError:
         raise
@@ -108,6 +119,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         net = PsclNet(cfg)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: cannot build its network: {exc}") from exc
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:  # timm: "Unknown model (…)", bad kwargs
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: cannot build its network from backbone {cfg.backbone!r} ({detail}); "
+            "is the backbone name a timm model of the installed timm version?"
+        ) from exc
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

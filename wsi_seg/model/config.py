@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,14 +59,14 @@ class ModelConfig:
             raise ConfigError(
                 f"{len(self.class_names)} class names but {len(self.class_colors)} colours"
             )
-        if self.patch_size_px % 32:
-            raise ConfigError(f"patch_size_px must be a multiple of 32, got {self.patch_size_px}")
+        if self.patch_size_px <= 0 or self.patch_size_px % 32:
+            raise ConfigError(f"patch_size_px must be a positive multiple of 32, got {self.patch_size_px}")
         if self.decoder_dim % 32:
             raise ConfigError(f"decoder_dim must be a multiple of 32 (GroupNorm), got {self.decoder_dim}")
         if self.vit_adapter not in ("simple", "intermediates"):
             raise ConfigError(f"vit_adapter must be simple or intermediates, got {self.vit_adapter!r}")
-        if not self.mpp > 0:
-            raise ConfigError(f"mpp must be positive, got {self.mpp}")
+        if not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise ConfigError(f"mpp must be a positive number of µm per pixel, got {self.mpp}")
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,348 @@
+"""Misuse matrix of ``wsi-seg`` (issue 15): each case run against the real CLI.
+
+Prints one Markdown row per case: exit code, the last line of stderr, and what is left
+on disk. Run it against any checkout to compare versions side by side::
+
+    PYTHONPATH=/path/to/old/checkout python benchmarks/misuse_matrix.py --work /tmp/m_old
+    python benchmarks/misuse_matrix.py --work /tmp/m_new
+
+Cases that never end on their own (absurd resolutions, huge sparse slides) are stopped
+after ``--timeout`` seconds and reported as such, with the peak size of what they wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+CLI = [sys.executable, "-c", "import sys; from wsi_seg.cli.main import main; sys.exit(main())"]
+
+
+def blob(size: int = 1024, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 240, np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    c = size / 2
+    inside = (yy - c) ** 2 / (0.4 * size) ** 2 + (xx - c) ** 2 / (0.4 * size) ** 2 < 1
+    img[inside] = (170, 90, 150)
+    img[inside & (xx > c)] = (200, 120, 170)
+    return np.clip(img.astype(int) + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
+
+
+def aperio(path: Path, rgb: np.ndarray, mpp: float = 0.5, tile: int = 128, compression: str | None = "zlib",
+           level1: np.ndarray | None = None) -> Path:
+    h, w = rgb.shape[:2]
+    level1 = np.ascontiguousarray(rgb[::4, ::4]) if level1 is None else level1
+    desc = f"Aperio Image Library v12.0.0\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) RGB|AppMag = 20|MPP = {mpp}"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(rgb, tile=(tile, tile), photometric="rgb", compression=compression, description=desc,
+                 metadata=None, subfiletype=0)
+        tw.write(level1, tile=(tile, tile), photometric="rgb",
+                 compression=compression, metadata=None, subfiletype=1)
+    return path
+
+
+def sparse_tiff(path: Path, size_px: int, tile: int = 1024, mpp: float = 0.5) -> Path:
+    """A tiled TIFF declaring size_px² px whose tiles are all empty (byte count 0): MBs on disk."""
+    n_tiles = (-(-size_px // tile)) ** 2
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        tw.write(iter([(b"", 0)] * n_tiles), shape=(size_px, size_px, 3), dtype=np.uint8, tile=(tile, tile),
+                 photometric="rgb", compression="zlib", resolution=(1e4 / mpp, 1e4 / mpp),
+                 resolutionunit="CENTIMETER", metadata=None)
+    return path
+
+
+def tiny_checkpoint(root: Path, **overrides: object) -> Path:
+    from wsi_seg.model import PsclNet, preset_config, save_checkpoint
+    import torch
+
+    torch.manual_seed(0)
+    return save_checkpoint(PsclNet(preset_config("tiny", stage=1, mpp=0.5)), root)
+
+
+def edit_config(src: Path, dst: Path, **changes: object) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def disk(root: Path) -> str:
+    """What a case left in its folder (top level), with wsi_seg completion flags."""
+    items = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("_"):
+            continue
+        if p.is_dir():
+            meta = p / "zarr.json"
+            flag = ""
+            if meta.exists():
+                prov = json.loads(meta.read_text()).get("attributes", {}).get("wsi_seg")
+                if prov is not None:
+                    flag = " complete" if prov.get("complete") else " incomplete"
+            n = sum(1 for _ in p.rglob("*"))
+            items.append(f"{p.name}/ ({n} entries{flag})")
+        else:
+            items.append(f"{p.name} ({p.stat().st_size} B)")
+    return ", ".join(items) or "nothing"
+
+
+def tree_bytes(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class Matrix:
+    def __init__(self, work: Path, timeout: float, hang_timeout: float) -> None:
+        self.work, self.timeout, self.hang = work, timeout, hang_timeout
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        fx = work / "_fixtures"
+        fx.mkdir()
+        self.slide = aperio(fx / "slide.tif", blob(1024))
+        self.big = aperio(fx / "big.tif", blob(4096), tile=256)
+        self.ckpt = tiny_checkpoint(fx / "ckpt")
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def case(self, name: str) -> Path:
+        d = self.work / name.replace(" ", "_").replace("/", "_")[:60]
+        d.mkdir()
+        return d
+
+    def run(self, *args: object, cwd: Path, model: bool = True, timeout: float | None = None,
+            stdin_pipe_to: list[str] | None = None) -> tuple[str, str, float]:
+        argv = [*CLI, *map(str, args)]
+        if model and args and args[0] == "segment":
+            argv += ["--model", str(self.ckpt), "--device", "cpu", "--no-progress"]
+        t = time.perf_counter()
+        try:
+            p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout or self.timeout)
+            rc, err = str(p.returncode), p.stderr
+        except subprocess.TimeoutExpired as exc:
+            rc = f"still running after {timeout or self.timeout:.0f} s (killed)"
+            err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        return rc, err, time.perf_counter() - t
+
+    def add(self, name: str, rc: str, err: str, where: Path, extra: str = "") -> None:
+        lines = [l for l in err.strip().splitlines() if l.strip()]
+        msg = lines[-1] if lines else "(nothing on stderr)"
+        if len(lines) > 1:
+            msg += f" [{len(lines)} lines on stderr]"
+        msg = msg.replace(str(self.work), "…").replace("|", "\\|")
+        self.rows.append((name, rc, msg[:220], (disk(where) + extra).replace(str(self.work), "…")))
+        print(f"| {name} | {rc} | {msg[:220]} | {self.rows[-1][3]} |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds a case may take")
+    ap.add_argument("--hang-timeout", type=float, default=90.0,
+                    help="seconds before a case known to run for hours in old versions is stopped")
+    ap.add_argument("--only", default="", help="comma-separated case-name prefixes")
+    args = ap.parse_args()
+    m = Matrix(args.work, args.timeout, args.hang_timeout)
+    print("| case | exit | message (last stderr line) | left on disk |\n|---|---|---|---|", flush=True)
+    for fn in CASES:
+        if not args.only or any(fn.__name__.startswith(p) for p in args.only.split(",")):
+            fn(m)
+
+
+def own_foreign_folder(m: Matrix) -> None:
+    d = m.case("overwrite a user folder")
+    (d / "results").mkdir()
+    (d / "results" / "notes.txt").write_text("my notes")
+    rc, err, _ = m.run("segment", m.slide, "--out", "results", "--overwrite", cwd=d)
+    m.add("`--out results --overwrite`, results/ holds user files", rc, err, d,
+          "; notes.txt " + ("kept" if (d / "results" / "notes.txt").exists() else "DELETED"))
+
+
+def own_existing_file(m: Matrix) -> None:
+    d = m.case("overwrite a file")
+    (d / "existing_file").write_text("data")
+    rc, err, _ = m.run("segment", m.slide, "--out", "existing_file", "--overwrite", cwd=d)
+    m.add("`--out existing_file --overwrite`", rc, err, d)
+    rc2, err2, _ = m.run("export", "existing_file.partial", "--geojson", "x.geojson", cwd=d, model=False)
+    m.add("… then `export existing_file.partial`", rc2, err2, d)
+
+
+def own_failed_overwrite(m: Matrix) -> None:
+    d = m.case("failed overwrite keeps the old result")
+    rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", cwd=d)
+    bad = d / "bad.svs"
+    bad.write_bytes(b"\0" * 1000)
+    rc, err, _ = m.run("segment", bad, "--out", "o.zarr", "--overwrite", cwd=d)
+    m.add("`--overwrite` of a complete result with an unreadable slide", rc, err, d)
+
+
+def concurrent(m: Matrix) -> None:
+    d = m.case("two runs one out")
+    base = [*CLI, "segment", str(m.big), "--out", "o.zarr", "--model", str(m.ckpt), "--device", "cpu", "--no-progress"]
+    a = subprocess.Popen(base, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prog = d / "o.zarr.partial" / ".wsi_seg_progress"
+    t0 = time.time()
+    while not (prog.exists() and prog.stat().st_size > 0) and a.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    b = subprocess.run([*base, "--overwrite"], cwd=d, capture_output=True, text=True, timeout=600)
+    _, err_a = a.communicate(timeout=600)
+    m.add("two runs on one `--out`: the second (`--overwrite`) started while the first runs", str(b.returncode), b.stderr, d)
+    m.add("… the first run", str(a.returncode), err_a, d)
+
+
+def stale_lock(m: Matrix) -> None:
+    d = m.case("killed run then rerun")
+    base = [*CLI, "segment", str(m.big), "--out", "o.zarr", "--model", str(m.ckpt), "--device", "cpu", "--no-progress"]
+    a = subprocess.Popen(base, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prog = d / "o.zarr.partial" / ".wsi_seg_progress"
+    t0 = time.time()
+    while not (prog.exists() and prog.stat().st_size > 0) and a.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    rc, err, _ = m.run("segment", m.big, "--out", "o.zarr", cwd=d, timeout=600)
+    m.add("rerun after the first run was SIGKILLed (stale lock)", rc, err, d)
+
+
+def fingerprint_collision(m: Matrix) -> None:
+    d = m.case("fingerprint collision")
+    # uncompressed tiles: same size, same first and last MiB, different middle
+    img_a = blob(2048, seed=1)
+    img_b = img_a.copy()
+    img_b[700:1400, 300:1800] = (60, 20, 90)
+    a_path = aperio(d / "a.tif", img_a, compression=None)
+    b_path = aperio(d / "b.tif", img_b, compression=None, level1=np.ascontiguousarray(img_a[::4, ::4]))
+    same = (a_path.stat().st_size == b_path.stat().st_size
+            and a_path.read_bytes()[: 1 << 20] == b_path.read_bytes()[: 1 << 20]
+            and a_path.read_bytes()[-(1 << 20):] == b_path.read_bytes()[-(1 << 20):])
+    base = [*CLI, "segment", str(a_path), "--out", "o.zarr", "--model", str(m.ckpt), "--device", "cpu", "--no-progress"]
+    p = subprocess.Popen(base, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prog = d / "o.zarr.partial" / ".wsi_seg_progress"
+    t0 = time.time()
+    while not (prog.exists() and prog.stat().st_size > 0) and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    rc, err, _ = m.run("segment", b_path, "--out", "o.zarr", cwd=d, timeout=600)
+    m.add(f"resume slide b into an interrupted run of slide a (same size, head and tail: {same})", rc, err, d)
+
+
+def absurd_72dpi(m: Matrix) -> None:
+    d = m.case("72 dpi tiff")
+    rgb = blob(320)[:250, :300]
+    tifffile.imwrite(d / "photo.tif", rgb, tile=(64, 64), photometric="rgb", resolution=(72, 72),
+                     resolutionunit="INCH", metadata=None)
+    rc, err, _ = m.run("segment", "photo.tif", "--out", "o.zarr", cwd=d, timeout=m.hang)
+    m.add("300×250 TIFF with a 72-dpi resolution tag (352.8 µm/px)", rc, err, d,
+          f"; {tree_bytes(d / 'o.zarr.partial') / 1e6:.1f} MB in o.zarr.partial")
+
+
+def absurd_mpp(m: Matrix) -> None:
+    d = m.case("mpp 1000")
+    rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--mpp", "1000", cwd=d, timeout=m.hang)
+    m.add("`--mpp 1000`", rc, err, d, f"; {tree_bytes(d / 'o.zarr.partial') / 1e6:.1f} MB in o.zarr.partial")
+
+
+def huge_sparse(m: Matrix) -> None:
+    d = m.case("huge sparse tiff")
+    path = d / "huge.tif"
+    n = 1_000_000
+    sparse_tiff(path, n)
+    size_mb = path.stat().st_size / 1e6
+    t = time.perf_counter()
+    rc, err, secs = m.run("info", "huge.tif", cwd=d, model=False, timeout=m.hang)
+    m.add(f"`info` on a sparse 10⁶×10⁶ px TIFF ({size_mb:.1f} MB on disk)", rc, err, d, f"; {secs:.1f} s")
+    rc, err, secs = m.run("segment", "huge.tif", "--out", "o.zarr", cwd=d, timeout=m.hang)
+    m.add("`segment` of the same", rc, err, d, f"; {secs:.1f} s")
+
+
+def unknown_backbone(m: Matrix) -> None:
+    d = m.case("unknown backbone")
+    ck = edit_config(m.ckpt, d / "ckpt", backbone="no_such_net_224")
+    rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--model", ck, "--device", "cpu", cwd=d, model=False)
+    m.add("checkpoint config names an unknown timm backbone", rc, err, d)
+
+
+def mpp_inf(m: Matrix) -> None:
+    d = m.case("mpp inf")
+    rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--mpp", "inf", cwd=d)
+    m.add("`--mpp inf`", rc, err, d)
+    rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--mpp", "nan", cwd=d)
+    m.add("`--mpp nan`", rc, err, d)
+
+
+def broken_pipe(m: Matrix) -> None:
+    d = m.case("broken pipe")
+    p = subprocess.run(f"{' '.join(map(repr, [*CLI, 'info', str(m.slide)]))} | head -1; echo \"rc=${{PIPESTATUS[0]}}\" >&2",
+                       shell=True, executable="/bin/bash", cwd=d, capture_output=True, text=True, timeout=120)
+    lines = p.stderr.strip().splitlines()
+    rc = lines[-1].removeprefix("rc=") if lines else "?"
+    m.add("`wsi-seg info … | head -1`", rc, "\n".join(lines[:-1]), d)
+
+
+def long_name(m: Matrix) -> None:
+    d = m.case("long output name")
+    out = "r" * 245 + ".zarr"
+    rc, err, secs = m.run("segment", m.slide, "--out", out, cwd=d)
+    m.add("250-character output name", rc, err, d, f"; {secs:.1f} s")
+
+
+def config_defaults(m: Matrix) -> None:
+    for key in ("class_names", "mpp"):
+        d = m.case(f"config without {key}")
+        ck = edit_config(m.ckpt, d / "ckpt", **{key: None})
+        rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--model", ck, "--device", "cpu", "--no-progress",
+                           cwd=d, model=False)
+        m.add(f"checkpoint config without `{key}`", rc, err, d)
+    d = m.case("patch size 0")
+    ck = edit_config(m.ckpt, d / "ckpt", patch_size_px=0)
+    rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--model", ck, "--device", "cpu", cwd=d, model=False)
+    m.add("checkpoint config with `patch_size_px: 0`", rc, err, d)
+
+
+def mrxs(m: Matrix) -> None:
+    d = m.case("mrxs alone")
+    (d / "scan.mrxs").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 2000)
+    rc, err, _ = m.run("segment", "scan.mrxs", "--out", "o.zarr", cwd=d)
+    m.add("`.mrxs` without its companion folder", rc, err, d)
+
+
+def plain_images(m: Matrix) -> None:
+    from PIL import Image
+
+    img = blob(1024)
+    for ext in ("png", "jpg"):
+        d = m.case(f"plain {ext}")
+        Image.fromarray(img).save(d / f"patch.{ext}")
+        rc, err, _ = m.run("segment", f"patch.{ext}", "--out", "o.zarr", cwd=d)
+        m.add(f"`.{ext}` image without `--mpp`", rc, err, d)
+        rc, err, _ = m.run("segment", f"patch.{ext}", "--out", "o.zarr", "--mpp", "0.5", cwd=d)
+        m.add(f"`.{ext}` image with `--mpp 0.5`", rc, err, d)
+    d = m.case("stripped tiff")
+    tifffile.imwrite(d / "strips.tif", img, photometric="rgb", rowsperstrip=64, metadata=None)
+    rc, err, _ = m.run("segment", "strips.tif", "--out", "o.zarr", "--mpp", "0.5", cwd=d)
+    m.add("non-pyramidal stripped TIFF with `--mpp 0.5`", rc, err, d)
+
+
+CASES = [own_foreign_folder, own_existing_file, own_failed_overwrite, concurrent, stale_lock,
+         fingerprint_collision, absurd_72dpi, absurd_mpp, huge_sparse, unknown_backbone, mpp_inf,
+         broken_pipe, long_name, config_defaults, mrxs, plain_images]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The "Corrections" dock widget: paint corrections over a result, save them to ``labels/corrected``.
+
+Logic lives in ``_corrections`` (no Qt); this widget wires it to buttons. Errors are one
+line, shown in the widget and as a napari notification; nothing is half-written (see
+``wsi_seg.corrections``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import Container, Label, PushButton
+
+from napari_plugin import _notify
+from napari_plugin._corrections import (
+    EDIT_KEY,
+    edit_layer_kwargs,
+    edit_layers,
+    level0_box,
+    load_edit_region,
+    visible_world_box,
+)
+from napari_plugin._result_reader import RESULT_KEY, label_colormap, labels_layer_data
+from napari_plugin._summary_widget import current_mask_layer, result_mask_layers
+from wsi_seg.corrections import CorrectionSave, open_for_corrections
+from wsi_seg.errors import WsiSegError
+from wsi_seg.result import CORRECTED_NAME, Result
+
+if TYPE_CHECKING:  # napari only for typing
+    import napari
+    from napari.layers import Labels
+
+HELP_TEXT = (
+    "1. Zoom to a region and press <b>Edit visible region</b>.<br>"
+    "2. Paint with napari's brush or fill: the label is the class<br>"
+    "&nbsp;&nbsp;&nbsp;(hover to see class names; 0 erases to background).<br>"
+    "3. <b>Save corrections</b> writes them to labels/corrected;<br>"
+    "&nbsp;&nbsp;&nbsp;the model's labels/mask is never changed."
+)
+
+
+class CorrectionsWidget(Container):
+    """Edit the labels in view, then save the edits into the result."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = napari_viewer
+        self.help = Label(value=HELP_TEXT)
+        self.edit_button = PushButton(text="Edit visible region")
+        self.save_button = PushButton(text="Save corrections")
+        self.status = Label(value="")
+        self.extend([self.help, self.edit_button, self.save_button, self.status])
+        self.edit_button.clicked.connect(self.edit_visible_region)
+        self.save_button.clicked.connect(self.save)
+
+    def _fail(self, exc: WsiSegError) -> None:
+        self.status.value = str(exc)
+        _notify.error(str(exc))
+
+    def edit_visible_region(self) -> Labels | None:
+        """Add a paintable layer with the labels in view (corrected ones when there are)."""
+        mask_layer = current_mask_layer(self._viewer)
+        if mask_layer is None:
+            self.status.value = "Open a wsi-seg result first."
+            return None
+        try:
+            result = open_for_corrections(mask_layer.metadata[RESULT_KEY]["path"])  # refusals before painting
+            box = level0_box(visible_world_box(self._viewer), tuple(mask_layer.scale[-2:]),
+                             tuple(mask_layer.translate[-2:]), result.level_shape(0))
+            if box is None:
+                self.status.value = "The view shows none of the result; pan or zoom onto it."
+                return None
+            region = load_edit_region(result, box)
+        except WsiSegError as exc:
+            self._fail(exc)
+            return None
+        kwargs = edit_layer_kwargs(result, region, tuple(mask_layer.scale[-2:]), tuple(mask_layer.translate[-2:]),
+                                   label_colormap(result))
+        layer = self._viewer.add_labels(region.before.copy(), **kwargs)
+        layer.mode = "paint"
+        layer.selected_label = 1
+        self._viewer.layers.selection.active = layer
+        h, w = region.before.shape
+        self.status.value = f"Editing {w} × {h} px at level {region.level} ({2**region.level}× level 0)."
+        return layer
+
+    def save(self) -> list[CorrectionSave]:
+        """Save every edit layer's changes; show the corrected labels."""
+        saved: list[CorrectionSave] = []
+        layers = edit_layers(self._viewer)
+        if not layers:
+            self.status.value = "Nothing to save: press Edit visible region and paint first."
+            return saved
+        paths = set()
+        for layer in layers:
+            region = layer.metadata[EDIT_KEY]
+            try:
+                record = region.save(layer.data)
+            except WsiSegError as exc:
+                self._fail(exc)
+                return saved
+            saved.append(record)
+            if record.pixels_changed:
+                paths.add(region.path)
+        for path in paths:
+            self._show_corrected(path)
+        pixels = sum(r.pixels_changed for r in saved)
+        chunks = sum(len(r.chunks) for r in saved)
+        self.status.value = (f"Saved {pixels:,} px in {chunks} chunks to labels/{CORRECTED_NAME}."
+                             if pixels else "No changes to save.")
+        if pixels:
+            _notify.info(self.status.value)
+        return saved
+
+    def _show_corrected(self, path: str) -> None:
+        """(Re)load the corrected labels of ``path`` just above its mask; hide the mask."""
+        from napari.layers import Layer
+
+        def of_path(labels: str | None = None) -> list[Labels]:
+            return [layer for layer in result_mask_layers(self._viewer)
+                    if layer.metadata[RESULT_KEY]["path"] == path
+                    and (labels is None or layer.metadata[RESULT_KEY].get("labels") == labels)]
+
+        for layer in of_path(CORRECTED_NAME):
+            self._viewer.layers.remove(layer)
+        masks = of_path()
+        for layer in masks:
+            layer.visible = False
+        index = max((self._viewer.layers.index(layer) for layer in masks), default=len(self._viewer.layers) - 1) + 1
+        data, kwargs, kind = labels_layer_data(Result.open(path), CORRECTED_NAME)
+        self._viewer.layers.insert(index, Layer.create(data, kwargs, kind))

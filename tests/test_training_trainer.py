@@ -1,0 +1,111 @@
+"""The Trainer base on a toy trainer: what every trainer gets from it (resume, seeding,
+metrics rows, refusals), without a real network."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from wsi_seg.errors import ConfigError, OutputError
+
+from training.config import RunConfig, load_config
+from training.trainer import Trainer, TrainingParts, epoch_seed
+
+
+class _Points(torch.utils.data.Dataset):
+    def __init__(self, n: int = 12) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+@dataclass
+class _ToyConfig(RunConfig):
+    lr: float = 0.05
+
+
+class _ToyTrainer(Trainer):
+    """Linear regression with a noisy loss term drawn from its own seeded generator."""
+
+    metrics_columns = ("epoch", "loss", "noise", "lr", "seconds")
+
+    def build(self) -> TrainingParts:
+        net = nn.Linear(4, 1)
+        self.noise = torch.Generator()
+        return TrainingParts(net=net, optimizer=torch.optim.SGD(net.parameters(), lr=self.cfg.lr, momentum=0.9),
+                             dataset=_Points(),
+                             scheduler=lambda opt, total: torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total))
+
+    def start_epoch(self, noise_seed: int) -> None:
+        self.noise.manual_seed(noise_seed)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
+        with self.autocast:
+            pred = self.forward(batch["x"]).squeeze(1)
+        noise = float(torch.rand((), generator=self.noise))
+        return {"loss": ((pred - batch["y"]) ** 2).mean() * (1 + noise), "noise": noise}
+
+    def save_result(self):
+        path = self.run_dir / "checkpoint"
+        path.mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path / "model.safetensors"))
+        return path
+
+
+def _cfg(tmp_path, name: str, **overrides) -> _ToyConfig:
+    return load_config(_ToyConfig, None, {"out": str(tmp_path / name), "epochs": 3, "batch_size": 4,
+                                          "data.path": "unused", "data.workers": 0, "device": "cpu",
+                                          "progress": False, "seed": 2, **overrides})
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    full = _ToyTrainer(_cfg(tmp_path, "full")).run()
+    assert [r["epoch"] for r in full.history] == [1, 2, 3] and full.resumed_from_epoch == 0
+
+    def stop(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _ToyTrainer(_cfg(tmp_path, "cut")).run(on_epoch_end=stop)
+    trainer = _ToyTrainer(_cfg(tmp_path, "cut"))
+    resumed = trainer.run()
+    assert resumed.resumed_from_epoch == 2 and trainer.steps_done == 9  # 12 points, batch 4, 3 epochs
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.history]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history]
+    a = load_file(str(full.checkpoint / "model.safetensors"))
+    b = load_file(str(resumed.checkpoint / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with open(tmp_path / "cut" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(_ToyTrainer.metrics_columns) and len(rows) == 3
+    run = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert run["resumed_after_epoch"] == 2 and run["world_size"] == 1
+    assert (tmp_path / "cut" / "config.yaml").is_file()
+    with pytest.raises(OutputError, match="finished"):
+        _ToyTrainer(_cfg(tmp_path, "cut")).run()
+    with pytest.raises(ConfigError, match="different settings"):
+        _ToyTrainer(_cfg(tmp_path, "cut", lr=0.01)).run()
+
+
+def test_a_diverging_loss_stops_with_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"loss became (inf|nan) at step \d+ \(epoch 1\); lower --lr"):
+        _ToyTrainer(_cfg(tmp_path, "big", lr=1e12)).run()
+
+
+def test_the_batch_order_and_the_loss_noise_have_their_own_seeds():
+    assert epoch_seed(3, 1) == epoch_seed(3, 1) != epoch_seed(3, 2)
+    assert epoch_seed(3, 1, rank=0) != epoch_seed(3, 1, rank=1)
+    assert epoch_seed(3, 1) != epoch_seed(4, 1)
