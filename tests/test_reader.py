@@ -24,7 +24,7 @@ from wsi_seg.reader import plan_reader
 from wsi_seg.segment import SegmentOptions, segment_slide
 from wsi_seg.slide import Slide
 from wsi_seg.synthetic import write_demo_slide
-from wsi_seg.tissue import SeedParams
+from wsi_seg.tissue import BackgroundSeedParams
 
 CPU = torch.device("cpu")
 
@@ -212,7 +212,7 @@ def test_tensor_small_object_removal_equals_skimage():
         m = rng.random((67, 91)) < p
         assert np.array_equal(remove_small_objects(torch.from_numpy(m), 12).numpy(), skimage_rso(m, max_size=11))
     rgb = np.asarray(Image.open(io.BytesIO(_demo_png())))
-    params = SeedParams(min_size_px=50)
+    params = BackgroundSeedParams(min_size_px=50)
     ours = seed_on_device(torch.from_numpy(rgb.copy()).permute(2, 0, 1), params).numpy()
     assert (ours == params.seed(rgb)).mean() > 0.999
 
@@ -268,3 +268,25 @@ def test_undecodable_tile_is_one_slide_error(tmp_path, demo_jpeg):
     decoder = TileDecoder(CPU)
     with pytest.raises(SlideError, match=r"broken.tif: cannot decode JPEG tile \(0, 0\)"):
         decoder.decode(level, [bytes(data[off : off + 500])], [(0, 0)])
+
+
+def test_prefetched_items_keep_order_raise_errors_and_stop_early():
+    import threading
+
+    from wsi_seg.reader import prefetched
+
+    assert list(prefetched(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise SlideError("x.svs: cannot decode")
+
+    it = prefetched(failing())
+    assert next(it) == 1
+    with pytest.raises(SlideError, match="cannot decode"):
+        next(it)
+    before = threading.active_count()
+    it = prefetched(iter(range(1000)), depth=1)
+    assert next(it) == 0
+    it.close()  # the consumer stops: the thread ends
+    assert threading.active_count() <= before

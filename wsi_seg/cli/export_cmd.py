@@ -11,12 +11,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("result", type=Path, metavar="MASK.zarr", help="a complete result of `wsi-seg segment`")
     p.add_argument("--geojson", type=Path, required=True, metavar="OUT.geojson",
                    help="GeoJSON FeatureCollection to write, in slide level-0 pixel coordinates")
-    p.add_argument("--level", type=int, default=0, help="pyramid level of the mask to trace (default: 0)")
+    p.add_argument("--level", type=int, default=0, metavar="N", help="pyramid level of the mask to trace (default: %(default)s)")
     p.add_argument("--simplify", type=float, default=None, metavar="PX",
                    help="simplification tolerance in slide level-0 px; 0 = exact pixel outlines "
                         "(default: 2 pixels of the traced level)")
-    p.add_argument("--min-area-um2", type=float, default=0.0, help="drop regions smaller than this (default: 0)")
-    p.add_argument("--min-hole-um2", type=float, default=None,
+    p.add_argument("--min-area-um2", type=float, default=0.0, metavar="UM2",
+                   help="drop regions smaller than this (default: %(default)s)")
+    p.add_argument("--min-hole-um2", type=float, default=None, metavar="UM2",
                    help="fill holes smaller than this (default: --min-area-um2)")
     p.add_argument("--classes", default=None, metavar="NAME,…", help="only these classes (default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.geojson")
