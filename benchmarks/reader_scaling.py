@@ -1,15 +1,18 @@
-"""Slide-reading throughput alone: ``BlockDataset`` + ``DataLoader`` as ``segment`` sets
-them up, no model, against the number of reader processes; plus the cost per patch of
-each reading step in this process.
+"""Slide-reading throughput alone: the block reader ``segment`` sets up, no model, for
+each decoder (``--readers``: openslide, jpeg-cpu = raw JPEG tiles with DCT scaling,
+jpeg-device = raw tiles decoded in batches by torchvision on ``--device``) against the
+number of reader processes; plus the cost per patch of each OpenSlide reading step.
 
 Throughput: patches/s delivered to the main process (worker start-up included, as in a
-``segment`` run) for each ``--workers`` value; the settings are interleaved round by
-round (``--rounds``) and the best round is kept, so load from other jobs hits all alike.
+``segment`` run) for each reader × ``--workers`` value; the settings are interleaved
+round by round (``--rounds``) and the best round is kept, so load from other jobs hits
+all alike. Ends with ``ratio jpeg-cpu/openslide = X.XX`` (at the first worker count).
 Cost split (one process, ``--workers`` 0 style): OpenSlide decode (``read_region`` at the
 chosen level), resize to the model µm/px, background seed, cutting into patches — ms
 per patch, from reading every block of the slide once.
 
     python benchmarks/reader_scaling.py --work /tmp/wsi_bench
+    python benchmarks/reader_scaling.py --workers 0 --readers openslide,jpeg-cpu
     python benchmarks/reader_scaling.py --quick
 """
 
@@ -24,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import DataLoader
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import demo_slide, print_table, work_folder  # noqa: E402
 
 from wsi_seg.model import preset_config  # noqa: E402
-from wsi_seg.reader import BlockDataset  # noqa: E402
+from wsi_seg.runtime import resolve_device  # noqa: E402
+from wsi_seg.reader import BlockDataset, BlockReader, plan_reader  # noqa: E402
 from wsi_seg.segment import SegmentOptions, plan  # noqa: E402
 from wsi_seg.slide import Slide  # noqa: E402
 from wsi_seg.tiling import Block, TileGrid  # noqa: E402
@@ -38,8 +42,8 @@ from wsi_seg.tissue import SeedParams  # noqa: E402
 
 
 def make_dataset(slide_path: Path, seeding: bool) -> tuple[BlockDataset, int]:
-    """The BlockDataset ``segment`` builds for this slide (default model geometry), and
-    its patch count."""
+    """The OpenSlide BlockDataset ``segment`` builds for this slide (default model
+    geometry), and its patch count."""
     cfg = preset_config("small")  # only µm/px, patch size and seeding matter here
     with Slide(slide_path) as slide:
         grid, run = plan(slide, cfg.mpp, cfg.patch_size_px, SegmentOptions())
@@ -49,16 +53,22 @@ def make_dataset(slide_path: Path, seeding: bool) -> tuple[BlockDataset, int]:
     return BlockDataset(str(slide_path), mpp, grid, blocks, seed), int(run.sum())
 
 
-def loader_throughput(dataset: BlockDataset, workers: int) -> float:
-    """Patches/s through the DataLoader ``segment_slide`` builds (fresh workers)."""
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+def reader_throughput(dataset: BlockDataset, reader: str, workers: int, device: torch.device) -> float:
+    """Patches/s through the ``BlockReader`` ``segment_slide`` builds for ``reader``
+    (fresh workers; for jpeg-device, decoded tensors on ``device``)."""
+    cfg = preset_config("small")
+    with Slide(dataset.slide_path) as slide:
+        plan_ = plan_reader(reader, slide, cfg.mpp, device)
+    blocks = BlockReader(plan_, dataset.slide_path, dataset.slide_mpp, dataset.grid, dataset.blocks,
+                         dataset.seed, device, workers)
     t = time.perf_counter()
     n = 0
-    for item in loader:
+    for item in blocks:
         if "error" in item:
             raise RuntimeError(item["error"])
         n += item["patches"].shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return n / (time.perf_counter() - t)
 
 
@@ -115,12 +125,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=12288, help="demo slide side, px at 0.25 µm/px")
     ap.add_argument("--tissue-fraction", type=float, default=0.6)
     ap.add_argument("--workers", default="0,1,2,4", help="reader process counts to compare")
+    ap.add_argument("--readers", default="openslide,jpeg-cpu,jpeg-device", help="decoders to compare")
+    ap.add_argument("--device", default="cpu", help="where jpeg-device decodes (cpu, cuda)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept")
     ap.add_argument("--no-seed", action="store_true", help="skip background seeding (models trained without it)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.rounds = 4096, 1
     counts = [int(w) for w in args.workers.split(",")]
+    readers = args.readers.split(",")
+    device = resolve_device(args.device)
     # more workers than cores is the point of the comparison; torch's warning about it is noise
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     with work_folder(args.work) as work:
@@ -129,27 +143,36 @@ def main() -> None:
         dataset, n_patches = make_dataset(slide.path, not args.no_seed)
         print(f"{n_patches} tissue patches in {len(dataset)} blocks", flush=True)
         dataset[0]  # warm the OS file cache
-        split = cost_split(dataset)
-        best: dict[int, float] = dict.fromkeys(counts, 0.0)
-        for r in range(args.rounds):
-            for w in counts:
-                best[w] = max(best[w], loader_throughput(dataset, w))
-            print(f"  round {r + 1}: " + ", ".join(f"{w} workers {best[w]:.1f} p/s" for w in counts), flush=True)
-    ref = best.get(1) or best[counts[0]]
-    ref_name = "1 process" if 1 in best else f"{counts[0]} workers"
+        split = cost_split(dataset) if "openslide" in readers else None
+        best = {(r, w): 0.0 for r in readers for w in counts}
+        for k in range(args.rounds):
+            for r in readers:
+                for w in counts:
+                    best[r, w] = max(best[r, w], reader_throughput(dataset, r, w, device))
+            print(f"  round {k + 1}: " + ", ".join(f"{r}/{w} {best[r, w]:.1f}" for r in readers for w in counts),
+                  flush=True)
     print(f"\nreader throughput, no model: {args.size}² px demo slide (tissue {args.tissue_fraction:g}), "
-          f"224-px patches at 0.5 µm/px, seeding {'off' if args.no_seed else 'on'}, best of {args.rounds}")
-    print_table(["workers", "patches/s", f"vs {ref_name}"], [[w, best[w], best[w] / ref] for w in counts])
+          f"224-px patches at 0.5 µm/px from the 0.25 µm/px level, seeding {'off' if args.no_seed else 'on'}, "
+          f"jpeg-device on {device}, best of {args.rounds}")
+    ref = readers[0]
+    print_table(["workers", *[f"{r} p/s" for r in readers], *[f"{r}/{ref}" for r in readers[1:]]],
+                [[w, *[best[r, w] for r in readers], *[best[r, w] / best[ref, w] for r in readers[1:]]]
+                 for w in counts])
     print("workers 0 = read in the main process; ≥ 1 = DataLoader worker processes (start-up included)")
-    print("\ncost per patch, one process (ms):")
-    print_table(["decode", "resize", "seed", "cut+tensor", "item total"],
-                [[1000 * split["decode"], 1000 * split["resize"], 1000 * split["seed"], 1000 * split["cut"],
-                  1000 * split["item"]]])
-    print(f"decode share of an item = {split['decode'] / split['item']:.2f}; "
-          f"one-process ceiling = {1 / split['item']:.1f} patches/s")
-    for w in counts:
-        if w != 1 and 1 in best:
-            print(f"ratio {w} workers / 1 process = {best[w] / ref:.2f}")
+    if split is not None:
+        print("\nOpenSlide cost per patch, one process (ms):")
+        print_table(["decode", "resize", "seed", "cut+tensor", "item total"],
+                    [[1000 * split["decode"], 1000 * split["resize"], 1000 * split["seed"], 1000 * split["cut"],
+                      1000 * split["item"]]])
+        print(f"decode share of an item = {split['decode'] / split['item']:.2f}; "
+              f"one-process ceiling = {1 / split['item']:.1f} patches/s")
+    for r in readers:
+        if 1 in counts:
+            for w in counts:
+                if w != 1:
+                    print(f"ratio {r} {w} workers / 1 process = {best[r, w] / best[r, 1]:.2f}")
+    if "openslide" in readers and "jpeg-cpu" in readers:
+        print(f"ratio jpeg-cpu/openslide = {best['jpeg-cpu', counts[0]] / best['openslide', counts[0]]:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ inference, stitching, pyramid), patches run / wall seconds.
 
     python benchmarks/segment_throughput.py                     # small + swin-t presets
     python benchmarks/segment_throughput.py --presets small --size 4096
+    python benchmarks/segment_throughput.py --readers openslide,auto   # decoders side by side
 
-Each preset runs ``--repeats`` times, end-to-end and model-only alternating; medians are
-reported. Ends with ``ratio end_to_end/model_only = X.XX`` for the last preset.
+Each preset × reader runs ``--repeats`` times, end-to-end and model-only alternating;
+medians are reported. Ends with ``ratio end_to_end/model_only = X.XX`` for the last row.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from wsi_seg.model import PsclNet, load_checkpoint, preset_config, save_checkpoint
+from wsi_seg.result import read_provenance
 from wsi_seg.runtime import autocast, available_cpus, resolve_batch_size, resolve_device, resolve_precision, resolve_workers
 from wsi_seg.segment import SegmentOptions, segment_slide
 from wsi_seg.synthetic import write_demo_slide
@@ -57,6 +59,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="patches per call (default: the engine's auto)")
     ap.add_argument("--workers", type=int, default=None, help="reader processes (default: the engine's auto)")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--readers", default="auto", help="slide decoders to compare (--reader of segment)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per preset; medians are reported")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -72,25 +75,29 @@ def main() -> None:
             torch.manual_seed(0)
             ckpt = save_checkpoint(PsclNet(preset_config(preset, stage=args.stage)), tmp / f"ck_{preset}")
             model = load_checkpoint(ckpt, device=device)
-            opts = SegmentOptions(device=str(device), batch_size=args.batch_size, workers=args.workers,
-                                  precision=args.precision, overwrite=True, progress=False)
-            runs = []  # e2e and model-only alternate, so a slow phase of a shared machine hits both
-            for _ in range(args.repeats):
-                res = segment_slide(demo.path, tmp / f"out_{preset}.zarr", model, opts)
-                mo = model_only(model.net, device, args.batch_size, res.patches_run, args.precision)
-                runs.append((res, mo))
-            res, _ = sorted(runs, key=lambda r: r[0].patches_per_second)[len(runs) // 2]
-            e2e = statistics.median(r.patches_per_second for r, _ in runs)
-            mo = statistics.median(m for _, m in runs)
-            rows.append((preset, res.patches_run, res.seconds, e2e, mo, res.timings))
+            for reader in args.readers.split(","):
+                opts = SegmentOptions(device=str(device), batch_size=args.batch_size, workers=args.workers,
+                                      precision=args.precision, reader=reader, overwrite=True, progress=False)
+                runs = []  # e2e and model-only alternate, so a slow phase of a shared machine hits both
+                for _ in range(args.repeats):
+                    res = segment_slide(demo.path, tmp / f"out_{preset}.zarr", model, opts)
+                    mo = model_only(model.net, device, args.batch_size, res.patches_run, args.precision)
+                    runs.append((res, mo))
+                res, _ = sorted(runs, key=lambda r: r[0].patches_per_second)[len(runs) // 2]
+                e2e = statistics.median(r.patches_per_second for r, _ in runs)
+                mo = statistics.median(m for _, m in runs)
+                used = read_provenance(res.out)["inference"]["reader"]
+                name = used["used"] + (f" 1/{used['dct_reduction']}" if used.get("dct_reduction", 1) > 1 else "")
+                rows.append((preset, f"{reader}={name}", res.patches_run, res.seconds, e2e, mo, res.timings))
     print(f"device {device}, batch {args.batch_size}, workers {resolve_workers(device, args.workers, available_cpus().cpus)}, "
           f"precision {args.precision} = {resolve_precision(device, args.precision)}, "
           f"threads {torch.get_num_threads()}, slide {args.size}² px @0.25 µm/px, median of {args.repeats}")
-    print(f"{'preset':>8} {'patches':>8} {'wall s':>8} {'e2e p/s':>9} {'model p/s':>10} {'ratio':>6}  split (s)")
-    for preset, n, sec, e2e, mo, tm in rows:
+    print(f"{'preset':>8} {'reader':>22} {'patches':>8} {'wall s':>8} {'e2e p/s':>9} {'model p/s':>10} "
+          f"{'ratio':>6}  split (s)")
+    for preset, reader, n, sec, e2e, mo, tm in rows:
         split = ", ".join(f"{k} {v:.1f}" for k, v in tm.items())
-        print(f"{preset:>8} {n:>8} {sec:>8.1f} {e2e:>9.2f} {mo:>10.2f} {e2e / mo:>6.2f}  {split}")
-    print(f"ratio end_to_end/model_only = {rows[-1][3] / rows[-1][4]:.2f}")
+        print(f"{preset:>8} {reader:>22} {n:>8} {sec:>8.1f} {e2e:>9.2f} {mo:>10.2f} {e2e / mo:>6.2f}  {split}")
+    print(f"ratio end_to_end/model_only = {rows[-1][4] / rows[-1][5]:.2f}")
 
 
 if __name__ == "__main__":

@@ -268,3 +268,25 @@ def test_undecodable_tile_is_one_slide_error(tmp_path, demo_jpeg):
     decoder = TileDecoder(CPU)
     with pytest.raises(SlideError, match=r"broken.tif: cannot decode JPEG tile \(0, 0\)"):
         decoder.decode(level, [bytes(data[off : off + 500])], [(0, 0)])
+
+
+def test_prefetched_items_keep_order_raise_errors_and_stop_early():
+    import threading
+
+    from wsi_seg.reader import prefetched
+
+    assert list(prefetched(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise SlideError("x.svs: cannot decode")
+
+    it = prefetched(failing())
+    assert next(it) == 1
+    with pytest.raises(SlideError, match="cannot decode"):
+        next(it)
+    before = threading.active_count()
+    it = prefetched(iter(range(1000)), depth=1)
+    assert next(it) == 0
+    it.close()  # the consumer stops: the thread ends
+    assert threading.active_count() <= before

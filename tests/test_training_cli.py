@@ -23,7 +23,9 @@ def test_thesis_defaults():
     cfg = Stage1Config()
     assert (cfg.epochs, cfg.batch_size, cfg.optim.lr, cfg.optim.poly_power) == (5, 16, 0.1, 0.9)
     assert (cfg.pscl.weight, cfg.pscl.threshold, cfg.pscl.temperature) == (0.1, 0.25, 0.1)
-    assert cfg.pscl.include_background and not cfg.pscl.gating and cfg.pscl.gating_threshold == 0.8
+    # gating on, τ_g 0.8, ε 0: the headline (gated) rows of tables 5.16/5.17
+    assert cfg.pscl.include_background and cfg.pscl.gating and cfg.pscl.gating_threshold == 0.8
+    assert cfg.pscl.gating_epsilon == 0.0 and not cfg.pscl.gate_pscl
     assert cfg.model.preset == "swin-t"
 
 

@@ -18,7 +18,9 @@ from training import experiment
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-train", "16", "--n-test", "4", "--preset", "tiny", "--epochs", "1", "--stage2-epochs", "1",
         "--stage1-batch-size", "4", "--stage2-batch-size", "4"]
-ROWS = [name for name, _ in experiment.STAGE1_VARIANTS] + [name for name, _ in experiment.STAGE2_LOSSES]
+# each stage-1 model twice: predicted classes (the reference protocols), then the oracle
+ROWS = [f"{name}, {how}" for name, _ in experiment.STAGE1_VARIANTS
+        for how in ("predicted classes", "oracle (gt classes)")] + [name for name, _ in experiment.STAGE2_LOSSES]
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ def test_stage1_trains_and_writes_a_usable_checkpoint(pscl_run, luad):
     assert prov["dataset_format"] == "luad" and prov["software"]["torch"] == torch.__version__
 
 
-def test_pseudo_labels_and_evaluate_from_the_cli(pscl_run, luad, tmp_path):
+def test_pseudo_labels_and_evaluate_from_the_cli(pscl_run, luad, tmp_path, capsys):
     ckpt = pscl_run.checkpoint
     out = tmp_path / "pl"
     assert cli.main(["pseudo-labels", "--model", str(ckpt), "--data", str(luad), "--out", str(out),
@@ -77,6 +77,7 @@ def test_pseudo_labels_and_evaluate_from_the_cli(pscl_run, luad, tmp_path):
         assert z["cams"].shape == (4, 224, 224) and z["cams"].dtype == np.uint8
     manifest = json.loads((out / "pseudo_labels.json").read_text())
     assert manifest["mask_convention"].startswith("0 = background") and manifest["splits"]["train"]["patches"] == 16
+    assert (manifest["gating_threshold"], manifest["gating_epsilon"]) == (0.8, 0.0)  # as the run was trained
     # a second run into the same folder needs --overwrite
     assert cli.main(["pseudo-labels", "--model", str(ckpt), "--data", str(luad), "--out", str(out),
                      "--device", "cpu", "--no-progress"]) == 2
@@ -87,7 +88,16 @@ def test_pseudo_labels_and_evaluate_from_the_cli(pscl_run, luad, tmp_path):
     data = json.loads(js.read_text())
     assert set(data["protocols"]) == {"mlps", "tpro"} and data["patches"] == 4
     assert 0.0 <= data["protocols"]["mlps"]["miou"] <= 1.0
-    assert len(data["confusion_matrix"]) == 5
+    assert all(len(cm) == 5 for cm in data["confusion_matrix"].values())
+    # reference protocols by default: predicted classes at each protocol's threshold, the run's gating
+    assert data["image_labels"] == "predicted" and not data["oracle"]
+    assert data["score_thresholds"] == {"mlps": 0.25, "tpro": 0.15} and data["gating_threshold"] == 0.8
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(pscl_run.run_dir), "--data", str(luad), "--image-labels", "gt",
+                     "--no-gating", "--device", "cpu", "--json", str(js), "--no-progress"]) == 0
+    assert "ORACLE image labels" in capsys.readouterr().out  # a run folder works as --model too
+    data = json.loads(js.read_text())
+    assert data["oracle"] and data["score_thresholds"] == {} and data["gating_threshold"] is None
 
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(pscl_run, luad, tmp_path):
@@ -140,7 +150,8 @@ def test_evaluate_a_stage2_checkpoint_and_refuse_its_pseudo_labels(checkpoints, 
 
     result = evaluate_checkpoint(checkpoints[2], luad, split="val", device="cpu", progress=False)
     assert [s.protocol for s in result.scores] == ["mlps", "tpro"] and result.patches == 4
-    assert result.confusion.counts.sum() == 4 * 224 * 224
+    assert result.confusions["mlps"].counts.sum() == 4 * 224 * 224 and result.image_labels is None
+    assert result.mode_line().startswith("stage 2")
     with pytest.raises(ConfigError, match="stage-1 checkpoint"):
         generate_pseudo_labels(checkpoints[2], luad, tmp_path / "pl", device="cpu", progress=False)
 

@@ -110,6 +110,9 @@ def _add(parser: argparse._ActionsContainer, f: dataclasses.Field, tp: Any, dest
     if kind is bool and value_type is not None:  # --gating [TAU]
         parser.add_argument(flag, dest=dest, nargs="?", const=True, type=value_type, default=None,
                             metavar=meta.get("metavar"), help=help)
+        if meta.get("negatable"):  # --no-gating
+            parser.add_argument("--no-" + flag[2:], dest=dest, action="store_const", const=False,
+                                help=argparse.SUPPRESS)
         return
     if kind is bool:
         if meta.get("negatable"):
@@ -188,7 +191,7 @@ def config_overrides(args: argparse.Namespace, label: str = "") -> dict[str, Any
     overrides: dict[str, Any] = {}
     for f in given:
         value = getattr(args, f.dest)
-        if f.value_key is not None and value is not True:
+        if f.value_key is not None and value is not True and value is not False:
             overrides[f.value_key] = value
             value = True
         overrides[f.key] = value

@@ -189,13 +189,13 @@ class DataConfig(DataSource):
     """Where the patches are and how their background is seeded.
 
     ``background_seed`` / ``bkg_min_size_px`` / ``mpp`` None: the format's default
-    (LUAD: seeding on, 200 px, 1.0 µm/px; BCSS: off, 600 px, 0.25 µm/px; csv: on,
+    (LUAD: seeding on, 200 px, 1.0 µm/px; BCSS: on, 600 px, 0.25 µm/px — thesis §4.3.2, table 5.8; csv: on,
     200 px, µm/px must be given or 0.5 is assumed with a warning).
     """
 
     background_seed: bool | None = setting(None, flag="--background-seed", negatable=True,
                                            help="colour-threshold background seeding",
-                                           default_text="on for LUAD/csv, off for BCSS")
+                                           default_text="on (thesis §4.3.2, also for BCSS)")
     bkg_gray_threshold: float = setting(200.0, help="gray level above which a pixel is background")
     bkg_min_size_px: int | None = setting(None, flag="--bkg-min-size", metavar="PX",
                                           help="remove_small_objects size of the background seed",
@@ -280,15 +280,22 @@ class PsclConfig:
     temperature: float = setting(0.1, help="SupCon temperature")
     max_pixels_per_class_per_image: int | None = setting(100, help="PSCL pixels sampled per class and image")
     max_pixels_total: int | None = setting(2048, help="PSCL pixels sampled per step")
-    gating: bool = setting(False, flag="--gating", metavar="TAU", value_of="gating_threshold",
-                           help="gate CAMs by classification score (eq. 4.4–4.5); TAU sets τ_g")
-    gating_threshold: float = setting(0.8, flag="--gating-threshold", metavar="TAU", help="τ_g of gating")
+    gating: bool = setting(True, flag="--gating", metavar="TAU", value_of="gating_threshold", negatable=True,
+                           help="gate CAMs by classification score (eq. 4.4–4.5; the headline rows of tables "
+                                "5.16/5.17) in the run's pseudo-labels and val scores; TAU sets τ_g; --no-gating: off")
+    gating_threshold: float = setting(0.8, flag="--gating-threshold", metavar="TAU", help="τ_g of gating (§4.3.2)")
+    gating_epsilon: float = setting(0.0, flag="--gating-epsilon", metavar="EPS",
+                                    help="ε of tables 5.16/5.17: a rejected class keeps ε × its CAM (0: eq. 4.5)")
+    gate_pscl: bool = setting(False, flag="--gate-pscl",
+                              help="also gate the CAMs PSCL labels its pixels with (patch labels already zero "
+                                   "absent classes there)")
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
             (self.weight >= 0, f"pscl weight must be ≥ 0, got {self.weight}"),
             (0 <= self.threshold < 1, f"pscl threshold must be in [0, 1), got {self.threshold}"),
             (0 <= self.gating_threshold < 1, f"gating threshold must be in [0, 1), got {self.gating_threshold}"),
+            (0 <= self.gating_epsilon < 1, f"gating epsilon must be in [0, 1), got {self.gating_epsilon}"),
             (self.temperature > 0, f"pscl temperature must be positive, got {self.temperature}"),
         ]
 

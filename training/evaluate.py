@@ -5,17 +5,22 @@ stage 1 on its CAM pseudo-labels (thesis eq. 4.9), stage 2 on the argmax of its
 segmentation head upsampled to the patch. Which classes a stage-1 patch may take
 (``image_labels``):
 
-* ``gt`` (default): the classes present in the patch's ground truth (or its csv
-  label) — the setting of training pseudo-labels, where patch labels are known;
-* ``predicted``: the classifier's own (sigmoid ≥ the checkpoint's
-  ``cam_score_threshold``, top class kept), as ``wsi-seg segment`` does.
+* ``predicted`` (default, the reference protocols): the classifier's own — sigmoid
+  score above each protocol's reference threshold (:data:`REFERENCE_SCORE_THRESHOLDS`:
+  the WSSS-Tissue / MLPS code keeps classes with score > 0.25; TPRO's keeps sigmoid >
+  0.15 on LUAD-HistoSeg and > 0.4 on BCSS-WSSS), the top class always kept;
+* ``gt``: the classes present in the patch's ground truth — an **oracle**: it scores
+  pseudo-label quality (training pseudo-labels know the patch labels), not what the
+  model does on an unseen patch.
+
+Gating (eq. 4.4–4.5) is applied as the stage-1 run was trained unless told otherwise.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,11 +30,28 @@ from wsi_seg.errors import ConfigError
 from wsi_seg.model import PsclNet, load_checkpoint
 
 from wsi_seg.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
-
 from training.datasets import PatchDataset, SeedParams, open_dataset
+from training.pseudo_labels import RUN_GATING, resolve_gating
 
 log = logging.getLogger(__name__)
-IMAGE_LABEL_MODES = ("gt", "predicted")
+IMAGE_LABEL_MODES = ("predicted", "gt")
+# sigmoid thresholds above which a stage-1 model keeps a class on a test patch, per
+# protocol and dataset format ("*": any other); see the module docstring
+REFERENCE_SCORE_THRESHOLDS = {"mlps": {"*": 0.25}, "tpro": {"luad": 0.15, "bcss": 0.4, "*": 0.25}}
+
+
+def reference_threshold(protocol: str, dataset_format: str) -> float:
+    """The class-keeping sigmoid threshold of ``protocol``'s reference code on a dataset format."""
+    table = REFERENCE_SCORE_THRESHOLDS[protocol]
+    return table.get(dataset_format, table["*"])
+
+
+def predicted_labels(net: PsclNet, images: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, N) 0/1 classes a stage-1 classifier keeps: sigmoid > ``threshold``, top class always."""
+    scores = torch.sigmoid(net.forward_stage1(net.normalize(images)).logits.float())
+    keep = scores > threshold
+    keep[torch.arange(len(scores)), scores.argmax(dim=1)] = True
+    return keep.float()
 
 
 def predict_label_maps(
@@ -38,11 +60,23 @@ def predict_label_maps(
     device: torch.device,
     image_labels: str = "gt",
     gating_threshold: float | None = None,
+    score_threshold: float | None = None,
+    gating_floor: float = 0.0,
 ) -> torch.Tensor:
-    """(B, H, W) uint8 label maps (0 = background, 1..N) of a batch from :class:`PatchDataset`."""
-    labels = batch["labels"].to(device) if image_labels == "gt" else None
+    """(B, H, W) uint8 label maps (0 = background, 1..N) of a batch from :class:`PatchDataset`.
+
+    Stage 1 with ``image_labels`` ``predicted``: classes with sigmoid > ``score_threshold``
+    (None: the checkpoint's ``cam_score_threshold``), the top class kept."""
+    images = batch["image"].to(device)
     background = batch["background"].to(device) if net.head.needs_background_seed else None
-    return net.predict(batch["image"].to(device), background, labels, gating_threshold).mask
+    if net.seg_head is not None:
+        return net.predict(images, background).mask
+    if image_labels == "gt":
+        labels = batch["labels"].to(device)
+    else:
+        threshold = net.cfg.cam_score_threshold if score_threshold is None else score_threshold
+        labels = predicted_labels(net, images, threshold)
+    return net.predict(images, background, labels, gating_threshold, gating_floor).mask
 
 
 def confusion_on_loader(
@@ -53,6 +87,8 @@ def confusion_on_loader(
     gating_threshold: float | None = None,
     max_batches: int | None = None,
     progress: bool = False,
+    score_threshold: float | None = None,
+    gating_floor: float = 0.0,
 ) -> ConfusionMatrix:
     """Accumulate the confusion matrix of ``net`` over a loader of masked patches."""
     from tqdm import tqdm
@@ -65,7 +101,8 @@ def confusion_on_loader(
     batches = itertools.islice(loader, max_batches) if max_batches is not None else loader
     with torch.inference_mode():
         for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
-            pred = predict_label_maps(net, batch, device, image_labels, gating_threshold)
+            pred = predict_label_maps(net, batch, device, image_labels, gating_threshold, score_threshold,
+                                      gating_floor)
             cm.update(batch["mask"], pred.cpu())
     net.train(was_training)
     return cm
@@ -73,12 +110,43 @@ def confusion_on_loader(
 
 @dataclass
 class EvaluationResult:
+    """Scores per protocol, and how the stage-1 classes were chosen (``image_labels``:
+    predicted / gt (oracle) / None for stage 2; ``score_thresholds`` per protocol)."""
+
     scores: list[SegmentationScores]
-    confusion: ConfusionMatrix
+    confusions: dict[str, ConfusionMatrix]
     checkpoint: Path
     sha256: str
     split: str
     patches: int
+    stage: int = 2
+    image_labels: str | None = None
+    score_thresholds: dict[str, float] = field(default_factory=dict)
+    gating_threshold: float | None = None
+    gating_epsilon: float = 0.0
+
+    @property
+    def oracle(self) -> bool:
+        return self.image_labels == "gt"
+
+    def mode_line(self) -> str:
+        """One line saying how the masks were made (printed above the table, kept in JSON)."""
+        if self.stage == 2:
+            return "stage 2: segmentation head (no image labels involved)"
+        gating = "off" if self.gating_threshold is None else f"τ_g {self.gating_threshold}, ε {self.gating_epsilon}"
+        if self.oracle:
+            return (f"stage 1, ORACLE image labels (classes from the ground truth): pseudo-label quality, "
+                    f"not a test score; gating {gating}")
+        thr = ", ".join(f"{p} > {t}" for p, t in self.score_thresholds.items())
+        return f"stage 1, predicted image labels (sigmoid {thr}, top class kept); gating {gating}"
+
+    def to_extra(self) -> dict:
+        """The JSON fields that say how the scores were made."""
+        return {
+            "stage": self.stage, "image_labels": self.image_labels, "oracle": self.oracle,
+            "score_thresholds": self.score_thresholds, "gating_threshold": self.gating_threshold,
+            "gating_epsilon": self.gating_epsilon, "mode": self.mode_line(),
+        }
 
 
 def evaluate_checkpoint(
@@ -90,16 +158,24 @@ def evaluate_checkpoint(
     batch_size: int = 8,
     device: str = "auto",
     workers: int = 0,
-    image_labels: str = "gt",
-    gating_threshold: float | None = None,
+    image_labels: str = "predicted",
+    gating_threshold: float | str | None = RUN_GATING,
     progress: bool = True,
+    score_threshold: float | None = None,
+    gating_epsilon: float | None = None,
 ) -> EvaluationResult:
-    """Score a checkpoint on a split with ground-truth masks, under each protocol."""
+    """Score a checkpoint on a split with ground-truth masks, under each protocol.
+
+    Stage 1: ``image_labels`` predicted (each protocol's reference threshold, or
+    ``score_threshold`` for all) or gt (oracle); gating as the run's unless given
+    (None: off)."""
     from wsi_seg.runtime import resolve_device
 
     for p in protocols:
         if p not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {p!r}; use {', '.join(PROTOCOLS)} or both")
+    if image_labels not in IMAGE_LABEL_MODES:
+        raise ConfigError(f"unknown image-label mode {image_labels!r}; use predicted or gt")
     dev = resolve_device(device)
     loaded = load_checkpoint(model, device=dev)
     index = open_dataset(data, format)
@@ -109,17 +185,31 @@ def evaluate_checkpoint(
             f"{', '.join(loaded.config.class_names)}"
         )
     records = index.split(split, need_masks=True)
+    stage = loaded.config.stage
     # a stage-2 network is scored alone; CAMs need the seed as their background (eq. 4.9)
     seeded = loaded.net.head.needs_background_seed
     seed = SeedParams.of_model(loaded.config) if seeded else SeedParams(enabled=False)
     dataset = PatchDataset(records, index.num_classes, seed=seed, with_masks=True)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    cm = confusion_on_loader(loaded.net, loader, dev, image_labels, gating_threshold, progress=progress)
-    return EvaluationResult(
-        scores=[cm.scores(p) for p in protocols],
-        confusion=cm,
-        checkpoint=Path(model),
-        sha256=loaded.sha256,
-        split=split,
-        patches=len(records),
-    )
+    result = EvaluationResult(scores=[], confusions={}, checkpoint=Path(model), sha256=loaded.sha256, split=split,
+                              patches=len(records), stage=stage)
+    if stage == 2:
+        cm = confusion_on_loader(loaded.net, loader, dev, progress=progress)
+        result.confusions = {p: cm for p in protocols}
+    else:
+        gating, epsilon = resolve_gating(loaded.config, gating_threshold, gating_epsilon)
+        result.image_labels, result.gating_threshold, result.gating_epsilon = image_labels, gating, epsilon
+        if image_labels == "predicted":
+            result.score_thresholds = {
+                p: score_threshold if score_threshold is not None else reference_threshold(p, index.info.name)
+                for p in protocols
+            }
+        by_threshold: dict[float | None, ConfusionMatrix] = {}
+        for p in protocols:
+            thr = result.score_thresholds.get(p)
+            if thr not in by_threshold:
+                by_threshold[thr] = confusion_on_loader(loaded.net, loader, dev, image_labels, gating, progress=progress,
+                                                        score_threshold=thr, gating_floor=epsilon)
+            result.confusions[p] = by_threshold[thr]
+    result.scores = [result.confusions[p].scores(p) for p in protocols]
+    return result

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi_seg.errors import OutputError
-from wsi_seg.metrics import PROTOCOLS, SegmentationScores
 
 from training.config import PretrainConfig, Stage1Config, Stage2Config, load_config
-from training.loop import run_finished
+
+if TYPE_CHECKING:  # numpy: imported when scores are read, not when the CLI starts
+    from wsi_seg.metrics import SegmentationScores
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ def synthetic_data(root: Path, n_train: int, n_val: int, n_test: int, seed: int)
 def _train_or_reuse(train: Callable[[Any], Any], cfg: Any, result: Path, finished: Path | None = None) -> Path:
     """Run ``train(cfg)`` and give back its ``result``; a run that already finished with
     the same settings is reused (a different one still raises)."""
+    from training.loop import run_finished  # torch: only when training runs, not for --help
+
     try:
         train(cfg)
     except OutputError:
@@ -105,18 +108,22 @@ def stage2(data: Path, labels: Path, init: Path, out: Path, loss: str, epochs: i
     return _train_or_reuse(train_stage2, cfg, out / "checkpoint", out / "checkpoint" / "model.safetensors")
 
 
-def evaluate(model: Path, data: Path, device: str, split: str = "test") -> list[SegmentationScores]:
-    """Scores of ``model`` on ``split`` under both protocols, cached next to the checkpoint."""
+def evaluate(model: Path, data: Path, device: str, split: str = "test",
+             image_labels: str = "predicted") -> list[SegmentationScores]:
+    """Scores of ``model`` on ``split`` under both protocols, cached next to the checkpoint
+    (stage 1: ``image_labels`` predicted, the reference protocols, or gt, the oracle)."""
     from training.evaluate import evaluate_checkpoint
+    from wsi_seg.metrics import SegmentationScores
 
-    cache = model.parent / f"{split}_scores.json"
+    cache = model.parent / f"{split}_{image_labels}_scores.json"
     sha = _sha256(model)
     if cache.is_file():
         saved = json.loads(cache.read_text(encoding="utf-8"))
-        if saved.get("sha256") == sha:
+        if saved.get("sha256") == sha and saved.get("image_labels") == image_labels:
             return [SegmentationScores(**s) for s in saved["scores"]]
-    result = evaluate_checkpoint(model, data, split=split, device=device, progress=False)
-    payload = {"sha256": result.sha256, "scores": [asdict(s) for s in result.scores]}
+    result = evaluate_checkpoint(model, data, split=split, device=device, progress=False, image_labels=image_labels)
+    payload = {"sha256": result.sha256, "image_labels": image_labels, "mode": result.mode_line(),
+               "scores": [asdict(s) for s in result.scores]}
     cache.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     return result.scores
 
@@ -168,7 +175,9 @@ class MethodBenchmark:
         }
 
 
-# (row name, stage-1 variant) — the stage-1 rows' scores are pseudo-label quality (eq. 4.9)
+# (row name, stage-1 variant); each stage-1 model is scored twice: with its predicted
+# classes (the reference protocols) and with the ground truth's (an oracle: pseudo-label
+# quality, eq. 4.9)
 STAGE1_VARIANTS = (
     ("Stage 1, CAM baseline (MLSM)", {"pscl": False}),
     ("Stage 1, MLSM + PSCL", {"pscl": True, "include_background": True}),
@@ -185,15 +194,17 @@ def benchmark_method(cfg: MethodBenchmarkConfig,
     data = synthetic_data(work / "data", cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
     bench = MethodBenchmark(config=cfg)
     stage1_models: dict[str, Path] = {}
-    for (name, variant), folder in zip(STAGE1_VARIANTS, ("s1_baseline", "s1_pscl", "s1_pscl_nobkg")):
-        report(f"[{len(bench.rows) + 1}/5] {name} …")
+    for i, ((name, variant), folder) in enumerate(zip(STAGE1_VARIANTS, ("s1_baseline", "s1_pscl", "s1_pscl_nobkg"))):
+        report(f"[{i + 1}/5] {name} …")
         t = time.perf_counter()
         stage1_models[folder] = stage1(data, work / folder, cfg.preset, cfg.stage1_epochs, cfg.seed, cfg.device,
                                        batch_size=cfg.stage1_batch_size, **variant)
-        bench.rows.append(_row(name, stage1_models[folder], data, cfg, _trained_seconds(work / folder, t)))
+        seconds = _trained_seconds(work / folder, t)
+        bench.rows.append(_row(f"{name}, predicted classes", stage1_models[folder], data, cfg, seconds))
+        bench.rows.append(_row(f"{name}, oracle (gt classes)", stage1_models[folder], data, cfg, seconds, "gt"))
     labels = pseudo_labels(stage1_models["s1_pscl"], data, work / "pseudo_labels", cfg.device)
-    for name, loss in STAGE2_LOSSES:
-        report(f"[{len(bench.rows) + 1}/5] {name} …")
+    for i, (name, loss) in enumerate(STAGE2_LOSSES):
+        report(f"[{len(STAGE1_VARIANTS) + i + 1}/5] {name} …")
         t = time.perf_counter()
         model = stage2(data, labels, stage1_models["s1_pscl"], work / f"s2_{loss}", loss, cfg.stage2_epochs,
                        cfg.seed, cfg.device, cfg.stage2_batch_size)
@@ -201,8 +212,9 @@ def benchmark_method(cfg: MethodBenchmarkConfig,
     return bench
 
 
-def _row(name: str, model: Path, data: Path, cfg: MethodBenchmarkConfig, seconds: float) -> Row:
-    scores = evaluate(model, data, cfg.device)
+def _row(name: str, model: Path, data: Path, cfg: MethodBenchmarkConfig, seconds: float,
+         image_labels: str = "predicted") -> Row:
+    scores = evaluate(model, data, cfg.device, image_labels=image_labels)
     return Row(name, {s.protocol: s for s in scores}, seconds)
 
 
@@ -221,6 +233,8 @@ def _trained_seconds(run_dir: Path, started: float) -> float:
 
 def format_thesis_tables(bench: MethodBenchmark) -> str:
     """One table per protocol: Model | per-class IoU | mIoU | fwIoU, in % (thesis format)."""
+    from wsi_seg.metrics import PROTOCOLS
+
     blocks = []
     for protocol in PROTOCOLS:
         first = bench.rows[0].scores[protocol]

@@ -132,7 +132,8 @@ class Stage1Trainer(ValidatedTrainer):
         self.pscl_loss = PSCLLoss(
             threshold=cfg.pscl.threshold,
             include_background=cfg.pscl.include_background,
-            gating_threshold=cfg.pscl.gating_threshold if cfg.pscl.gating else None,
+            gating_threshold=cfg.pscl.gating_threshold if cfg.pscl.gating and cfg.pscl.gate_pscl else None,
+            gating_floor=cfg.pscl.gating_epsilon,
             max_pixels_per_class_per_image=cfg.pscl.max_pixels_per_class_per_image,
             max_pixels_total=cfg.pscl.max_pixels_total,
             loss=default_supcon(cfg.pscl.temperature),
@@ -165,8 +166,10 @@ class Stage1Trainer(ValidatedTrainer):
                 "pscl_pixels": self.pscl_loss.last_stats.get("sampled_pixels", 0)}
 
     def val_confusion(self, max_batches: int | None) -> Any:
-        return confusion_on_loader(self.net, self.val_loader, self.device, "gt", self.pscl_loss.gating_threshold,
-                                   max_batches)
+        pscl = self.cfg.pscl  # the oracle (patch labels known), gated as the run's pseudo-labels are
+        return confusion_on_loader(self.net, self.val_loader, self.device, "gt",
+                                   pscl.gating_threshold if pscl.gating else None, max_batches,
+                                   gating_floor=pscl.gating_epsilon)
 
     def run_facts(self) -> dict[str, Any]:
         data = self.data
@@ -207,6 +210,11 @@ def _provenance(trainer: Stage1Trainer) -> dict[str, Any]:
             "optim": dataclasses.asdict(cfg.optim),
             "encoder": dataclasses.asdict(cfg.encoder),
             "pscl": dataclasses.asdict(cfg.pscl),
+            # what wsi-seg pseudo-labels and evaluate use for this checkpoint unless told otherwise
+            "pseudo_labels": {
+                "gating_threshold": cfg.pscl.gating_threshold if cfg.pscl.gating else None,
+                "gating_epsilon": cfg.pscl.gating_epsilon,
+            },
             "background_seed": dataclasses.asdict(data.seed),
             "pretrained": trainer.weights.to_dict() if trainer.weights else None,
             **trainer.provenance(),

@@ -19,6 +19,8 @@ made of JPEG tiles, else ``openslide``.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from wsi_seg.decode.reduced import JpegRegionReader, dct_reduction
 from wsi_seg.decode.tiff_jpeg import JPEG_TILE_VENDORS, JpegLevel, TileFile, find_jpeg_level
 from wsi_seg.errors import ConfigError, SlideError, WsiSegError
-from wsi_seg.options import READERS  # defined with the options, torch-free
+from wsi_seg.options import READERS
 from wsi_seg.slide import Slide
 from wsi_seg.tiling import Block, TileGrid
 from wsi_seg.tissue import SeedParams
@@ -196,6 +198,59 @@ class TileBytesDataset(Dataset):
         return {"block": idx, "streams": streams, "where": where}
 
 
+# Read on one background thread ahead of the model when there are no reader processes, and
+# decode there for jpeg-device: decoding (simplejpeg, OpenSlide, PIL, the GPU) releases the
+# GIL and fills the gaps the model leaves.
+PREFETCH_THREAD = True
+_PREFETCH_DEPTH = 2
+
+
+def prefetched(items: Iterator[Any], depth: int = _PREFETCH_DEPTH) -> Iterator[Any]:
+    """``items`` produced on a background thread at most ``depth`` ahead; an exception
+    there is raised here; stopping early (break, error, GC) stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(x: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as exc:  # re-raised in the consumer
+            put(_Raised(exc))
+            return
+        put(done)
+
+    thread = threading.Thread(target=produce, name="wsi-seg-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclass
+class _Raised:
+    exc: BaseException
+
+
 class BlockReader:
     """The block items of one run, in order: an iterable of dict(block, patches,
     background) as ``BlockDataset`` gives them, with ``jpeg-device`` items decoded,
@@ -204,6 +259,7 @@ class BlockReader:
     def __init__(self, plan: ReaderPlan, slide_path: str, slide_mpp: float, grid: TileGrid, blocks: list[Block],
                  seed: SeedParams, device: torch.device, workers: int) -> None:
         self.plan, self.grid, self.blocks, self.seed, self.device = plan, grid, blocks, seed, device
+        self.prefetch_thread = PREFETCH_THREAD
         self.decoder = None
         if plan.used == "jpeg-device" and plan.jpeg is not None:
             from wsi_seg.decode.device import TileDecoder
@@ -222,11 +278,39 @@ class BlockReader:
         return len(self.blocks)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for item in self.loader:
-            if "error" in item or self.decoder is None:
-                yield item
-            else:
-                yield self._on_device(item)
+        items = self._produce()
+        # in-process reading, and device decoding, run on a thread ahead of the model
+        if self.prefetch_thread and (self.loader.num_workers == 0 or self.decoder is not None):
+            items = prefetched(items)
+        for item in items:
+            ready = item.pop("ready", None)
+            if ready is not None:  # made on the reader's CUDA stream: the model's waits for it
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(ready)
+                item["patches"].record_stream(stream)
+                item["background"].record_stream(stream)
+            yield item
+
+    def _produce(self) -> Iterator[dict[str, Any]]:
+        """Loader items, decoded on the device for jpeg-device; on CUDA on a stream of their
+        own, so decoding overlaps the model and waits on it only where it must."""
+        if self.decoder is None:
+            yield from self.loader
+            return
+        with torch.inference_mode():
+            if self.device.type != "cuda":
+                for item in self.loader:
+                    yield item if "error" in item else self._on_device(item)
+                return
+            stream = torch.cuda.Stream(self.device)
+            with torch.cuda.device(self.device), torch.cuda.stream(stream):
+                for item in self.loader:
+                    if "error" not in item:
+                        item = self._on_device(item)
+                        if "patches" in item:
+                            item["ready"] = torch.cuda.Event()
+                            item["ready"].record(stream)
+                    yield item
 
     def _on_device(self, item: dict[str, Any]) -> dict[str, Any]:
         from wsi_seg.decode.device import assemble_region

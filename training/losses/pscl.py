@@ -48,6 +48,7 @@ class PSCLLoss(nn.Module):
         threshold: float = 0.25,
         include_background: bool = True,
         gating_threshold: float | None = None,
+        gating_floor: float = 0.0,
         max_pixels_per_class_per_image: int | None = 100,
         max_pixels_total: int | None = 2048,
         loss: nn.Module | None = None,
@@ -63,6 +64,7 @@ class PSCLLoss(nn.Module):
         self.threshold = threshold
         self.include_background = include_background
         self.gating_threshold = gating_threshold
+        self.gating_floor = gating_floor
         self.max_pixels_per_class_per_image = max_pixels_per_class_per_image
         self.max_pixels_total = max_pixels_total
         self.loss = loss if loss is not None else default_supcon()
@@ -94,7 +96,7 @@ class PSCLLoss(nn.Module):
         if self.gating_threshold is not None:
             if logits is None:
                 raise ConfigError("PSCL gating needs the classification logits")
-            cams = gate_cams(cams, logits, self.gating_threshold)
+            cams = gate_cams(cams, logits, self.gating_threshold, self.gating_floor)
         bkg = None if background is None else background_at(background, tuple(cams.shape[-2:]))
         labels = pixel_pseudo_labels(cams, bkg, self.threshold)
         if bkg is not None and not self.include_background:

@@ -20,12 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "dataset layout; wsi-seg train --stage 2 --init CKPT --data DIR fine-tunes on it); "
                            "the corrected labels when the result has some")
     g = p.add_argument_group("GeoJSON")
-    g.add_argument("--level", type=int, default=0, help="pyramid level of the mask to trace (default: 0)")
+    g.add_argument("--level", type=int, default=0, metavar="N", help="pyramid level of the mask to trace (default: %(default)s)")
     g.add_argument("--simplify", type=float, default=None, metavar="PX",
                    help="simplification tolerance in slide level-0 px; 0 = exact pixel outlines "
                         "(default: 2 pixels of the traced level)")
-    g.add_argument("--min-area-um2", type=float, default=0.0, help="drop regions smaller than this (default: 0)")
-    g.add_argument("--min-hole-um2", type=float, default=None,
+    g.add_argument("--min-area-um2", type=float, default=0.0, metavar="UM2",
+                   help="drop regions smaller than this (default: %(default)s)")
+    g.add_argument("--min-hole-um2", type=float, default=None, metavar="UM2",
                    help="fill holes smaller than this (default: --min-area-um2)")
     g.add_argument("--classes", default=None, metavar="NAME,…", help="only these classes (default: all)")
     t = p.add_argument_group("patches")

@@ -160,4 +160,9 @@ def build_encoder(cfg: ModelConfig, pretrained: str | Path | bool | PretrainedWe
         return encoder
     from wsi_seg.model.encoder import TimmEncoder
 
-    return TimmEncoder(cfg.backbone, pretrained=pretrained, **cfg.backbone_kwargs)
+    kwargs = dict(cfg.backbone_kwargs)
+    if cfg.backbone.startswith("swin") and "img_size" not in kwargs:
+        # timm's Swin / SwinV2 are built for one input size: the patch size, in training and
+        # on slides alike (swinv2-t is a 256-px model run on 224-px patches)
+        kwargs["img_size"] = cfg.patch_size_px
+    return TimmEncoder(cfg.backbone, pretrained=pretrained, **kwargs)

@@ -21,6 +21,7 @@ from wsi_seg.model.pretrained import file_sha256
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 METADATA_KEY = "wsi_seg_config"
+RUN_CHECKPOINT = "checkpoint"  # where a training run folder keeps its checkpoint
 # what a checkpoint must state rather than inherit from ModelConfig's defaults: a missing
 # class list would silently be the LUAD one, a missing µm/px 0.5
 REQUIRED_KEYS = ("class_names", "mpp", "patch_size_px")
@@ -54,7 +55,10 @@ def save_checkpoint(net: PsclNet, directory: str | Path, config: ModelConfig | N
 
 
 def _resolve(path: Path) -> tuple[Path, Path | None]:
-    """(weights file, config file or None) of a checkpoint path."""
+    """(weights file, config file or None) of a checkpoint path (a checkpoint directory, a
+    .safetensors file, or a training run folder holding ``checkpoint/``)."""
+    if path.is_dir() and not (path / WEIGHTS_NAME).is_file() and (path / RUN_CHECKPOINT / WEIGHTS_NAME).is_file():
+        path = path / RUN_CHECKPOINT  # a training run folder: its checkpoint/
     if path.is_dir():
         weights = path / WEIGHTS_NAME
         if not weights.is_file():

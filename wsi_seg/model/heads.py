@@ -67,14 +67,17 @@ def keep_predicted_classes(cams: torch.Tensor, logits: torch.Tensor, threshold: 
     return cams * keep.to(cams.dtype)[:, :, None, None]
 
 
-def gate_cams(cams: torch.Tensor, logits: torch.Tensor, threshold: float = 0.8) -> torch.Tensor:
-    """Eq. 4.4–4.5: CAM_n ← CAM_n · [sigmoid(score_n) > τ_g].
+def gate_cams(cams: torch.Tensor, logits: torch.Tensor, threshold: float = 0.8, floor: float = 0.0) -> torch.Tensor:
+    """Eq. 4.4–4.5: CAM_n ← CAM_n · g_n, g_n = 1 if sigmoid(score_n) > τ_g else ε.
 
-    Only tissue classes are gated; the background channel, concatenated later, is
-    always kept (the thesis' constant background score of 1).
+    ``floor`` ε = 0 is eq. 4.5 (the "Gating (ε = 0)" rows of tables 5.16/5.17); ε > 0
+    keeps that fraction of a rejected class' CAM (our reading of the tables' other ε
+    rows, see docs/method.md). Only tissue classes are gated; the background channel,
+    concatenated later, is always kept (the thesis' constant background score of 1).
     """
-    keep = torch.sigmoid(logits.detach().float()) > threshold
-    return cams * keep.to(cams.dtype)[:, :, None, None]
+    keep = (torch.sigmoid(logits.detach().float()) > threshold).to(cams.dtype)
+    gate = keep + floor * (1 - keep) if floor else keep
+    return cams * gate[:, :, None, None]
 
 
 def upsample_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -128,9 +131,10 @@ class CamHead(nn.Module):
         background: torch.Tensor | None = None,
         image_labels: torch.Tensor | None = None,
         gating_threshold: float | None = None,
+        gating_floor: float = 0.0,
     ) -> PatchPrediction:
         """CAMs and the eq. 4.9 mask of patches of ``size`` px (see :meth:`predict_from`)."""
-        return self.predict_from(self(features), size, background, image_labels, gating_threshold)
+        return self.predict_from(self(features), size, background, image_labels, gating_threshold, gating_floor)
 
     def predict_from(
         self,
@@ -139,6 +143,7 @@ class CamHead(nn.Module):
         background: torch.Tensor | None = None,
         image_labels: torch.Tensor | None = None,
         gating_threshold: float | None = None,
+        gating_floor: float = 0.0,
     ) -> PatchPrediction:
         """CAMs (eq. 4.3) upsampled to ``size`` and their mask (eq. 4.9).
 
@@ -154,7 +159,7 @@ class CamHead(nn.Module):
         else:
             cams = keep_predicted_classes(cams, out.logits, self.score_threshold)
         if gating_threshold is not None:
-            cams = gate_cams(cams, out.logits, gating_threshold)
+            cams = gate_cams(cams, out.logits, gating_threshold, gating_floor)
         cams = upsample_cams(cams, size)
         return PatchPrediction(activations=cams, mask=pseudo_label_mask(cams, background))
 
@@ -218,6 +223,7 @@ class SegmentationHead(nn.Module):
         background: torch.Tensor | None = None,
         image_labels: torch.Tensor | None = None,
         gating_threshold: float | None = None,
+        gating_floor: float = 0.0,
     ) -> PatchPrediction:
         """Softmax over background + classes upsampled to ``size``; the mask is its argmax,
         with ``background`` (B, P, P) bool pixels set to 0. Patch labels and gating are

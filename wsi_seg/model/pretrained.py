@@ -44,7 +44,9 @@ IMAGENET_TAGS = {
     "resnet50": "tv_in1k",  # torchvision's ImageNet-1k weights, the usual ResNet50 start
 }
 HUB_WEIGHTS_NAME = "model.safetensors"
+SIZE_ONLY_KWARGS = {"img_size"}  # creation arguments that keep the weights' shapes
 TIMM_PREFIX = "timm:"
+PRETRAIN_WEIGHTS_NAME = "encoder.safetensors"  # what wsi-seg pretrain writes into its run folder
 
 
 @dataclass(frozen=True)
@@ -198,8 +200,8 @@ def resolve_pretrained(
     if spec == "none":
         return None
     if spec == "auto":
-        if backbone_kwargs or backbone.split(".", 1)[0] not in IMAGENET_TAGS:
-            return None
+        if set(backbone_kwargs or {}) - SIZE_ONLY_KWARGS or backbone.split(".", 1)[0] not in IMAGENET_TAGS:
+            return None  # a narrowed network (the small / tiny presets): no ImageNet weights fit it
         try:
             weights = _resolve("imagenet", backbone)
         except CheckpointError as exc:
@@ -222,6 +224,8 @@ def _resolve(spec: str, backbone: str) -> PretrainedWeights:
         path = hub_file(repo, HUB_WEIGHTS_NAME)
         return PretrainedWeights(spec=spec, model_name=name, file=path, sha256=file_sha256(path), hub_repo=repo)
     path = Path(spec)
+    if path.is_dir() and (path / PRETRAIN_WEIGHTS_NAME).is_file():
+        path = path / PRETRAIN_WEIGHTS_NAME  # a wsi-seg pretrain run folder
     if not path.is_file():
         raise CheckpointError(
             f"{path}: pretrained weights file not found (--pretrained takes imagenet, timm:<tag> or a "
@@ -229,4 +233,4 @@ def _resolve(spec: str, backbone: str) -> PretrainedWeights:
         )
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: not a .safetensors file; pickled .pt/.pth weights are never loaded")
-    return PretrainedWeights(spec=spec, model_name=backbone, file=path, sha256=file_sha256(path))
+    return PretrainedWeights(spec=spec, model_name=backbone.split(".", 1)[0], file=path, sha256=file_sha256(path))
