@@ -89,7 +89,7 @@ def stage1_setups(cfg: Stage1Config, device: torch.device) -> tuple[list[Setup],
         trainer = Stage1Trainer(replace(cfg, pscl=pscl))
         trainer.prepare()
         records = trainer.data.index.split("train", need_labels=True)[: cfg.batch_size]
-        batch = first_batch(PatchDataset(records, trainer.data.index.num_classes, seed=trainer.data.seed),
+        batch = first_batch(PatchDataset(records, trainer.data.index.num_classes, background_seed=trainer.data.background_seed),
                             cfg.batch_size)
         setups.append(_setup(name, 1, trainer, device, batch))
     return setups, trainer

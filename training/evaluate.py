@@ -30,7 +30,7 @@ from wsi_seg.errors import ConfigError
 from wsi_seg.model import PsclNet, load_checkpoint
 
 from wsi_seg.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
-from training.datasets import PatchDataset, SeedParams, open_dataset
+from training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
 from training.pseudo_labels import RUN_GATING, resolve_gating
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ def evaluate_checkpoint(
     stage = loaded.config.stage
     # a stage-2 network is scored alone; CAMs need the seed as their background (eq. 4.9)
     seeded = loaded.net.head.needs_background_seed
-    seed = SeedParams.of_model(loaded.config) if seeded else SeedParams(enabled=False)
-    dataset = PatchDataset(records, index.num_classes, seed=seed, with_masks=True)
+    background_seed = BackgroundSeedParams.of_model(loaded.config) if seeded else BackgroundSeedParams(enabled=False)
+    dataset = PatchDataset(records, index.num_classes, background_seed=background_seed, with_masks=True)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     result = EvaluationResult(scores=[], confusions={}, checkpoint=Path(model), sha256=loaded.sha256, split=split,
                               patches=len(records), stage=stage)

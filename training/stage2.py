@@ -46,7 +46,7 @@ from wsi_seg.model import LoadedModel, PsclNet, load_checkpoint, save_checkpoint
 
 from training.augment import flips
 from training.config import Stage2Config
-from training.datasets import DatasetIndex, PatchDataset, PatchRecord, SeedParams, open_checked_dataset
+from training.datasets import BackgroundSeedParams, DatasetIndex, PatchDataset, PatchRecord, open_checked_dataset
 from training.datasets.pseudo import PseudoLabelDataset, PseudoLabels, open_pseudo_labels
 from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
@@ -163,12 +163,12 @@ class Stage2Trainer(ValidatedTrainer):
         optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.gumbel = GumbelSoftmax(tau=cfg.loss.gumbel_tau)
         self.nr_loss = NRLoss(probabilities=self.gumbel) if cfg.loss.name == "nr" else None
-        self.val_loader = self.make_val_loader(self.index, SeedParams(enabled=False))  # as wsi-seg evaluate scores
+        self.val_loader = self.make_val_loader(self.index, BackgroundSeedParams(enabled=False))  # as wsi-seg evaluate scores
         if self.labels is not None:
             dataset = PseudoLabelDataset(self.labels.records, self.index.num_classes, transform=flips(),
                                          with_cams=cfg.loss.name == "nr")
         else:  # full masks: the patches' own, flipped with them
-            dataset = PatchDataset(self.train_records, self.index.num_classes, seed=SeedParams(enabled=False),
+            dataset = PatchDataset(self.train_records, self.index.num_classes, seed=BackgroundSeedParams(enabled=False),
                                    transform=flips(), with_masks=True)
         return TrainingParts(net=net, optimizer=optimizer, dataset=dataset, forward=_SegmentationForward(net))
 

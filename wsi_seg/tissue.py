@@ -1,4 +1,4 @@
-"""Background seeding and tissue detection (thesis §4.3.2, SPEC §3).
+"""Background seeding (thesis §4.3.2) and tissue detection on a slide thumbnail.
 
 The same colour threshold + ``skimage.morphology.remove_small_objects`` serves two
 uses: the background seed of a training patch or inference block (sizes in pixels of
@@ -41,7 +41,7 @@ def background_seed(rgb: np.ndarray, gray_threshold: float = 200, min_size_px: i
 
 
 @dataclass(frozen=True)
-class SeedParams:
+class BackgroundSeedParams:
     """Background seeding of patches and blocks; ``enabled=False`` seeds no background."""
 
     enabled: bool = True
@@ -49,7 +49,7 @@ class SeedParams:
     min_size_px: int = 200
 
     @classmethod
-    def of_model(cls, cfg: ModelConfig) -> SeedParams:
+    def of_model(cls, cfg: ModelConfig) -> BackgroundSeedParams:
         """The seeding a checkpoint was trained with (and runs with)."""
         return cls(cfg.background_seeding, cfg.bkg_gray_threshold, cfg.bkg_min_size_px)
 
