@@ -168,8 +168,8 @@ class Stage2Trainer(ValidatedTrainer):
             dataset = PseudoLabelDataset(self.labels.records, self.index.num_classes, transform=flips(),
                                          with_cams=cfg.loss.name == "nr")
         else:  # full masks: the patches' own, flipped with them
-            dataset = PatchDataset(self.train_records, self.index.num_classes, seed=BackgroundSeedParams(enabled=False),
-                                   transform=flips(), with_masks=True)
+            dataset = PatchDataset(self.train_records, self.index.num_classes, transform=flips(), with_masks=True,
+                                   background_seed=BackgroundSeedParams(enabled=False))
         return TrainingParts(net=net, optimizer=optimizer, dataset=dataset, forward=_SegmentationForward(net))
 
     def start_epoch(self, noise_seed: int) -> None:
