@@ -224,3 +224,19 @@ def test_a_second_cohort_on_one_out_dir_is_refused(tmp_path, capsys, blob_slide,
     with cohort_lock(out_dir):
         code, _, err = run_cli(capsys, "segment", blob_slide, "--out-dir", out_dir, "--model", checkpoints[1])
     assert_one_line_error(code, err, out_dir, "in use by pid")
+
+
+def test_cohort_names_both_slides_when_a_result_is_of_another_slide(tmp_path, capsys, checkpoints):
+    a, b = _twin_slides(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    b = b.rename(other / "a.tif")  # same name, other content: its output path is a's result
+    out_dir = tmp_path / "results"
+    argv = ["segment", "--out-dir", out_dir, "--model", checkpoints[1], "--device", "cpu", "--no-progress"]
+    code, _, err = run_cli(capsys, *argv[:1], a, *argv[1:])
+    assert code == 0, err
+    fp_a = json.loads((out_dir / "a.zarr" / "zarr.json").read_text())["attributes"]["wsi_seg"]["slide"]["fingerprint"]
+    code, stdout, err = run_cli(capsys, *argv[:1], b, *argv[1:])
+    assert code == 2 and "1 failed" in stdout
+    assert "holds a complete result of another slide" in err and str(a) in err and str(b) in err and fp_a in err
+    assert is_complete(out_dir / "a.zarr")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from wsi_seg.errors import ConfigError, ResultError, WsiSegError
 from wsi_seg.model.checkpoint import LoadedModel
-from wsi_seg.result import Result
+from wsi_seg.result import Provenance, Result
 from wsi_seg.segment import CancelFlag, SegmentOptions, segment_slide
 from wsi_seg.slide import Slide
 
@@ -87,22 +87,38 @@ def output_path(out_dir: Path, slide: Path) -> Path:
     return out_dir / f"{slide.stem}.zarr"
 
 
-def is_finished(slide: Path, out: Path, model_sha256: str) -> bool:
-    """True when ``out`` is a complete result of this very slide by the model with this sha256."""
+def _existing_result(slide: Path, out: Path) -> tuple[Provenance, str] | None:
+    """(provenance of the complete result at ``out``, fingerprint of ``slide``), or None if
+    ``out`` is no complete result or ``slide`` cannot be opened (segment_slide reports that)."""
     try:
         prov = Result.open(out).provenance
         with Slide(slide) as s:
-            same_slide = prov.slide.fingerprint == s.fingerprint()
-    except (ResultError, OSError):  # SlideError is an OSError: segment_slide reports it
-        return False
-    return same_slide and prov.model.sha256 == model_sha256
+            return prov, s.fingerprint()
+    except (ResultError, OSError):  # SlideError is an OSError
+        return None
+
+
+def is_finished(slide: Path, out: Path, model_sha256: str) -> bool:
+    """True when ``out`` is a complete result of this very slide by the model with this sha256."""
+    found = _existing_result(slide, out)
+    return found is not None and found[0].slide.fingerprint == found[1] and found[0].model.sha256 == model_sha256
 
 
 def skipped_outcome(slide: Path, out: Path, model_sha256: str, options: SegmentOptions) -> SlideOutcome | None:
-    """The ``skipped`` row for a slide already finished (unless ``overwrite``), else None."""
-    if options.overwrite or not is_finished(slide, out, model_sha256):
+    """The ``skipped`` row for a slide already finished (unless ``overwrite``), the ``failed``
+    row naming both slides when ``out`` holds a result of another slide, else None."""
+    found = None if options.overwrite else _existing_result(slide, out)
+    if found is None:
         return None
-    return SlideOutcome(str(slide), str(out), "skipped")
+    prov, fingerprint = found
+    if prov.slide.fingerprint != fingerprint:
+        return SlideOutcome(str(slide), str(out), "failed", error=(
+            f"{out}: holds a complete result of another slide ({prov.slide.path}, fingerprint "
+            f"{prov.slide.fingerprint}), not of {slide} (fingerprint {fingerprint}); pass --overwrite to replace it"
+        ))
+    if prov.model.sha256 == model_sha256:
+        return SlideOutcome(str(slide), str(out), "skipped")
+    return None
 
 
 def failed_outcome(slide: Path, out: Path, error: WsiSegError, started: float) -> SlideOutcome:
