@@ -51,7 +51,8 @@ def _register_check_dataset(sub: argparse._SubParsersAction) -> None:
                    help="dataset layout (default: %(default)s: recognised from the folder)")
     p.add_argument("--headers-only", action="store_true",
                    help="do not decode every image (masks are always decoded); what training checks")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the findings as JSON")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE",
+                   help="also write the findings as JSON (default: no)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_check_dataset)
 
@@ -67,7 +68,7 @@ def run_check_dataset(args: argparse.Namespace) -> int:
 
 
 def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
-    from training.experiment import MethodBenchmarkConfig as D
+    from training.config import MethodBenchmarkConfig
 
     p = sub.add_parser(
         "benchmark-method",
@@ -76,33 +77,17 @@ def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
                     "(both protocols). Resumable: rerun the same command to continue.",
     )
     p.add_argument("--work", type=Path, required=True, metavar="DIR", help="folder for the dataset, runs and results")
-    p.add_argument("--n-train", type=int, default=D.n_train, metavar="N", help="train patches (default: %(default)s)")
-    p.add_argument("--n-test", type=int, default=D.n_test, metavar="N", help="test patches (default: %(default)s)")
-    p.add_argument("--preset", default=D.preset, metavar="NAME", help="model preset (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=D.stage1_epochs, metavar="N",
-                   help="stage-1 epochs (default: %(default)s)")
-    p.add_argument("--stage2-epochs", type=int, default=D.stage2_epochs, metavar="N",
-                   help="stage-2 epochs (default: %(default)s)")
-    p.add_argument("--stage1-batch-size", type=int, default=None, metavar="N",
-                   help="stage-1 batch (default: the stage-1 default)")
-    p.add_argument("--stage2-batch-size", type=int, default=D.stage2_batch_size, metavar="N",
-                   help="stage-2 batch (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=D.seed, metavar="N", help="seed of data and runs (default: %(default)s)")
-    p.add_argument("--device", default=D.device, metavar="DEVICE",
-                   help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_config_flags(p, {"": MethodBenchmarkConfig})
     p.set_defaults(func=run_benchmark_method)
 
 
 def run_benchmark_method(args: argparse.Namespace) -> int:
-    from training.experiment import MethodBenchmarkConfig, benchmark_method, format_markdown, format_thesis_tables
+    from training.config import MethodBenchmarkConfig
+    from training.experiment import benchmark_method, format_markdown, format_thesis_tables
     from wsi_seg.metrics import PROTOCOLS
 
     _show_training_logs()
-    cfg = MethodBenchmarkConfig(
-        work=str(args.work), n_train=args.n_train, n_test=args.n_test, preset=args.preset,
-        stage1_epochs=args.epochs, stage2_epochs=args.stage2_epochs, stage1_batch_size=args.stage1_batch_size,
-        stage2_batch_size=args.stage2_batch_size, seed=args.seed, device=args.device,
-    )
+    cfg = MethodBenchmarkConfig(work=str(args.work), **config_overrides(args))
     bench = benchmark_method(cfg)
     table = format_thesis_tables(bench)
     print(table)

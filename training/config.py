@@ -435,6 +435,25 @@ class PretrainConfig(RunConfig):
                                     f"batch_size must be ≥ 2 (NT-Xent needs other images), got {self.batch_size}")]
 
 
+@dataclass
+class MethodBenchmarkConfig:
+    """Sizes of the method benchmark (``wsi-seg benchmark-method``, :mod:`training.experiment`);
+    the defaults finish in under an hour on 2 CPU cores."""
+
+    work: str = ""
+    n_train: int = setting(800, flag="--n-train", metavar="N", help="train patches")
+    n_val: int = 32
+    n_test: int = setting(128, flag="--n-test", metavar="N", help="test patches")
+    preset: str = setting("small", flag="--preset", metavar="NAME", help="model preset")
+    stage1_epochs: int = setting(20, flag="--epochs", metavar="N", help="stage-1 epochs")
+    stage2_epochs: int = setting(8, flag="--stage2-epochs", metavar="N", help="stage-2 epochs")
+    stage1_batch_size: int | None = setting(None, flag="--stage1-batch-size", metavar="N", help="stage-1 batch",
+                                            default_text="the stage-1 default, 16")
+    stage2_batch_size: int = setting(16, flag="--stage2-batch-size", metavar="N", help="stage-2 batch")
+    seed: int = setting(0, flag="--seed", metavar="N", help="seed of data and runs")
+    device: str = setting("cpu", flag="--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     """Check/convert a scalar config value against its annotation."""
     origin = typing.get_origin(tp)

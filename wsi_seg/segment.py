@@ -89,7 +89,7 @@ def check_bounds(slide: Slide, grid: TileGrid, model_mpp: float, options: Segmen
     if grid.scale > MAX_UPSAMPLING and not options.allow_upsampling:
         raise SlideError(
             f"{slide.path}: the slide is {slide.mpp:g} µm/px and the model runs at {model_mpp:g} µm/px: "
-            f"{grid.scale:.3g}× upsampling of level 0 (more than {MAX_UPSAMPLING:g}×); check the slide's µm/px "
+            f"{grid.scale:.4g}× upsampling of level 0 (more than {MAX_UPSAMPLING:g}×); check the slide's µm/px "
             "(--mpp), or pass --allow-upsampling"
         )
     h, w = grid.out_shape
