@@ -27,8 +27,8 @@ def _show_training_logs() -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate``, ``synth-dataset``, ``benchmark-method``
-    and ``check-dataset``."""
+    """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate``, ``synth-dataset``, ``benchmark-method``,
+    ``check-dataset`` and ``fit``."""
     _register_train(sub)
     _register_pretrain(sub)
     _register_pseudo_labels(sub)
@@ -36,6 +36,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_synth_dataset(sub)
     _register_benchmark_method(sub)
     _register_check_dataset(sub)
+    _register_fit(sub)
+
+
+def _register_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit", help="the whole recipe: [pre-training →] stage 1 → pseudo-labels → stage 2 → evaluation, report.md",
+        description="Run the thesis recipe into RUN (RUN/stage1, RUN/pseudo_labels, RUN/stage2, RUN/eval, "
+                    "RUN/report.md with the thesis' numbers for LUAD-HistoSeg / BCSS-WSSS). Rerun to resume; a "
+                    "finished run is a no-op that says so. Recipes: examples/configs/fit_*.yaml.",
+    )
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="recipe: pretrain / stage1 / stage2 / evaluate sections (YAML, TOML or JSON)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="stage-1 epochs (default: the recipe's)")
+    p.add_argument("--stage2-epochs", type=int, default=None, metavar="N", help="stage-2 epochs (default: the recipe's)")
+    p.add_argument("--device", default=None, metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: the recipe's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_fit)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from training.fit import fit, plan_fit
+
+    _show_training_logs()
+    over: dict[str, Any] = {}
+    if args.device is not None:
+        over["device"] = args.device
+    if args.epochs is not None:
+        over.setdefault("stage1", {})["epochs"] = args.epochs
+    if args.stage2_epochs is not None:
+        over.setdefault("stage2", {})["epochs"] = args.stage2_epochs
+    if args.no_progress:
+        over["progress"] = False
+    plan = plan_fit(args.data, args.out, args.config, over)
+    result = fit(plan, report=print)
+    if not result.ran:
+        print(f"{result.out}: every step is finished; nothing to do (report: {result.report})")
+    else:
+        print(f"ran: {', '.join(result.ran)} → {result.report}")
+    return 0
 
 
 def _register_check_dataset(sub: argparse._SubParsersAction) -> None:
