@@ -46,14 +46,14 @@ from wsi_seg.runtime import autocast, resolve_device  # noqa: E402
 from wsi_seg.segment import SegmentOptions, plan, segment_slide  # noqa: E402
 from wsi_seg.slide import Slide  # noqa: E402
 from wsi_seg.tiling import TileGrid  # noqa: E402
-from wsi_seg.tissue import SeedParams  # noqa: E402
+from wsi_seg.tissue import BackgroundSeedParams  # noqa: E402
 
 
 def tissue_patches(slide_path: Path, model: LoadedModel) -> tuple[TileGrid, list[tuple[int, int]]]:
     """The grid and the (row, col) of the patches ``segment`` would run."""
     with Slide(slide_path) as slide:
-        grid, run = plan(slide, model.config.mpp, model.config.patch_size_px, SegmentOptions())
-    return grid, [(int(i), int(j)) for i, j in zip(*np.nonzero(run))]
+        grid, tissue_patches = plan(slide, model.config.mpp, model.config.patch_size_px, SegmentOptions())
+    return grid, [(int(i), int(j)) for i, j in zip(*np.nonzero(tissue_patches))]
 
 
 def read_patch(osr: "openslide.OpenSlide", grid: TileGrid, i: int, j: int) -> np.ndarray:  # noqa: F821
@@ -76,7 +76,7 @@ def baseline_segment(slide_path: Path, model: LoadedModel, device: torch.device,
     t0 = time.perf_counter()
     grid, coords = tissue_patches(slide_path, model)
     net = model.net.to(device).eval()
-    seed = SeedParams.of_model(model.config)
+    background_seed = BackgroundSeedParams.of_model(model.config)
     mask = np.zeros(grid.out_shape, np.uint8)
     h, w = grid.out_shape
     s, m = grid.stride_px, grid.margin_px
@@ -86,7 +86,7 @@ def baseline_segment(slide_path: Path, model: LoadedModel, device: torch.device,
             batch = coords[start : start + batch_size]
             rgbs = [read_patch(osr, grid, i, j) for i, j in batch]
             images = torch.stack([torch.from_numpy(r).permute(2, 0, 1) for r in rgbs]).to(device)
-            bkg = torch.stack([torch.from_numpy(seed.seed(r)) for r in rgbs]).to(device) if seed.enabled else None
+            bkg = torch.stack([torch.from_numpy(background_seed.seed(r)) for r in rgbs]).to(device) if background_seed.enabled else None
             pred = net.predict(images, bkg).mask.cpu().numpy()
             for k, (i, j) in enumerate(batch):
                 hh, ww = min(s, h - i * s), min(s, w - j * s)

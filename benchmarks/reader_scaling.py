@@ -38,7 +38,7 @@ from wsi_seg.reader import BlockDataset, BlockReader, plan_reader  # noqa: E402
 from wsi_seg.segment import SegmentOptions, plan  # noqa: E402
 from wsi_seg.slide import Slide  # noqa: E402
 from wsi_seg.tiling import Block, TileGrid  # noqa: E402
-from wsi_seg.tissue import SeedParams  # noqa: E402
+from wsi_seg.tissue import BackgroundSeedParams  # noqa: E402
 
 
 def make_dataset(slide_path: Path, seeding: bool) -> tuple[BlockDataset, int]:
@@ -46,11 +46,11 @@ def make_dataset(slide_path: Path, seeding: bool) -> tuple[BlockDataset, int]:
     geometry), and its patch count."""
     cfg = preset_config("small")  # only µm/px, patch size and seeding matter here
     with Slide(slide_path) as slide:
-        grid, run = plan(slide, cfg.mpp, cfg.patch_size_px, SegmentOptions())
+        grid, tissue_patches = plan(slide, cfg.mpp, cfg.patch_size_px, SegmentOptions())
         mpp = slide.mpp
-    blocks = grid.blocks(run)
-    seed = SeedParams.of_model(cfg) if seeding else SeedParams(enabled=False)
-    return BlockDataset(str(slide_path), mpp, grid, blocks, seed), int(run.sum())
+    blocks = grid.blocks(tissue_patches)
+    background_seed = BackgroundSeedParams.of_model(cfg) if seeding else BackgroundSeedParams(enabled=False)
+    return BlockDataset(str(slide_path), mpp, grid, blocks, background_seed), int(tissue_patches.sum())
 
 
 def reader_throughput(dataset: BlockDataset, reader: str, workers: int, device: torch.device) -> float:
@@ -60,7 +60,7 @@ def reader_throughput(dataset: BlockDataset, reader: str, workers: int, device: 
     with Slide(dataset.slide_path) as slide:
         plan_ = plan_reader(reader, slide, cfg.mpp, device)
     blocks = BlockReader(plan_, dataset.slide_path, dataset.slide_mpp, dataset.grid, dataset.blocks,
-                         dataset.seed, device, workers)
+                         dataset.background_seed, device, workers)
     t = time.perf_counter()
     n = 0
     for item in blocks:
@@ -90,7 +90,7 @@ def cost_split(dataset: BlockDataset) -> dict[str, float]:
     """Seconds per patch of decode, resize, seed and cut+tensor, and of the whole item
     (``BlockDataset.__getitem__``), over every block once, in this process."""
     grid = dataset.grid
-    seed = SeedParams.of_model(preset_config("small"))
+    background_seed = BackgroundSeedParams.of_model(preset_config("small"))
     totals = dict.fromkeys(("decode", "resize", "seed", "item"), 0.0)
     n = 0
     with Slide(dataset.slide_path) as slide:
@@ -102,7 +102,7 @@ def cost_split(dataset: BlockDataset) -> dict[str, float]:
             if size != out:
                 rgb = np.asarray(Image.fromarray(rgb).resize(out, Image.Resampling.BILINEAR))
             t2 = time.perf_counter()
-            seed.seed(rgb)
+            background_seed.seed(rgb)
             t3 = time.perf_counter()
             dataset[k]
             t4 = time.perf_counter()
@@ -112,7 +112,7 @@ def cost_split(dataset: BlockDataset) -> dict[str, float]:
             totals["item"] += t4 - t3
             n += len(block.patches)
     per = {key: v / n for key, v in totals.items()}
-    if not dataset.seed.enabled:
+    if not dataset.background_seed.enabled:
         per["seed"] = 0.0
     per["cut"] = max(0.0, per["item"] - per["decode"] - per["resize"] - per["seed"])
     return per

@@ -58,7 +58,7 @@ from wsi_seg.runtime import autocast  # noqa: E402
 from wsi_seg.segment import SegmentOptions, plan, segment_slide  # noqa: E402
 from wsi_seg.slide import Slide  # noqa: E402
 from wsi_seg.tiling import TileGrid  # noqa: E402
-from wsi_seg.tissue import SeedParams  # noqa: E402
+from wsi_seg.tissue import BackgroundSeedParams  # noqa: E402
 
 
 def tia_model(net: PsclNet, margin_px: int, precision: str) -> "ModelABC":  # noqa: F821
@@ -71,7 +71,7 @@ def tia_model(net: PsclNet, margin_px: int, precision: str) -> "ModelABC":  # no
         def __init__(self) -> None:
             super().__init__()
             self.net = net
-            self.seed = SeedParams.of_model(net.cfg)
+            self.background_seed = BackgroundSeedParams.of_model(net.cfg)
             self.margin = margin_px
             self.precision = precision
             self.class_dict = {0: "background", **{i + 1: n for i, n in enumerate(net.cfg.class_names)}}
@@ -91,8 +91,8 @@ def tia_model(net: PsclNet, margin_px: int, precision: str) -> "ModelABC":  # no
             dev = torch.device(device)
             images = torch.from_numpy(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))).to(dev)
             bkg = None
-            if model.seed.enabled:
-                bkg = torch.from_numpy(np.stack([model.seed.seed(r) for r in rgb])).to(dev)
+            if model.background_seed.enabled:
+                bkg = torch.from_numpy(np.stack([model.background_seed.seed(r) for r in rgb])).to(dev)
             model.net.eval()
             with torch.inference_mode(), autocast(dev, model.precision):
                 pred = model.net.predict(images, bkg)
@@ -108,13 +108,13 @@ def tia_model(net: PsclNet, margin_px: int, precision: str) -> "ModelABC":  # no
     return WsiSegModel()
 
 
-def patch_selection_mask(grid: TileGrid, run: np.ndarray) -> np.ndarray:
-    """(H, W) bool at the model µm/px that selects exactly the ``run`` patches in
+def patch_selection_mask(grid: TileGrid, tissue_patches: np.ndarray) -> np.ndarray:
+    """(H, W) bool at the model µm/px that selects exactly the ``tissue_patches`` in
     TIAToolbox (any mask pixel inside a patch's input window selects it): the centre of
     each owned square, kept clear of the neighbours' context margins."""
     mask = np.zeros(grid.out_shape, bool)
     s, pad = grid.stride_px, grid.margin_px + 1
-    for i, j in zip(*np.nonzero(run)):
+    for i, j in zip(*np.nonzero(tissue_patches)):
         mask[i * s + pad : (i + 1) * s - pad, j * s + pad : (j + 1) * s - pad] = True
     return mask
 
@@ -179,8 +179,8 @@ def main() -> None:
         print(f"slide {slide.path.name}: {'reused' if slide.reused else f'generated in {slide.seconds:.1f} s'}")
         model, what = benchmark_model(args.checkpoint, args.preset, work)
         with Slide(slide.path) as sl:
-            grid, run = plan(sl, model.config.mpp, model.config.patch_size_px, SegmentOptions())
-        mask = patch_selection_mask(grid, run) if args.mask == "ours" else None
+            grid, tissue_patches = plan(sl, model.config.mpp, model.config.patch_size_px, SegmentOptions())
+        mask = patch_selection_mask(grid, tissue_patches) if args.mask == "ours" else None
         opts = SegmentOptions(device="cpu", batch_size=args.batch_size, workers=args.workers,
                               precision=args.precision, overwrite=True, progress=False)
         tia_s, eng_s = [], []
@@ -195,7 +195,7 @@ def main() -> None:
     h, w = min(pred_t.shape[0], mask_e.shape[0]), min(pred_t.shape[1], mask_e.shape[1])
     if pred_t.shape != mask_e.shape:
         print(f"note: output shapes differ (TIAToolbox {pred_t.shape}, ours {mask_e.shape}); compared on {h}×{w}")
-    owned = np.kron(run, np.ones((grid.stride_px, grid.stride_px), bool))[:h, :w]
+    owned = np.kron(tissue_patches, np.ones((grid.stride_px, grid.stride_px), bool))[:h, :w]
     same = pred_t[:h, :w] == mask_e[:h, :w]
     t, e = n_t / min(tia_s), res.patches_run / min(eng_s)
     print(f"\nTIAToolbox {tiatoolbox.__version__}, torch {torch.__version__}; {args.size}² px demo slide "

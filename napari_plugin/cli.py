@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("slide", type=Path, metavar="SLIDE",
                    help="slide file, or a result .zarr (its slide is found from it)")
     p.add_argument("mask", type=Path, nargs="?", default=None, metavar="MASK.zarr", help="result of wsi-seg segment")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides whose metadata lacks it")
+    p.add_argument("--mpp", type=float, default=None, metavar="UM",
+                   help="level-0 µm/px for slides whose metadata lacks it (default: from the slide's metadata)")
     p.set_defaults(func=run)
 
 

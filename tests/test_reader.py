@@ -24,7 +24,7 @@ from wsi_seg.reader import plan_reader
 from wsi_seg.segment import SegmentOptions, segment_slide
 from wsi_seg.slide import Slide
 from wsi_seg.synthetic import write_demo_slide
-from wsi_seg.tissue import SeedParams
+from wsi_seg.tissue import BackgroundSeedParams
 
 CPU = torch.device("cpu")
 
@@ -212,7 +212,7 @@ def test_tensor_small_object_removal_equals_skimage():
         m = rng.random((67, 91)) < p
         assert np.array_equal(remove_small_objects(torch.from_numpy(m), 12).numpy(), skimage_rso(m, max_size=11))
     rgb = np.asarray(Image.open(io.BytesIO(_demo_png())))
-    params = SeedParams(min_size_px=50)
+    params = BackgroundSeedParams(min_size_px=50)
     ours = seed_on_device(torch.from_numpy(rgb.copy()).permute(2, 0, 1), params).numpy()
     assert (ours == params.seed(rgb)).mean() > 0.999
 

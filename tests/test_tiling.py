@@ -11,8 +11,8 @@ def test_owned_squares_partition_the_output(size, overlap):
     h, w = grid.out_shape
     assert (h, w) == (size[1], size[0])
     cover = np.zeros((h, w), int)
-    run = np.ones(grid.grid_shape, bool)
-    for block in grid.blocks(run):
+    every_patch = np.ones(grid.grid_shape, bool)
+    for block in grid.blocks(every_patch):
         assert (block.y1 - block.y0) <= grid.block_px and (block.x1 - block.x0) <= grid.block_px
         for i, j in block.patches:
             y, x = block.y0 + i * grid.stride_px, block.x0 + j * grid.stride_px
@@ -59,9 +59,9 @@ def test_tissue_fractions_match_brute_force():
 
 def test_only_blocks_with_tissue_run():
     grid = make_grid((2000, 2000), 0.5, 0.5, 224, 0)
-    run = np.zeros(grid.grid_shape, bool)
-    run[0, 0] = run[5, 7] = True
-    blocks = grid.blocks(run)
+    tissue_patches = np.zeros(grid.grid_shape, bool)
+    tissue_patches[0, 0] = tissue_patches[5, 7] = True
+    blocks = grid.blocks(tissue_patches)
     assert sum(len(b.patches) for b in blocks) == 2
     assert len(blocks) == 2
 

@@ -14,7 +14,7 @@ from wsi_seg.errors import DatasetError
 from training.augment import flips
 from training.datasets import (
     PatchDataset,
-    SeedParams,
+    BackgroundSeedParams,
     detect_format,
     open_dataset,
     parse_label,
@@ -178,8 +178,8 @@ def test_mask_conversion_to_internal_convention(tmp_path):
 def test_flips_act_jointly_and_background_follows(tmp_path):
     root = _write(tmp_path / "d", "luad")
     index = open_dataset(root)
-    plain = PatchDataset(index.splits["val"], 4, seed=SeedParams(True, 200, 20), with_masks=True)
-    flipped = PatchDataset(index.splits["val"], 4, seed=SeedParams(True, 200, 20), transform=flips(p=1.0),
+    plain = PatchDataset(index.splits["val"], 4, background_seed=BackgroundSeedParams(True, 200, 20), with_masks=True)
+    flipped = PatchDataset(index.splits["val"], 4, background_seed=BackgroundSeedParams(True, 200, 20), transform=flips(p=1.0),
                            with_masks=True)
     a, b = plain[0], flipped[0]
     assert torch.equal(b["image"], a["image"].flip(-1).flip(-2))

@@ -164,6 +164,13 @@ def test_hub_backbone_resolves_to_its_timm_architecture_and_loads_its_weights(of
     assert loaded.config.provenance["encoder_weights"] == f"hf-hub:{HUB_REPO}"
 
 
+def test_patches_of_another_size_than_the_hub_models_input_are_warned(offline_hub, caplog):
+    cfg = preset_config("vit-tiny", stage=1, backbone=f"hf-hub:{HUB_REPO}", patch_size_px=448)
+    with caplog.at_level("WARNING", logger="wsi_seg.model.backbones"):
+        resolve_hub_backbone(cfg)
+    assert "pre-trained on 224-px inputs; these patches are 448 px" in caplog.text
+
+
 def test_offline_without_the_cache_is_one_line_naming_the_repo(offline_hub):
     cfg = preset_config("uni", stage=1)
     with pytest.raises(CheckpointError) as err:

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi_seg.errors import OutputError
-from wsi_seg.metrics import PROTOCOLS, SegmentationScores
 
-from training.config import PretrainConfig, Stage1Config, Stage2Config, load_config
-from training.loop import run_finished
+from training.config import MethodBenchmarkConfig, PretrainConfig, Stage1Config, Stage2Config, load_config
+
+if TYPE_CHECKING:  # numpy: imported when scores are read, not when the CLI starts
+    from wsi_seg.metrics import SegmentationScores
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ def synthetic_data(root: Path, n_train: int, n_val: int, n_test: int, seed: int)
 def _train_or_reuse(train: Callable[[Any], Any], cfg: Any, result: Path, finished: Path | None = None) -> Path:
     """Run ``train(cfg)`` and give back its ``result``; a run that already finished with
     the same settings is reused (a different one still raises)."""
+    from training.loop import run_finished  # torch: only when training runs, not for --help
+
     try:
         train(cfg)
     except OutputError:
@@ -110,6 +113,7 @@ def evaluate(model: Path, data: Path, device: str, split: str = "test",
     """Scores of ``model`` on ``split`` under both protocols, cached next to the checkpoint
     (stage 1: ``image_labels`` predicted, the reference protocols, or gt, the oracle)."""
     from training.evaluate import evaluate_checkpoint
+    from wsi_seg.metrics import SegmentationScores
 
     cache = model.parent / f"{split}_{image_labels}_scores.json"
     sha = _sha256(model)
@@ -128,23 +132,6 @@ def _sha256(model: Path) -> str:
     from wsi_seg.model.checkpoint import file_sha256
 
     return file_sha256(model / "model.safetensors")
-
-
-@dataclass
-class MethodBenchmarkConfig:
-    """Sizes of the method benchmark; the defaults finish in under an hour on 2 CPU cores."""
-
-    work: str = ""
-    n_train: int = 800
-    n_val: int = 32
-    n_test: int = 128
-    preset: str = "small"
-    stage1_epochs: int = 20
-    stage2_epochs: int = 8
-    stage1_batch_size: int | None = None  # None: the config default (16)
-    stage2_batch_size: int = 16
-    seed: int = 0
-    device: str = "cpu"
 
 
 @dataclass
@@ -229,6 +216,8 @@ def _trained_seconds(run_dir: Path, started: float) -> float:
 
 def format_thesis_tables(bench: MethodBenchmark) -> str:
     """One table per protocol: Model | per-class IoU | mIoU | fwIoU, in % (thesis format)."""
+    from wsi_seg.metrics import PROTOCOLS
+
     blocks = []
     for protocol in PROTOCOLS:
         first = bench.rows[0].scores[protocol]

@@ -29,7 +29,7 @@ from wsi_seg.errors import ConfigError, OutputError
 from wsi_seg.model import CamHead, PatchPrediction, PsclNet, load_checkpoint
 from wsi_seg.model.config import ModelConfig
 
-from training.datasets import PatchDataset, SeedParams, open_dataset
+from training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def generate_pseudo_labels(
         raise OutputError(f"{mask_dir}: already holds pseudo-labels; use --overwrite or another --out")
     mask_dir.mkdir(parents=True, exist_ok=True)
     cam_dir.mkdir(parents=True, exist_ok=True)
-    dataset = PatchDataset(records, index.num_classes, seed=SeedParams.of_model(cfg))
+    dataset = PatchDataset(records, index.num_classes, background_seed=BackgroundSeedParams.of_model(cfg))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     palette = palette_of(cfg.class_colors)
     net = loaded.net.eval()
@@ -183,7 +183,7 @@ def generate_pseudo_labels(
         "cams": {"key": "cams", "dtype": "uint8", "layout": "(N, H, W)", "scale": 1 / CAM_SCALE},
         "gating_threshold": gating_threshold,
         "gating_epsilon": gating_epsilon,
-        "background_seed": SeedParams.of_model(cfg).__dict__,
+        "background_seed": BackgroundSeedParams.of_model(cfg).__dict__,
         "checkpoint": {"path": str(Path(model).resolve()), "sha256": loaded.sha256},
         "dataset": {"path": str(Path(data).resolve()), "format": index.info.name},
         "splits": splits,

@@ -34,7 +34,7 @@ from wsi_seg.model.config import ModelConfig
 
 from training.augment import flips
 from training.config import Stage1Config
-from training.datasets import DatasetIndex, PatchDataset, SeedParams, open_checked_dataset
+from training.datasets import DatasetIndex, PatchDataset, BackgroundSeedParams, open_checked_dataset
 from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
 from training.losses import MLSMLoss, PSCLLoss, default_supcon
@@ -61,7 +61,7 @@ class ResolvedData:
     """The dataset and the defaults its format implies, after the config's overrides."""
 
     index: DatasetIndex
-    seed: SeedParams
+    background_seed: BackgroundSeedParams
     mpp: float
     patch_size_px: int
 
@@ -72,7 +72,7 @@ def resolve_data(cfg: Stage1Config) -> ResolvedData:
     index.split("train", need_labels=True)
     enabled = info.background_seed if cfg.data.background_seed is None else cfg.data.background_seed
     min_size = info.bkg_min_size_px if cfg.data.bkg_min_size_px is None else cfg.data.bkg_min_size_px
-    seed = SeedParams(enabled=enabled, gray_threshold=cfg.data.bkg_gray_threshold, min_size_px=min_size)
+    background_seed = BackgroundSeedParams(enabled=enabled, gray_threshold=cfg.data.bkg_gray_threshold, min_size_px=min_size)
     mpp = cfg.data.mpp if cfg.data.mpp is not None else info.mpp
     if mpp is None:
         log.warning("%s: the patches' µm/px is unknown; assuming 0.5 (pass --mpp)", index.root)
@@ -81,7 +81,7 @@ def resolve_data(cfg: Stage1Config) -> ResolvedData:
     if h != w or h % 32:
         first = index.splits["train"][0].image
         raise DatasetError(f"{first}: train patches are {w}×{h} px; the network needs square patches, a multiple of 32 px")
-    return ResolvedData(index=index, seed=seed, mpp=mpp, patch_size_px=h)
+    return ResolvedData(index=index, background_seed=background_seed, mpp=mpp, patch_size_px=h)
 
 
 def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
@@ -93,9 +93,9 @@ def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
         class_colors=data.index.info.class_colors,
         mpp=data.mpp,
         patch_size_px=data.patch_size_px,
-        background_seeding=data.seed.enabled,
+        background_seeding=data.background_seed.enabled,
         bkg_gray_threshold=int(round(cfg.data.bkg_gray_threshold)),
-        bkg_min_size_px=data.seed.min_size_px,
+        bkg_min_size_px=data.background_seed.min_size_px,
     )
     if cfg.pscl.gating:
         overrides["cam_score_threshold"] = cfg.pscl.gating_threshold
@@ -139,10 +139,10 @@ class Stage1Trainer(ValidatedTrainer):
             loss=default_supcon(cfg.pscl.temperature),
         )
         index = data.index
-        self.val_loader = self.make_val_loader(index, data.seed)
+        self.val_loader = self.make_val_loader(index, data.background_seed)
         return TrainingParts(
             net=net, optimizer=optimizer, forward=_Stage1Forward(net),
-            dataset=PatchDataset(index.split("train", need_labels=True), index.num_classes, seed=data.seed,
+            dataset=PatchDataset(index.split("train", need_labels=True), index.num_classes, background_seed=data.background_seed,
                                  transform=flips()),
             scheduler=lambda opt, total: torch.optim.lr_scheduler.PolynomialLR(
                 opt, total_iters=total, power=cfg.optim.poly_power),
@@ -160,7 +160,7 @@ class Stage1Trainer(ValidatedTrainer):
         if not self.cfg.pscl.enabled:
             return {"loss": mlsm, "mlsm": mlsm}
         cams = cams_from_class_maps(class_maps.detach().float())
-        background = batch["background"].to(self.device) if self.data.seed.enabled else None
+        background = batch["background"].to(self.device) if self.data.background_seed.enabled else None
         pscl = self.pscl_loss(features.float(), cams, background, image_labels=labels, logits=logits)
         return {"loss": mlsm + self.cfg.pscl.weight * pscl, "mlsm": mlsm, "pscl": pscl,
                 "pscl_pixels": self.pscl_loss.last_stats.get("sampled_pixels", 0)}
@@ -180,7 +180,7 @@ class Stage1Trainer(ValidatedTrainer):
                 "splits": {k: len(v) for k, v in data.index.splits.items()},
                 "patch_size_px": data.patch_size_px,
                 "mpp": data.mpp,
-                "background_seed": dataclasses.asdict(data.seed),
+                "background_seed": dataclasses.asdict(data.background_seed),
             },
             "model": self.model_cfg.to_dict(),
             "pretrained": self.weights.to_dict() if self.weights else None,
@@ -215,7 +215,7 @@ def _provenance(trainer: Stage1Trainer) -> dict[str, Any]:
                 "gating_threshold": cfg.pscl.gating_threshold if cfg.pscl.gating else None,
                 "gating_epsilon": cfg.pscl.gating_epsilon,
             },
-            "background_seed": dataclasses.asdict(data.seed),
+            "background_seed": dataclasses.asdict(data.background_seed),
             "pretrained": trainer.weights.to_dict() if trainer.weights else None,
             **trainer.provenance(),
         }

@@ -36,11 +36,12 @@ from torch.utils.data import DataLoader, Dataset
 from wsi_seg.errors import ConfigError, WsiSegError
 
 from training.config import RunConfig, SupervisedRunConfig, dump_yaml
-from training.datasets import DatasetIndex, PatchDataset, SeedParams
+from training.datasets import DatasetIndex, PatchDataset, BackgroundSeedParams
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.loop import (
     autocast_for,
     device_and_dist,
+    loader_workers,
     per_rank_batch,
     prepare_run_dir,
     resume_run,
@@ -315,14 +316,14 @@ class ValidatedTrainer(Trainer):
     cfg: SupervisedRunConfig
     val_loader: DataLoader | None = None
 
-    def make_val_loader(self, index: DatasetIndex, seed: SeedParams) -> DataLoader | None:
+    def make_val_loader(self, index: DatasetIndex, background_seed: BackgroundSeedParams) -> DataLoader | None:
         """The val patches of ``index`` with their masks (background seeded by ``seed``),
         when they have masks and this rank validates; None otherwise."""
         if self.cfg.val_every == 0 or not self.dist.is_main or not index.has_masks("val"):
             return None
-        dataset = PatchDataset(index.split("val", need_masks=True), index.num_classes, seed=seed, with_masks=True)
+        dataset = PatchDataset(index.split("val", need_masks=True), index.num_classes, background_seed=background_seed, with_masks=True)
         return DataLoader(dataset, batch_size=max(1, self.cfg.batch_size // self.dist.world_size), shuffle=False,
-                          num_workers=self.cfg.data.workers)
+                          num_workers=loader_workers(self.cfg.data.workers))
 
     def validation_due(self, epochs_done: int) -> bool:
         every = self.cfg.val_every

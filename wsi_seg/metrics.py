@@ -30,17 +30,19 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch tensors are accepted, but torch is not imported here (CLI start-up)
+    import torch
 
 PROTOCOLS = ("mlps", "tpro")
 BACKGROUND_NAME = "background"
 
 
 def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch tensor
         return x.detach().cpu().numpy()
     return np.asarray(x)
 

@@ -33,10 +33,9 @@ from wsi_seg.decode.reduced import JpegRegionReader, dct_reduction
 from wsi_seg.decode.tiff_jpeg import JPEG_TILE_VENDORS, JpegLevel, TileFile, find_jpeg_level
 from wsi_seg.errors import ConfigError, SlideError, WsiSegError
 from wsi_seg.options import READERS
-from wsi_seg.options import READERS  # defined with the options, torch-free
 from wsi_seg.slide import Slide
 from wsi_seg.tiling import Block, TileGrid
-from wsi_seg.tissue import SeedParams
+from wsi_seg.tissue import BackgroundSeedParams
 
 
 @dataclass(frozen=True)
@@ -113,14 +112,14 @@ class BlockDataset(Dataset):
         slide_mpp: float,
         grid: TileGrid,
         blocks: list[Block],
-        seed: SeedParams = SeedParams(enabled=False),
+        background_seed: BackgroundSeedParams = BackgroundSeedParams(enabled=False),
         plan: ReaderPlan | None = None,
     ) -> None:
         self.slide_path = slide_path
         self.slide_mpp = slide_mpp
         self.grid = grid
         self.blocks = blocks
-        self.seed = seed
+        self.background_seed = background_seed
         self.plan = plan
         self._slide: Slide | JpegRegionReader | None = None
 
@@ -157,7 +156,7 @@ class BlockDataset(Dataset):
             # returned, not raised: a worker's exception would reach the user wrapped
             # in its traceback; the consumer raises it again as one clean line
             return {"block": idx, "error": str(exc)}
-        bkg = self.seed.seed(rgb) if self.seed.enabled else None
+        bkg = self.background_seed.seed(rgb) if self.background_seed.enabled else None
         p, s = self.grid.patch_px, self.grid.stride_px
         n = len(block.patches)
         patches = np.empty((n, p, p, 3), np.uint8)
@@ -258,8 +257,8 @@ class BlockReader:
     resized and seeded on ``device`` (their tensors are already there)."""
 
     def __init__(self, plan: ReaderPlan, slide_path: str, slide_mpp: float, grid: TileGrid, blocks: list[Block],
-                 seed: SeedParams, device: torch.device, workers: int) -> None:
-        self.plan, self.grid, self.blocks, self.seed, self.device = plan, grid, blocks, seed, device
+                 background_seed: BackgroundSeedParams, device: torch.device, workers: int) -> None:
+        self.plan, self.grid, self.blocks, self.background_seed, self.device = plan, grid, blocks, background_seed, device
         self.prefetch_thread = PREFETCH_THREAD
         self.decoder = None
         if plan.used == "jpeg-device" and plan.jpeg is not None:
@@ -268,7 +267,7 @@ class BlockReader:
             self.decoder = TileDecoder(device)
             dataset: Dataset = TileBytesDataset(plan.jpeg, plan.downsample, grid, blocks)
         else:
-            dataset = BlockDataset(slide_path, slide_mpp, grid, blocks, seed, plan)
+            dataset = BlockDataset(slide_path, slide_mpp, grid, blocks, background_seed, plan)
         self.loader = DataLoader(
             dataset, batch_size=None, shuffle=False, num_workers=workers,
             pin_memory=device.type == "cuda" and self.decoder is None,
@@ -326,12 +325,12 @@ class BlockReader:
         except SlideError as exc:
             return {"block": idx, "error": str(exc)}
         rgb = assemble_region(level, tiles, item["where"], box, out_size, self.device)
-        if not self.seed.enabled:
+        if not self.background_seed.enabled:
             bkg = None
         elif self.device.type == "cuda":
-            bkg = background_seed(rgb, self.seed)
+            bkg = background_seed(rgb, self.background_seed)
         else:  # skimage is faster than the tensor version on the CPU
-            bkg = torch.from_numpy(self.seed.seed(rgb.permute(1, 2, 0).numpy()))
+            bkg = torch.from_numpy(self.background_seed.seed(rgb.permute(1, 2, 0).numpy()))
         p, s = self.grid.patch_px, self.grid.stride_px
         patches = torch.stack([rgb[:, i * s : i * s + p, j * s : j * s + p] for i, j in block.patches])
         if bkg is None:

@@ -27,7 +27,7 @@ from wsi_seg.result import partial_path, read_provenance
 from wsi_seg.runtime import Runtime, resolve_runtime, torch_threads
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
-from wsi_seg.tissue import SeedParams, tissue_mask
+from wsi_seg.tissue import BackgroundSeedParams, tissue_mask
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def check_bounds(slide: Slide, grid: TileGrid, model_mpp: float, options: Segmen
     if grid.scale > MAX_UPSAMPLING and not options.allow_upsampling:
         raise SlideError(
             f"{slide.path}: the slide is {slide.mpp:g} µm/px and the model runs at {model_mpp:g} µm/px: "
-            f"{grid.scale:.3g}× upsampling of level 0 (more than {MAX_UPSAMPLING:g}×); check the slide's µm/px "
+            f"{grid.scale:.4g}× upsampling of level 0 (more than {MAX_UPSAMPLING:g}×); check the slide's µm/px "
             "(--mpp), or pass --allow-upsampling"
         )
     h, w = grid.out_shape
@@ -101,7 +101,7 @@ def check_bounds(slide: Slide, grid: TileGrid, model_mpp: float, options: Segmen
 
 
 def plan(slide: Slide, model_mpp: float, patch_px: int, options: SegmentOptions) -> tuple[TileGrid, np.ndarray]:
-    """(grid, which patches to run: (rows, cols) bool) for a slide; bounds are checked first."""
+    """(grid, tissue patches: (rows, cols) bool, the patches to run) for a slide; bounds are checked first."""
     grid = make_grid(slide.dimensions, slide.mpp, model_mpp, patch_px, options.overlap_px)
     check_bounds(slide, grid, model_mpp, options)
     if min(grid.out_shape) < patch_px:
@@ -112,10 +112,10 @@ def plan(slide: Slide, model_mpp: float, patch_px: int, options: SegmentOptions)
     thumb_mpp = max(options.tissue.thumbnail_mpp, slide.mpp)
     thumb, thumb_mpp = slide.thumbnail(thumb_mpp)
     tissue = tissue_mask(thumb, thumb_mpp, options.tissue)
-    run = grid.tissue_fractions(tissue) >= max(options.tissue.min_tissue_fraction, 1e-6)
-    if not run.any():
+    tissue_patches = grid.tissue_fractions(tissue) >= max(options.tissue.min_tissue_fraction, 1e-6)
+    if not tissue_patches.any():
         raise NoTissueError(f"{slide.path}: no tissue found (threshold {options.tissue.min_tissue_fraction:.2f}); nothing to segment")
-    return grid, run
+    return grid, tissue_patches
 
 
 def _provenance(info: SlideInfo, model: LoadedModel, grid: TileGrid, options: SegmentOptions) -> dict[str, Any]:
@@ -369,28 +369,27 @@ def _locked_steps(
                          options.threads)  # validates before any work
     device, workers = rt.device, rt.reader_workers
     with Slide(slide_path, mpp=options.mpp) as slide:
-        info = slide.info()
-        _ = slide.mpp  # raises MissingMppError early
         t = time.perf_counter()
-        grid, run = plan(slide, cfg.mpp, cfg.patch_size_px, options)
+        grid, tissue_patches = plan(slide, cfg.mpp, cfg.patch_size_px, options)  # bounds first, then tissue
         timings["tissue"] = time.perf_counter() - t
+        info = slide.info()  # the fingerprint, once the run is known to be sane
         reader_plan = plan_reader(options.reader, slide, cfg.mpp, device)
     provenance = _provenance(info, model, grid, options)
     provenance["inference"] = {**rt.provenance(), "reader": reader_plan.provenance()}
     store = _prepare_store(out, grid, model, provenance, options.overwrite)
-    blocks = grid.blocks(run)
+    blocks = grid.blocks(tissue_patches)
     done = store.done_blocks()
     todo = [b for b in blocks if b.index not in done]
-    n_total = int(run.sum())
+    n_total = int(tissue_patches.sum())
     n_resumed = sum(len(b.patches) for b in blocks if b.index in done)
     n_skipped = grid.grid_shape[0] * grid.grid_shape[1] - n_total
-    seed = SeedParams.of_model(cfg)
+    background_seed = BackgroundSeedParams.of_model(cfg)
     reader = BlockReader(reader_plan, str(slide_path), info.mpp if options.mpp is None else options.mpp,
-                         grid, todo, seed, device, workers)
+                         grid, todo, background_seed, device, workers)
     net = model.net.to(device).eval()
     plan_ = SegmentPlan(
         str(slide_path), grid.out_shape, cfg.mpp, info.mpp if options.mpp is None else options.mpp, n_total,
-        sum(len(b.patches) for b in todo), _seconds_per_patch(net, rt, cfg.patch_size_px, seed.enabled) if todo else 0.0,
+        sum(len(b.patches) for b in todo), _seconds_per_patch(net, rt, cfg.patch_size_px, background_seed.enabled) if todo else 0.0,
         str(device),
     )
     log.info("%s", plan_.describe())
@@ -411,7 +410,7 @@ def _locked_steps(
                 # the grad and autocast modes are thread state: entered per batch, never held across a yield
                 with torch.inference_mode(), rt.autocast():
                     patches = patches.to(device, non_blocking=True)
-                    bkg = backgrounds.to(device, non_blocking=True) if seed.enabled else None
+                    bkg = backgrounds.to(device, non_blocking=True) if background_seed.enabled else None
                     pred = net.predict(patches, bkg)
                     acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
                     masks = pred.mask.cpu().numpy()

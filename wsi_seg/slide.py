@@ -274,8 +274,3 @@ def _rgba_on_white(rgba: Image.Image) -> np.ndarray:
     rgb = arr[..., :3].copy()
     rgb[arr[..., 3] == 0] = 255
     return rgb
-
-
-def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
-    """Open a slide; ``mpp`` overrides (or supplies missing) level-0 µm/px."""
-    return Slide(path, mpp=mpp)

@@ -111,14 +111,15 @@ class TileGrid:
         area = np.maximum(self.patch_px * fy, 1e-9) * np.maximum(self.patch_px * fx, 1e-9)
         return np.clip(total / np.maximum(area, 1.0), 0.0, 1.0).astype(np.float32)
 
-    def blocks(self, run: np.ndarray) -> list[Block]:
-        """Blocks (row-major) holding at least one patch marked in ``run`` (rows, cols)."""
+    def blocks(self, selected: np.ndarray) -> list[Block]:
+        """Blocks (row-major) holding at least one patch marked in ``selected``, a (rows, cols)
+        bool patch mask (the tissue patches)."""
         k = self.block_patches
         out: list[Block] = []
         brows, bcols = self.blocks_shape
         for br in range(brows):
             for bc in range(bcols):
-                sub = run[br * k : (br + 1) * k, bc * k : (bc + 1) * k]
+                sub = selected[br * k : (br + 1) * k, bc * k : (bc + 1) * k]
                 if not sub.any():
                     continue
                 y0, x0, y1, x1 = self.block_box(br, bc)

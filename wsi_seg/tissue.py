@@ -1,4 +1,4 @@
-"""Background seeding and tissue detection (thesis §4.3.2, SPEC §3).
+"""Background seeding (thesis §4.3.2) and tissue detection on a slide thumbnail.
 
 The same colour threshold + ``skimage.morphology.remove_small_objects`` serves two
 uses: the background seed of a training patch or inference block (sizes in pixels of
@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
+    import numpy as np
+
     from wsi_seg.model.config import ModelConfig
 
 
 def _gray_uint8(rgb: np.ndarray) -> np.ndarray:
-    from skimage.color import rgb2gray  # scikit-image on first use: the CLI starts without it
+    import numpy as np  # numpy and scikit-image on first use: the CLI starts without them
+    from skimage.color import rgb2gray
 
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
@@ -40,7 +41,7 @@ def background_seed(rgb: np.ndarray, gray_threshold: float = 200, min_size_px: i
 
 
 @dataclass(frozen=True)
-class SeedParams:
+class BackgroundSeedParams:
     """Background seeding of patches and blocks; ``enabled=False`` seeds no background."""
 
     enabled: bool = True
@@ -48,13 +49,15 @@ class SeedParams:
     min_size_px: int = 200
 
     @classmethod
-    def of_model(cls, cfg: ModelConfig) -> SeedParams:
+    def of_model(cls, cfg: ModelConfig) -> BackgroundSeedParams:
         """The seeding a checkpoint was trained with (and runs with)."""
         return cls(cfg.background_seeding, cfg.bkg_gray_threshold, cfg.bkg_min_size_px)
 
     def seed(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W) bool background seed of an (H, W, 3) uint8 image."""
         if not self.enabled:
+            import numpy as np
+
             return np.zeros(rgb.shape[:2], bool)
         return background_seed(rgb, gray_threshold=self.gray_threshold, min_size_px=self.min_size_px)
 
@@ -77,6 +80,7 @@ def tissue_mask(rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams
     Tissue is darker than ``gray_threshold`` or saturated (stained); specks smaller than
     ``min_tissue_um2`` are removed and holes up to ``max_hole_um2`` are filled.
     """
+    import numpy as np
     from skimage.morphology import remove_small_holes, remove_small_objects
 
     rgb = rgb[..., :3]

@@ -4,7 +4,7 @@ from training.datasets.check import DatasetReport, check_dataset, open_checked_d
 from training.datasets.formats import BCSS, FORMATS, LUAD, FormatInfo
 from training.datasets.io import read_mask, read_rgb, to_internal
 from training.datasets.layout import SPLITS, DatasetIndex, PatchRecord, detect_format, open_dataset, parse_label
-from training.datasets.patches import PatchDataset, SeedParams, labels_from_mask
+from training.datasets.patches import PatchDataset, BackgroundSeedParams, labels_from_mask
 
 __all__ = [
     "BCSS",
@@ -16,7 +16,7 @@ __all__ = [
     "FormatInfo",
     "PatchDataset",
     "PatchRecord",
-    "SeedParams",
+    "BackgroundSeedParams",
     "check_dataset",
     "detect_format",
     "labels_from_mask",

@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from wsi_seg.errors import DatasetError
-from wsi_seg.tissue import SeedParams
+from wsi_seg.tissue import BackgroundSeedParams
 
 from training.augment import apply_joint
 from training.datasets.io import read_mask, read_rgb
@@ -37,13 +37,13 @@ class PatchDataset(Dataset):
         self,
         records: list[PatchRecord],
         num_classes: int,
-        seed: SeedParams = SeedParams(),
+        background_seed: BackgroundSeedParams = BackgroundSeedParams(),
         transform: v2.Transform | None = None,
         with_masks: bool = False,
     ) -> None:
         self.records = list(records)
         self.num_classes = num_classes
-        self.seed = seed
+        self.background_seed = background_seed
         self.transform = transform
         self.with_masks = with_masks
         for rec in self.records:
@@ -66,7 +66,7 @@ class PatchDataset(Dataset):
         image_t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(mask) if mask is not None and self.with_masks else None
         image_t, mask_t = apply_joint(self.transform, image_t, mask_t)
-        background = self.seed.seed(image_t.permute(1, 2, 0).numpy())
+        background = self.background_seed.seed(image_t.permute(1, 2, 0).numpy())
         sample = {
             "image": image_t.contiguous(),
             "labels": torch.from_numpy(labels),

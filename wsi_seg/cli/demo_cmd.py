@@ -8,23 +8,27 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-slide", help="write a synthetic H&E-like pyramidal TIFF and its ground-truth mask")
-    p.add_argument("out", type=Path, metavar="OUT.tif")
-    p.add_argument("--size", type=int, default=8192, help="width and height in px (default: 8192)")
-    p.add_argument("--mpp", type=float, default=0.25, help="level-0 µm/px written to the metadata (default: 0.25)")
+    p.add_argument("out", type=Path, metavar="OUT.tif", help="slide to write; its mask goes next to it")
+    p.add_argument("--size", type=int, default=8192, metavar="PX", help="width and height in px (default: %(default)s)")
+    p.add_argument("--mpp", type=float, default=0.25, metavar="UM",
+                   help="level-0 µm/px written to the metadata (default: %(default)s)")
     p.add_argument("--no-mpp", action="store_true", help="write no µm/px metadata")
-    p.add_argument("--tissue-fraction", type=float, default=0.6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tissue-fraction", type=float, default=0.6, metavar="F",
+                   help="share of the slide covered by tissue (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the drawn tissue (default: %(default)s)")
     p.set_defaults(func=run_demo_slide)
 
     d = sub.add_parser("demo", help="generate the demo slide, segment it with the default model, write its report")
-    d.add_argument("--out", type=Path, default=Path("demo.zarr"), help="result (default: demo.zarr)")
-    d.add_argument("--slide", type=Path, default=Path("demo_slide.tif"), help="demo slide, generated if missing")
+    d.add_argument("--out", type=Path, default=Path("demo.zarr"), metavar="ZARR", help="result (default: %(default)s)")
+    d.add_argument("--slide", type=Path, default=Path("demo_slide.tif"), metavar="SLIDE",
+                   help="demo slide, generated if missing (default: %(default)s)")
     d.add_argument("--preview", type=Path, default=Path("demo_report.png"), metavar="REPORT.png|.html",
                    help="the slide report: slide | overlay | ground truth, legend, areas (default: %(default)s)")
-    d.add_argument("--size", type=int, default=8192)
-    d.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled demo model)")
-    d.add_argument("--device", default="auto")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--size", type=int, default=8192, metavar="PX",
+                   help="width and height of a generated slide in px (default: %(default)s)")
+    d.add_argument("--model", type=Path, default=None, metavar="CKPT", help="checkpoint (default: the bundled demo model)")
+    d.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=run_demo)
 
 

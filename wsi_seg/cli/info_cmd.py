@@ -8,8 +8,9 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a slide's levels, µm/px, vendor and tissue fraction")
-    p.add_argument("slide", type=Path)
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px if the slide lacks it")
+    p.add_argument("slide", type=Path, metavar="SLIDE", help="slide file (.svs, .tif, .ndpi, .mrxs, …)")
+    p.add_argument("--mpp", type=float, default=None, metavar="UM",
+                   help="level-0 µm/px if the slide lacks it (default: from the slide's metadata)")
     p.set_defaults(func=run)
 
 

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, metavar="REPORT.png|.html",
                    help="where to write it (default: <result>_report.png next to the result)")
     p.add_argument("--slide", type=Path, default=None, metavar="NEWPATH",
-                   help="the slide, when it moved since the result was written")
+                   help="the slide, when it moved since the result was written (default: the path the result records)")
     p.add_argument("--ground-truth", type=Path, default=None, metavar="MASK.png",
                    help="class-mask PNG (+ .json) to show beside the result (default: the demo slide's "
                         "<stem>_mask.png when it is next to the slide)")

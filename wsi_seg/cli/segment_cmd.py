@@ -34,32 +34,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment whole slides into OME-Zarr masks and activation maps")
     p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (.svs, .tif, .ndpi, .mrxs, …), quoted glob patterns, or a CSV manifest (column 'slide')")
     dest = p.add_mutually_exclusive_group(required=True)
-    dest.add_argument("--out", type=Path, help="output .zarr for a single slide")
-    dest.add_argument("--out-dir", type=Path, help="folder for one <slide>.zarr per slide")
-    p.add_argument("--model", type=Path, default=None, help="checkpoint directory or .safetensors (default: the bundled demo model)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--batch-size", type=int, default=None,
+    dest.add_argument("--out", type=Path, metavar="ZARR", help="output .zarr for a single slide")
+    dest.add_argument("--out-dir", type=Path, metavar="DIR", help="folder for one <slide>.zarr per slide")
+    p.add_argument("--model", type=Path, default=None, metavar="CKPT",
+                   help="checkpoint directory or .safetensors (default: the bundled demo model)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="patches per model call (default: 2 on CPU, where small batches ran fastest; 32 on CUDA)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="slide-reading worker processes (default: 0 = in-process on CPU, where the model uses "
-                        "every core; up to 8 on CUDA)")
+                        "every core; on CUDA one per spare CPU this process may use, up to 8)")
     p.add_argument("--overlap", type=int, default=SegmentOptions.overlap_px, metavar="PX",
                    help="patch overlap in px at the model resolution; centre-cropped (default: %(default)s)")
-    p.add_argument("--mpp", type=float, default=None,
+    p.add_argument("--mpp", type=float, default=None, metavar="UM",
                    help="level-0 µm/px of the slide: for slides whose metadata lacks it or gives an implausible "
-                        "value, and for plain PNG/JPEG/TIFF images (read as one level)")
+                        "value, and for plain PNG/JPEG/TIFF images, read as one level (default: from the "
+                        "slide's metadata)")
     p.add_argument("--allow-upsampling", action="store_true",
                    help="allow a model µm/px more than 2× finer than the slide's level 0")
     p.add_argument("--max-output-px", type=_pixel_count, default=DEFAULT_MAX_OUTPUT_PX, metavar="N",
                    help="refuse a slide whose output at the model's µm/px would exceed N px "
                         "(default: %(default).0e, a 200,000² px output)")
-    p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction,
+    p.add_argument("--tissue-threshold", type=float, default=TissueParams.min_tissue_fraction, metavar="F",
                    help="minimum tissue fraction of a patch to run it (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision (default: auto = bf16 where the device computes it natively: CUDA GPUs "
                         "with bf16, CPUs with AVX512-BF16/AMX; fp16 on older CUDA GPUs; else fp32)")
     p.add_argument("--preview", type=Path, default=None, metavar="REPORT.png|.html",
-                   help="with --out: also write the slide report (overlay, legend, per-class areas)")
+                   help="with --out: also write the slide report (overlay, legend, per-class areas) (default: none)")
     p.add_argument("--reader", default="auto", choices=list(READERS),
                    help="slide decoder: openslide (any format); jpeg-cpu (JPEG tiles of SVS/tiled TIFF decoded at "
                         "1/2, 1/4, 1/8 scale when the level is that much finer than the model); jpeg-device "
@@ -69,10 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run the cohort on the dask cluster at ADDRESS (e.g. tcp://host:8786), one task per "
-                        "slide; CUDA slides take a worker resource GPU=1 (dask worker --resources GPU=1)")
+                        "slide; CUDA slides take a worker resource GPU=1 (dask worker --resources GPU=1) "
+                        "(default: no cluster, slides one after another here)")
     p.add_argument("--local-cluster", type=int, metavar="N", default=None,
                    help="run the cohort on a local dask cluster of N worker processes (with CUDA: worker i "
-                        "uses GPU i); needs wsi-seg[distributed]")
+                        "uses GPU i); needs wsi-seg[distributed] (default: no cluster)")
     p.set_defaults(func=run)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from wsi_seg.tissue import SeedParams
+from wsi_seg.tissue import BackgroundSeedParams
 
 # skimage.color.rgb2gray: Y = 0.2125 R + 0.7154 G + 0.0721 B
 _GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
@@ -73,7 +73,7 @@ def remove_small_objects(mask: torch.Tensor, min_size_px: int) -> torch.Tensor:
     return mask & (sizes[lab] >= min_size_px)
 
 
-def background_seed(rgb: torch.Tensor, params: SeedParams) -> torch.Tensor:
+def background_seed(rgb: torch.Tensor, params: BackgroundSeedParams) -> torch.Tensor:
     """(H, W) bool background seed of a (3, H, W) uint8 image on any device."""
     if not params.enabled:
         return torch.zeros(rgb.shape[1:], dtype=torch.bool, device=rgb.device)

@@ -17,6 +17,7 @@ JSON cannot hold classes, so ``backbone_kwargs`` name layer types by string
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from wsi_seg.model.pretrained import PretrainedWeights
 
     from wsi_seg.model.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 # timm model modules whose models are plain ViTs with forward_intermediates
 _VIT_MODULES = ("vision_transformer", "deit", "eva")
@@ -140,6 +143,9 @@ def resolve_hub_backbone(cfg: ModelConfig) -> tuple[ModelConfig, str | None]:
     changes: dict[str, Any] = dict(backbone=info.architecture, backbone_kwargs=kwargs)
     if info.mean and info.std:
         changes.update(mean=info.mean, std=info.std)
+    if info.input_size_px and info.input_size_px != cfg.patch_size_px:
+        log.warning("%s was pre-trained on %d-px inputs; these patches are %d px (its position "
+                    "embeddings are interpolated)", cfg.backbone, info.input_size_px, cfg.patch_size_px)
     provenance = dict(cfg.provenance)
     provenance["encoder_weights"] = f"hf-hub:{info.repo}"
     changes["provenance"] = provenance
@@ -160,4 +166,9 @@ def build_encoder(cfg: ModelConfig, pretrained: str | Path | bool | PretrainedWe
         return encoder
     from wsi_seg.model.encoder import TimmEncoder
 
-    return TimmEncoder(cfg.backbone, pretrained=pretrained, **cfg.backbone_kwargs)
+    kwargs = dict(cfg.backbone_kwargs)
+    if cfg.backbone.startswith("swin") and "img_size" not in kwargs:
+        # timm's Swin / SwinV2 are built for one input size: the patch size, in training and
+        # on slides alike (swinv2-t is a 256-px model run on 224-px patches)
+        kwargs["img_size"] = cfg.patch_size_px
+    return TimmEncoder(cfg.backbone, pretrained=pretrained, **kwargs)

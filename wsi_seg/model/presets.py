@@ -11,7 +11,9 @@ from wsi_seg.model.config import ModelConfig
 _PRESETS: dict[str, dict[str, Any]] = {
     # thesis: Swin-T (patch 4, window 7) + Mask2Former pixel decoder, 256-dim embeddings
     "swin-t": dict(backbone="swin_tiny_patch4_window7_224"),
-    "swinv2-t": dict(backbone="swinv2_tiny_window8_256", patch_size_px=256),
+    # SwinV2-T (window 8) built for the 224-px patches of the datasets and the slides
+    # (timm's img_size; its continuous position bias takes the ImageNet weights at any size)
+    "swinv2-t": dict(backbone="swinv2_tiny_window8_256"),
     "convnext-t": dict(backbone="convnext_tiny"),
     "resnet50": dict(backbone="resnet50"),
     # a Swin of the same shape but narrow and shallow: fast on a CPU

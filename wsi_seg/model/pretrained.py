@@ -44,6 +44,7 @@ IMAGENET_TAGS = {
     "resnet50": "tv_in1k",  # torchvision's ImageNet-1k weights, the usual ResNet50 start
 }
 HUB_WEIGHTS_NAME = "model.safetensors"
+SIZE_ONLY_KWARGS = {"img_size"}  # creation arguments that keep the weights' shapes
 TIMM_PREFIX = "timm:"
 PRETRAIN_WEIGHTS_NAME = "encoder.safetensors"  # what wsi-seg pretrain writes into its run folder
 
@@ -199,8 +200,8 @@ def resolve_pretrained(
     if spec == "none":
         return None
     if spec == "auto":
-        if backbone_kwargs or backbone.split(".", 1)[0] not in IMAGENET_TAGS:
-            return None
+        if set(backbone_kwargs or {}) - SIZE_ONLY_KWARGS or backbone.split(".", 1)[0] not in IMAGENET_TAGS:
+            return None  # a narrowed network (the small / tiny presets): no ImageNet weights fit it
         try:
             weights = _resolve("imagenet", backbone)
         except CheckpointError as exc:
