@@ -46,7 +46,7 @@ def test_a_new_setting_is_a_flag_with_its_default_in_the_help():
 
 
 @pytest.mark.parametrize("command", ["train", "pretrain", "pseudo-labels", "evaluate", "synth-dataset",
-                                     "benchmark-method"])
+                                     "benchmark-method", "check-dataset"])
 def test_every_training_flag_has_help_with_its_default(command):
     parser = _subparser(command)
     for action in parser._actions:
@@ -57,6 +57,16 @@ def test_every_training_flag_has_help_with_its_default(command):
         if not switch and not action.required and action.dest not in ("config", "data", "out", "pseudo_labels",
                                                                        "init", "json", "work"):
             assert "default" in action.help, f"{command} {action.option_strings[0]}: {action.help}"
+
+
+def test_registering_the_training_commands_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys; from training import cli; "
+            "cli.register(argparse.ArgumentParser().add_subparsers()); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_shared_flags_have_one_name_and_metavar_across_commands():

@@ -27,8 +27,8 @@ def _show_training_logs() -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate``, ``synth-dataset``, ``benchmark-method``
-    and ``check-dataset``."""
+    """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate``, ``synth-dataset``, ``benchmark-method``,
+    ``check-dataset`` and ``fit``."""
     _register_train(sub)
     _register_pretrain(sub)
     _register_pseudo_labels(sub)
@@ -36,6 +36,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_synth_dataset(sub)
     _register_benchmark_method(sub)
     _register_check_dataset(sub)
+    _register_fit(sub)
+
+
+def _register_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit", help="the whole recipe: [pre-training →] stage 1 → pseudo-labels → stage 2 → evaluation, report.md",
+        description="Run the thesis recipe into RUN (RUN/stage1, RUN/pseudo_labels, RUN/stage2, RUN/eval, "
+                    "RUN/report.md with the thesis' numbers for LUAD-HistoSeg / BCSS-WSSS). Rerun to resume; a "
+                    "finished run is a no-op that says so. Recipes: examples/configs/fit_*.yaml.",
+    )
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="recipe: pretrain / stage1 / stage2 / evaluate sections (YAML, TOML or JSON)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="stage-1 epochs (default: the recipe's)")
+    p.add_argument("--stage2-epochs", type=int, default=None, metavar="N", help="stage-2 epochs (default: the recipe's)")
+    p.add_argument("--device", default=None, metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: the recipe's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_fit)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from training.fit import fit, plan_fit
+
+    _show_training_logs()
+    over: dict[str, Any] = {}
+    if args.device is not None:
+        over["device"] = args.device
+    if args.epochs is not None:
+        over.setdefault("stage1", {})["epochs"] = args.epochs
+    if args.stage2_epochs is not None:
+        over.setdefault("stage2", {})["epochs"] = args.stage2_epochs
+    if args.no_progress:
+        over["progress"] = False
+    plan = plan_fit(args.data, args.out, args.config, over)
+    result = fit(plan, report=print)
+    if not result.ran:
+        print(f"{result.out}: every step is finished; nothing to do (report: {result.report})")
+    else:
+        print(f"ran: {', '.join(result.ran)} → {result.report}")
+    return 0
 
 
 def _register_check_dataset(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +92,8 @@ def _register_check_dataset(sub: argparse._SubParsersAction) -> None:
                    help="dataset layout (default: %(default)s: recognised from the folder)")
     p.add_argument("--headers-only", action="store_true",
                    help="do not decode every image (masks are always decoded); what training checks")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the findings as JSON")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE",
+                   help="also write the findings as JSON (default: no)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_check_dataset)
 
@@ -67,7 +109,7 @@ def run_check_dataset(args: argparse.Namespace) -> int:
 
 
 def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
-    from training.experiment import MethodBenchmarkConfig as D
+    from training.config import MethodBenchmarkConfig
 
     p = sub.add_parser(
         "benchmark-method",
@@ -76,33 +118,17 @@ def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
                     "(both protocols). Resumable: rerun the same command to continue.",
     )
     p.add_argument("--work", type=Path, required=True, metavar="DIR", help="folder for the dataset, runs and results")
-    p.add_argument("--n-train", type=int, default=D.n_train, metavar="N", help="train patches (default: %(default)s)")
-    p.add_argument("--n-test", type=int, default=D.n_test, metavar="N", help="test patches (default: %(default)s)")
-    p.add_argument("--preset", default=D.preset, metavar="NAME", help="model preset (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=D.stage1_epochs, metavar="N",
-                   help="stage-1 epochs (default: %(default)s)")
-    p.add_argument("--stage2-epochs", type=int, default=D.stage2_epochs, metavar="N",
-                   help="stage-2 epochs (default: %(default)s)")
-    p.add_argument("--stage1-batch-size", type=int, default=None, metavar="N",
-                   help="stage-1 batch (default: the stage-1 default)")
-    p.add_argument("--stage2-batch-size", type=int, default=D.stage2_batch_size, metavar="N",
-                   help="stage-2 batch (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=D.seed, metavar="N", help="seed of data and runs (default: %(default)s)")
-    p.add_argument("--device", default=D.device, metavar="DEVICE",
-                   help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_config_flags(p, {"": MethodBenchmarkConfig})
     p.set_defaults(func=run_benchmark_method)
 
 
 def run_benchmark_method(args: argparse.Namespace) -> int:
-    from training.experiment import MethodBenchmarkConfig, benchmark_method, format_markdown, format_thesis_tables
+    from training.config import MethodBenchmarkConfig
+    from training.experiment import benchmark_method, format_markdown, format_thesis_tables
     from wsi_seg.metrics import PROTOCOLS
 
     _show_training_logs()
-    cfg = MethodBenchmarkConfig(
-        work=str(args.work), n_train=args.n_train, n_test=args.n_test, preset=args.preset,
-        stage1_epochs=args.epochs, stage2_epochs=args.stage2_epochs, stage1_batch_size=args.stage1_batch_size,
-        stage2_batch_size=args.stage2_batch_size, seed=args.seed, device=args.device,
-    )
+    cfg = MethodBenchmarkConfig(work=str(args.work), **config_overrides(args))
     bench = benchmark_method(cfg)
     table = format_thesis_tables(bench)
     print(table)

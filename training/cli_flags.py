@@ -129,14 +129,8 @@ def _add(parser: argparse._ActionsContainer, f: dataclasses.Field, tp: Any, dest
     parser.add_argument(flag, **kwargs)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, configs: Mapping[str, type], choice: str = "") -> FlagTable:
-    """Add the flags of the config classes ``configs`` (label → class) to ``parser``.
-
-    ``choice`` is the option that picks a class by its label (``--stage`` for
-    ``{"1": Stage1Config, "2": Stage2Config}``). A flag of all classes is added once, its
-    help giving each class' default; a flag of some classes only goes into a group titled
-    after them (``--stage 1 only``).
-    """
+def _fields_by_flag(configs: Mapping[str, type]) -> dict[str, dict[str, tuple[str, dataclasses.Field, Any]]]:
+    """flag → {label: (dotted key, field, annotation)} of the config classes that have it."""
     fields: dict[str, dict[str, tuple[str, dataclasses.Field, Any]]] = {}
     for label, cls in configs.items():
         for key, f, tp in config_fields(cls):
@@ -146,33 +140,50 @@ def add_config_flags(parser: argparse.ArgumentParser, configs: Mapping[str, type
                     if other_key != key:
                         raise TypeError(f"{f.metadata['flag']} stands for {other_key} and {key}")
                 seen[label] = (key, f, tp)
+    return fields
+
+
+def add_config_flags(parser: argparse.ArgumentParser, configs: Mapping[str, type], choice: str = "") -> FlagTable:
+    """Add the flags of the config classes ``configs`` (label → class) to ``parser``.
+
+    ``choice`` is the option that picks a class by its label (``--stage`` for
+    ``{"1": Stage1Config, "2": Stage2Config}``). A flag of all classes is added once, its
+    help giving each class' default; a flag of some classes only goes into a group titled
+    after them (``--stage 1 only``).
+    """
     names = FlagTable(flags=(), labels=tuple(configs), choice=choice)
-    labels = names.labels
     types_of = {key: tp for cls in configs.values() for key, _, tp in config_fields(cls)}
     groups: dict[Any, argparse._ActionsContainer] = {}
     table = []
-    for flag, by_label in fields.items():
+    for flag, by_label in _fields_by_flag(configs).items():
         key, f, tp = next(iter(by_label.values()))
         owners = tuple(by_label)
-        where: argparse._ActionsContainer = parser
-        if owners != labels:
-            if owners not in groups:
-                groups[owners] = parser.add_argument_group(" and ".join(names.name(o) for o in owners) + " only")
-            where = groups[owners]
+        where = _group(parser, groups, owners if owners != names.labels else (), names)
         if f.metadata.get("exclusive"):
             exclusive = (owners, f.metadata["exclusive"])
             if exclusive not in groups:
                 groups[exclusive] = where.add_mutually_exclusive_group()
             where = groups[exclusive]
         dest = flag.lstrip("-").replace("-", "_")
-        value_key = key.rpartition(".")[0] + "." + f.metadata["value_of"] if f.metadata.get("value_of") else None
-        value_key = value_key.lstrip(".") if value_key else None
+        value_of = f.metadata.get("value_of")
+        value_key = f"{key.rpartition('.')[0]}.{value_of}".lstrip(".") if value_of else None
         _add(where, f, tp, dest, _help({names.name(label): by_label[label][1] for label in owners}),
              _scalar_type(types_of[value_key]) if value_key else None)
         table.append(Flag(flag=flag, dest=dest, key=key, owners=owners, value_key=value_key))
     result = dataclasses.replace(names, flags=tuple(table))
     parser.set_defaults(**{FLAGS_DEST: result})
     return result
+
+
+def _group(parser: argparse.ArgumentParser, groups: dict[Any, argparse._ActionsContainer], owners: tuple[str, ...],
+           names: FlagTable) -> argparse._ActionsContainer:
+    """Where the flags of ``owners`` go: the parser (all classes: no owners) or a group
+    titled ``--stage 1 only``."""
+    if not owners:
+        return parser
+    if owners not in groups:
+        groups[owners] = parser.add_argument_group(" and ".join(names.name(o) for o in owners) + " only")
+    return groups[owners]
 
 
 def config_overrides(args: argparse.Namespace, label: str = "") -> dict[str, Any]:

@@ -322,12 +322,14 @@ def _check(checks: list[tuple[bool, str]]) -> None:
 @dataclass
 class Stage2DataConfig(DataSource):
     """The dataset (its train split: images; val split: masks for val mIoU) and the
-    pseudo-label folder ``wsi-seg pseudo-labels`` wrote for its train split."""
+    pseudo-label folder ``wsi-seg pseudo-labels`` wrote for its train split. Without
+    pseudo-labels the train split's own full masks are the targets (e.g. corrections
+    exported by ``wsi-seg export --patches``)."""
 
     pseudo_labels: str = setting(
         "", flag="--pseudo-labels", metavar="DIR",
-        help="pseudo-labels of the train split, written by wsi-seg pseudo-labels",
-        required="no pseudo-labels given (--pseudo-labels DIR, written by wsi-seg pseudo-labels, or data.pseudo_labels)")
+        help="pseudo-labels of the train split, written by wsi-seg pseudo-labels; without it the train "
+             "split's own masks are the targets (full masks, e.g. wsi-seg export --patches)")
 
 
 @dataclass
@@ -367,17 +369,25 @@ class Stage2Config(SupervisedRunConfig):
 
     Defaults are the thesis' (table 5.1, §4.4): AdamW lr 1e-4, 20 epochs, batch 32,
     cross-entropy. ``init`` is the stage-1 checkpoint whose encoder (and classifier)
-    the network starts from; its architecture, classes and µm/px carry over.
+    the network starts from, or a stage-2 checkpoint that is fine-tuned whole; its
+    architecture, classes and µm/px carry over.
     """
 
     data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
     epochs: int = redefault(RunConfig, "epochs", 20)
     batch_size: int = redefault(RunConfig, "batch_size", 32)
-    init: str = setting("", flag="--init", metavar="CKPT", help="stage-1 checkpoint to start from",
-                        required="no stage-1 checkpoint given (--init CKPT or init in the config file)")
+    init: str = setting("", flag="--init", metavar="CKPT",
+                        help="stage-1 checkpoint to start from, or a stage-2 checkpoint to fine-tune",
+                        required="no checkpoint given (--init CKPT or init in the config file)")
     optim: AdamWConfig = field(default_factory=AdamWConfig)
     encoder: EncoderTraining = field(default_factory=EncoderTraining)
     loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [*super().checks(), (
+            self.loss.name != "nr" or bool(self.data.pseudo_labels),
+            "the nr loss weighs pseudo-labels by their CAMs: give --pseudo-labels DIR, or train full masks with --loss ce",
+        )]
 
 
 @dataclass
@@ -433,6 +443,25 @@ class PretrainConfig(RunConfig):
     def checks(self) -> list[tuple[bool, str]]:
         return [*super().checks(), (self.batch_size >= 2,
                                     f"batch_size must be ≥ 2 (NT-Xent needs other images), got {self.batch_size}")]
+
+
+@dataclass
+class MethodBenchmarkConfig:
+    """Sizes of the method benchmark (``wsi-seg benchmark-method``, :mod:`training.experiment`);
+    the defaults finish in under an hour on 2 CPU cores."""
+
+    work: str = ""
+    n_train: int = setting(800, flag="--n-train", metavar="N", help="train patches")
+    n_val: int = 32
+    n_test: int = setting(128, flag="--n-test", metavar="N", help="test patches")
+    preset: str = setting("small", flag="--preset", metavar="NAME", help="model preset")
+    stage1_epochs: int = setting(20, flag="--epochs", metavar="N", help="stage-1 epochs")
+    stage2_epochs: int = setting(8, flag="--stage2-epochs", metavar="N", help="stage-2 epochs")
+    stage1_batch_size: int | None = setting(None, flag="--stage1-batch-size", metavar="N", help="stage-1 batch",
+                                            default_text="the stage-1 default, 16")
+    stage2_batch_size: int = setting(16, flag="--stage2-batch-size", metavar="N", help="stage-2 batch")
+    seed: int = setting(0, flag="--seed", metavar="N", help="seed of data and runs")
+    device: str = setting("cpu", flag="--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_seg.errors import OutputError
 
-from training.config import PretrainConfig, Stage1Config, Stage2Config, load_config
+from training.config import MethodBenchmarkConfig, PretrainConfig, Stage1Config, Stage2Config, load_config
 
 if TYPE_CHECKING:  # numpy: imported when scores are read, not when the CLI starts
     from wsi_seg.metrics import SegmentationScores
@@ -132,23 +132,6 @@ def _sha256(model: Path) -> str:
     from wsi_seg.model.checkpoint import file_sha256
 
     return file_sha256(model / "model.safetensors")
-
-
-@dataclass
-class MethodBenchmarkConfig:
-    """Sizes of the method benchmark; the defaults finish in under an hour on 2 CPU cores."""
-
-    work: str = ""
-    n_train: int = 800
-    n_val: int = 32
-    n_test: int = 128
-    preset: str = "small"
-    stage1_epochs: int = 20
-    stage2_epochs: int = 8
-    stage1_batch_size: int | None = None  # None: the config default (16)
-    stage2_batch_size: int = 16
-    seed: int = 0
-    device: str = "cpu"
 
 
 @dataclass

@@ -164,6 +164,21 @@ def per_rank_batch(batch_size: int, info: DistInfo) -> int:
     return batch_size // info.world_size
 
 
+def loader_workers(workers: int) -> int:
+    """``workers`` capped at the CPUs this process may use (affinity, cgroup, SLURM):
+    more DataLoader processes than CPUs only compete (and PyTorch warns about them)."""
+    import os
+
+    from wsi_seg.runtime import available_cpus
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # threads per process, not processes
+    cpus = available_cpus(env).cpus
+    if workers > cpus:
+        log.info("DataLoader workers %d → %d (the CPUs available)", workers, cpus)
+        return cpus
+    return workers
+
+
 def train_loader(
     dataset: Dataset,
     batch_size: int,
@@ -176,6 +191,7 @@ def train_loader(
     step; (loader, sampler or None, generator). Reseed the generator (and ``set_epoch``
     the sampler) at each epoch's start so a resumed run draws the same batches."""
     per_rank = per_rank_batch(batch_size, info)
+    workers = loader_workers(workers)
     sampler = (
         DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
                            shuffle=True, seed=seed, drop_last=True)

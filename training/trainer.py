@@ -41,6 +41,7 @@ from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.loop import (
     autocast_for,
     device_and_dist,
+    loader_workers,
     per_rank_batch,
     prepare_run_dir,
     resume_run,
@@ -322,7 +323,7 @@ class ValidatedTrainer(Trainer):
             return None
         dataset = PatchDataset(index.split("val", need_masks=True), index.num_classes, background_seed=background_seed, with_masks=True)
         return DataLoader(dataset, batch_size=max(1, self.cfg.batch_size // self.dist.world_size), shuffle=False,
-                          num_workers=self.cfg.data.workers)
+                          num_workers=loader_workers(self.cfg.data.workers))
 
     def validation_due(self, epochs_done: int) -> bool:
         every = self.cfg.val_every

@@ -1,0 +1,55 @@
+"""``wsi-seg fit``: the whole recipe into one run folder, resumable, with report.md."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from training import cli
+from training.fit import plan_fit
+from training.synthetic_dataset import write_dataset
+from wsi_seg.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+RECIPE = {
+    "device": "cpu", "workers": 0, "progress": False,
+    "stage1": {"epochs": 1, "batch_size": 4, "model": {"preset": "tiny"}, "val_every": 0},
+    "stage2": {"epochs": 1, "batch_size": 4, "val_every": 0},
+    "evaluate": {"batch_size": 4},
+}
+
+
+def test_fit_runs_every_step_writes_the_report_and_reruns_as_a_no_op(tmp_path, capsys):
+    data = write_dataset(tmp_path / "luad", n_train=8, n_val=2, n_test=2, seed=4)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(data), "--out", str(run), "--config", str(recipe)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ran: stage1, pseudo-labels, stage2, report" in out
+    report = (run / "report.md").read_text()
+    for row in ("| Stage 1 (predicted classes) |", "| Stage 1 (oracle: gt classes) |", "| Stage 2 |",
+                "protocol mlps", "protocol tpro", "*thesis: stage 1, PSCL, gated (tables 5.4/5.16)*"):
+        assert row in report, row
+    assert "ORACLE image labels" in report and "predicted image labels (sigmoid mlps > 0.25, tpro > 0.15" in report
+    assert (run / "pseudo_labels" / "pseudo_labels.json").is_file()
+    mtime = (run / "stage2" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "every step is finished; nothing to do" in out and "stage 1: finished (1 epochs) — skipped" in out
+    assert (run / "stage2" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == mtime
+    # every command that takes a checkpoint takes the run folder too
+    assert cli.main(["evaluate", "--model", str(run / "stage2"), "--data", str(data), "--device", "cpu",
+                     "--no-progress"]) == 0
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("stage3: {}\n")
+    with pytest.raises(ConfigError, match="unknown key.*stage3"):
+        plan_fit(tmp_path, tmp_path / "o", bad)
+    bad.write_text("stage1: {epochz: 3}\n")
+    with pytest.raises(ConfigError, match=r"\(stage1\): unknown key.*epochz"):
+        plan_fit(tmp_path, tmp_path / "o", bad)
