@@ -21,6 +21,18 @@ import numpy as np
 log = logging.getLogger("napari_corrections_screenshot")
 
 
+def settle(seconds: float = 3.0) -> None:
+    """Let Qt and napari's slicing draw what is queued (the lazy levels load in the background)."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/napari_corrections.png"), help="PNG to write")
@@ -58,14 +70,16 @@ def main(argv: list[str] | None = None) -> int:
                for x in range(0, pred.shape[1] - side + 1, side // 4)]
     y, x = max(corners, key=lambda c: wrong[c[0] : c[0] + side, c[1] : c[1] + side].sum())
 
-    viewer = open_viewer(out, show=False)
+    viewer = open_viewer(out, show=True)  # shown (on the virtual display): the canvas gets its real size
     viewer.window.resize(1400, 900)
+    settle()
     corrections = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, CorrectionsWidget))
     mask = next(layer for layer in viewer.layers if (layer.metadata.get("wsi_seg_result") or {}).get("kind") == "mask")
     (sy, sx), (ty, tx) = mask.scale[-2:], mask.translate[-2:]
     center = (ty + (y + side / 2 - 0.5) * sy, tx + (x + side / 2 - 0.5) * sx)
     viewer.scene.camera.center = center
     viewer.scene.camera.zoom = min(viewer.canvas.size) / (side * sy * 1.6)
+    settle(1.0)
     edit = corrections.edit_visible_region()
     region = edit.metadata[EDIT_KEY]
     f, (oy, ox) = 2**region.level, region.origin_yx
@@ -90,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     scale_bar = viewer.canvas.overlays["scale_bar"]
     scale_bar.position = "bottom_left"
     viewer.scene.camera.zoom = min(viewer.canvas.size) / (side * sy * 2.2)
+    settle()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(path=str(args.out), canvas_only=False)
     viewer.close()
