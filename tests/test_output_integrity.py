@@ -24,7 +24,7 @@ def test_overwrite_never_deletes_a_user_folder(tmp_path, capsys, blob_slide, che
     (folder / "notes.txt").write_text("mine")
     for extra in ((), ("--overwrite",)):
         code, _, err = segment(capsys, blob_slide, folder, checkpoints[1], *extra)
-        assert_one_line_error(code, err, folder, "a folder of 1 entries (notes.txt)", "not a wsi-seg result")
+        assert_one_line_error(code, err, folder, "a folder of 1 entry (notes.txt)", "not a wsi-seg result")
     assert (folder / "notes.txt").read_text() == "mine"
     assert not partial_path(folder).exists()
 
@@ -136,3 +136,17 @@ def test_lock_of_a_dead_process_on_this_host(tmp_path):
     _record(lock_file, socket.gethostname(), time.time(), pid=dead_pid)
     with RunLock(lock_file) as lock:
         assert f"pid {dead_pid}" in lock.taken_over and "no longer runs" in lock.taken_over
+
+
+def test_a_napari_job_respects_the_lock_of_a_cli_run(tmp_path, blob_slide, checkpoints):
+    """The widget's job goes through the same lock: it fails with the holder named, and the
+    holder's output is left alone."""
+    from napari_plugin._jobs import JobFailed, SegmentRequest, guarded_segment_job, run_to_end
+    from wsi_seg.ownership import output_lock
+
+    out = tmp_path / "o.zarr"
+    with output_lock(out):
+        _, outcome = run_to_end(guarded_segment_job(SegmentRequest(blob_slide, out, checkpoints[1])))
+        assert isinstance(outcome, JobFailed) and f"in use by pid {os.getpid()}" in outcome.message
+        assert (partial_path(out) / LOCK_NAME).exists()
+    assert not out.exists() and not partial_path(out).exists()

@@ -22,7 +22,7 @@ def test_halve_rounds_the_mean_and_keeps_top_left_labels():
     assert a.tolist() == [[[255]]]  # no uint8 overflow
 
 
-@pytest.mark.parametrize("shape", [(700, 1000), (513, 257)])
+@pytest.mark.parametrize("shape", [(300, 450), (513, 257)])
 def test_streamed_resumed_and_posthoc_pyramids_are_equal(tmp_path, shape):
     """The store's three ways to its pyramid: streamed as chunks arrive, streamed after an
     interruption (finished chunks replayed from level 0), halved from level 0 at the end."""

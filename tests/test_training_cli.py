@@ -77,9 +77,9 @@ def test_bad_data_folder_is_one_error_naming_it(tmp_path):
             args.func(args)
 
 
-def test_stage_2_needs_its_pseudo_labels(tmp_path):
+def test_stage_2_needs_a_checkpoint(tmp_path):
     args = _parser().parse_args(["train", "--stage", "2", "--data", str(tmp_path), "--out", str(tmp_path)])
-    with pytest.raises(ConfigError, match="no pseudo-labels given"):
+    with pytest.raises(ConfigError, match="no checkpoint given"):
         args.func(args)
 
 

@@ -83,8 +83,10 @@ def test_ce_loss_sees_logits_upsampled_to_the_patch():
 def test_stage2_defaults_are_the_thesis():
     cfg = Stage2Config()
     assert (cfg.optim.lr, cfg.epochs, cfg.batch_size, cfg.loss.name) == (1e-4, 20, 32, "ce")
-    with pytest.raises(ConfigError, match="pseudo-labels"):
-        Stage2Config(out="o", init="i", data=Stage2Config().data.__class__(path="d")).validate()
+    data = Stage2Config().data.__class__(path="d")
+    Stage2Config(out="o", init="i", data=data).validate()  # no pseudo-labels: the masks are the targets
+    with pytest.raises(ConfigError, match="the nr loss weighs pseudo-labels by their CAMs"):
+        load_config(Stage2Config, None, {"out": "o", "init": "i", "data.path": "d", "loss.name": "nr"}).validate()
     with pytest.raises(ConfigError, match="loss must be ce or nr"):
         load_config(Stage2Config, None, {"loss.name": "dice"}).validate()
 

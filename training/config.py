@@ -322,12 +322,14 @@ def _check(checks: list[tuple[bool, str]]) -> None:
 @dataclass
 class Stage2DataConfig(DataSource):
     """The dataset (its train split: images; val split: masks for val mIoU) and the
-    pseudo-label folder ``wsi-seg pseudo-labels`` wrote for its train split."""
+    pseudo-label folder ``wsi-seg pseudo-labels`` wrote for its train split. Without
+    pseudo-labels the train split's own full masks are the targets (e.g. corrections
+    exported by ``wsi-seg export --patches``)."""
 
     pseudo_labels: str = setting(
         "", flag="--pseudo-labels", metavar="DIR",
-        help="pseudo-labels of the train split, written by wsi-seg pseudo-labels",
-        required="no pseudo-labels given (--pseudo-labels DIR, written by wsi-seg pseudo-labels, or data.pseudo_labels)")
+        help="pseudo-labels of the train split, written by wsi-seg pseudo-labels; without it the train "
+             "split's own masks are the targets (full masks, e.g. wsi-seg export --patches)")
 
 
 @dataclass
@@ -367,17 +369,25 @@ class Stage2Config(SupervisedRunConfig):
 
     Defaults are the thesis' (table 5.1, §4.4): AdamW lr 1e-4, 20 epochs, batch 32,
     cross-entropy. ``init`` is the stage-1 checkpoint whose encoder (and classifier)
-    the network starts from; its architecture, classes and µm/px carry over.
+    the network starts from, or a stage-2 checkpoint that is fine-tuned whole; its
+    architecture, classes and µm/px carry over.
     """
 
     data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
     epochs: int = redefault(RunConfig, "epochs", 20)
     batch_size: int = redefault(RunConfig, "batch_size", 32)
-    init: str = setting("", flag="--init", metavar="CKPT", help="stage-1 checkpoint to start from",
-                        required="no stage-1 checkpoint given (--init CKPT or init in the config file)")
+    init: str = setting("", flag="--init", metavar="CKPT",
+                        help="stage-1 checkpoint to start from, or a stage-2 checkpoint to fine-tune",
+                        required="no checkpoint given (--init CKPT or init in the config file)")
     optim: AdamWConfig = field(default_factory=AdamWConfig)
     encoder: EncoderTraining = field(default_factory=EncoderTraining)
     loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [*super().checks(), (
+            self.loss.name != "nr" or bool(self.data.pseudo_labels),
+            "the nr loss weighs pseudo-labels by their CAMs: give --pseudo-labels DIR, or train full masks with --loss ce",
+        )]
 
 
 @dataclass

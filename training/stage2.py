@@ -23,6 +23,11 @@ inference — so thin structures of the full-resolution pseudo-labels count full
 AdamW at a constant learning rate (table 5.1 lists no scheduler). Resuming, seeding
 and torchrun work as in stage 1 (:mod:`training.stage1`); the classifier is frozen so
 DistributedDataParallel sees only parameters that get gradients.
+
+Fine-tuning: without pseudo-labels the targets are the train split's own full masks
+(cross-entropy), e.g. the corrections ``wsi-seg export --patches`` wrote; and ``init``
+may then be a stage-2 checkpoint, whose whole network (decoder and head included) is
+the starting point — the loop segment → correct in napari → export → fine-tune.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from wsi_seg.model import LoadedModel, PsclNet, load_checkpoint, save_checkpoint
 
 from training.augment import flips
 from training.config import Stage2Config
-from training.datasets import DatasetIndex, BackgroundSeedParams, open_checked_dataset
+from training.datasets import BackgroundSeedParams, DatasetIndex, PatchDataset, PatchRecord, open_checked_dataset
 from training.datasets.pseudo import PseudoLabelDataset, PseudoLabels, open_pseudo_labels
 from training.encoder_training import parameter_groups
 from training.evaluate import confusion_on_loader
@@ -62,33 +67,43 @@ class _SegmentationForward(nn.Module):
         return self.net.forward_segmentation(self.net.normalize(images_uint8))
 
 
-def load_stage1_init(path: str | Path, index: DatasetIndex) -> LoadedModel:
-    """The stage-1 checkpoint stage 2 starts from, checked against the dataset."""
+def load_stage1_init(path: str | Path, index: DatasetIndex, fine_tune: bool = False) -> LoadedModel:
+    """The checkpoint stage 2 starts from, checked against the dataset: stage 1, or
+    with ``fine_tune`` (targets are full masks) also stage 2."""
     loaded = load_checkpoint(path)
     cfg = loaded.config
-    if cfg.stage != 1:
-        raise CheckpointError(f"{path}: --init needs a stage-1 checkpoint (wsi-seg train --stage 1); this one is stage {cfg.stage}")
+    if cfg.stage != 1 and not fine_tune:
+        raise CheckpointError(
+            f"{path}: training on pseudo-labels starts from a stage-1 checkpoint (wsi-seg train --stage 1); "
+            f"this one is stage {cfg.stage} (fine-tune it on full masks: leave out --pseudo-labels)"
+        )
+    what = f"stage-{cfg.stage} checkpoint"
     if tuple(cfg.class_names) != tuple(index.class_names):
         raise CheckpointError(
-            f"{path}: stage-1 checkpoint of classes {', '.join(cfg.class_names)} but the dataset "
+            f"{path}: {what} of classes {', '.join(cfg.class_names)} but the dataset "
             f"{index.root} has {', '.join(index.class_names)}"
         )
     h, w = index.patch_hw["train"]
     if (h, w) != (cfg.patch_size_px, cfg.patch_size_px):
         raise DatasetError(
-            f"{index.root}: train patches are {w}×{h} px but the stage-1 checkpoint {path} was "
+            f"{index.root}: train patches are {w}×{h} px but the {what} {path} was "
             f"trained on {cfg.patch_size_px} px patches"
         )
     return loaded
 
 
 def stage2_network(init: LoadedModel) -> PsclNet:
-    """A stage-2 PsclNet of the stage-1 config, encoder and classifier copied from it.
+    """The stage-2 PsclNet training starts from.
 
-    The decoder and head are initialised from the global torch RNG (seed it first).
+    From a stage-1 checkpoint: its config at stage 2, encoder and classifier copied, the
+    decoder and head initialised from the global torch RNG (seed it first). From a
+    stage-2 checkpoint (fine-tuning): all of it.
     """
     cfg = init.config.replace(stage=2, provenance={})
     net = PsclNet(cfg)
+    if init.config.stage == 2:
+        net.load_state_dict(init.net.state_dict())
+        return net
     net.encoder.load_state_dict(init.net.encoder.state_dict())
     net.cam_head.load_state_dict(init.net.cam_head.state_dict())
     return net
@@ -119,17 +134,24 @@ class Stage2Trainer(ValidatedTrainer):
     def prepare(self) -> None:
         cfg = self.cfg
         self.index = open_checked_dataset(cfg.data.path, cfg.data.format)
-        self.init = load_stage1_init(cfg.init, self.index)
-        self.labels = open_pseudo_labels(cfg.data.pseudo_labels, self.index, need_cams=cfg.loss.name == "nr")
-        _check_pseudo_label_origin(self.labels, self.init, self.index)
-        if len(self.labels.records) < cfg.batch_size:
-            raise ConfigError(f"{self.index.root}: {len(self.labels.records)} train patches, fewer than one batch of "
+        self.labels: PseudoLabels | None = None
+        if cfg.data.pseudo_labels:
+            self.init = load_stage1_init(cfg.init, self.index)
+            self.labels = open_pseudo_labels(cfg.data.pseudo_labels, self.index, need_cams=cfg.loss.name == "nr")
+            _check_pseudo_label_origin(self.labels, self.init, self.index)
+            n_train = len(self.labels.records)
+        else:
+            self.train_records = _full_mask_records(self.index)
+            self.init = load_stage1_init(cfg.init, self.index, fine_tune=True)
+            n_train = len(self.train_records)
+        if n_train < cfg.batch_size:
+            raise ConfigError(f"{self.index.root}: {n_train} train patches, fewer than one batch of "
                               f"{cfg.batch_size}; lower --batch-size")
 
     def fingerprint_facts(self) -> dict[str, Any]:
         return {
             "init_sha256": self.init.sha256,  # same paths, other contents: not the same run
-            "pseudo_labels_by": (self.labels.manifest.get("checkpoint") or {}).get("sha256"),
+            "pseudo_labels_by": (self.labels.manifest.get("checkpoint") or {}).get("sha256") if self.labels else None,
         }
 
     def build(self) -> TrainingParts:
@@ -142,8 +164,12 @@ class Stage2Trainer(ValidatedTrainer):
         self.gumbel = GumbelSoftmax(tau=cfg.loss.gumbel_tau)
         self.nr_loss = NRLoss(probabilities=self.gumbel) if cfg.loss.name == "nr" else None
         self.val_loader = self.make_val_loader(self.index, BackgroundSeedParams(enabled=False))  # as wsi-seg evaluate scores
-        dataset = PseudoLabelDataset(self.labels.records, self.index.num_classes, transform=flips(),
-                                     with_cams=cfg.loss.name == "nr")
+        if self.labels is not None:
+            dataset = PseudoLabelDataset(self.labels.records, self.index.num_classes, transform=flips(),
+                                         with_cams=cfg.loss.name == "nr")
+        else:  # full masks: the patches' own, flipped with them
+            dataset = PatchDataset(self.train_records, self.index.num_classes, transform=flips(), with_masks=True,
+                                   background_seed=BackgroundSeedParams(enabled=False))
         return TrainingParts(net=net, optimizer=optimizer, dataset=dataset, forward=_SegmentationForward(net))
 
     def start_epoch(self, noise_seed: int) -> None:
@@ -167,8 +193,11 @@ class Stage2Trainer(ValidatedTrainer):
                 "splits": {k: len(v) for k, v in index.splits.items()},
                 "patch_size_px": self.init.config.patch_size_px,
             },
-            "pseudo_labels": {"path": str(self.labels.root.resolve()), "patches": len(self.labels.records)},
-            "init": {"path": str(Path(self.cfg.init).resolve()), "sha256": self.init.sha256},
+            "pseudo_labels": ({"path": str(self.labels.root.resolve()), "patches": len(self.labels.records)}
+                              if self.labels else None),
+            "targets": "pseudo-labels" if self.labels else "full masks of the train split",
+            "init": {"path": str(Path(self.cfg.init).resolve()), "sha256": self.init.sha256,
+                     "stage": self.init.config.stage},
             "model": self.net.cfg.to_dict(),
         }
 
@@ -195,26 +224,45 @@ def _check_pseudo_label_origin(labels: PseudoLabels, init: LoadedModel, index: D
         log.warning("%s: pseudo-labels were made from %s, training on %s", labels.root, made_from, index.root)
 
 
+def _full_mask_records(index: DatasetIndex) -> list[PatchRecord]:
+    """The train records, each with its full mask (the targets when there are no pseudo-labels)."""
+    records = index.split("train")
+    missing = next((r for r in records if r.mask is None), None)
+    if missing is not None:
+        raise DatasetError(
+            f"{missing.image}: train patch has no mask; stage 2 trains on pseudo-labels (--pseudo-labels DIR, "
+            "written by wsi-seg pseudo-labels) or on full masks (a mask column in labels.csv, as wsi-seg export "
+            "--patches writes)"
+        )
+    return records
+
+
 def _provenance(trainer: Stage2Trainer) -> dict[str, Any]:
     cfg, labels, init, index = trainer.cfg, trainer.labels, trainer.init, trainer.index
+    loss = "cross-entropy" if cfg.loss.name == "ce" else "noise-reduced loss"
+    if labels is None:
+        method = f"fine-tuning of a stage-2 model on full masks ({loss})" if init.config.stage == 2 else \
+            f"stage 2 on full masks ({loss})"
+    else:
+        method = f"PSCL stage 2 ({loss})"
     return {
         "training": {
             "stage": 2,
-            "method": f"PSCL stage 2 ({'cross-entropy' if cfg.loss.name == 'ce' else 'noise-reduced loss'})",
+            "method": method,
             "loss": dataclasses.asdict(cfg.loss),
-            "init": {"path": str(Path(cfg.init).resolve()), "sha256": init.sha256},
+            "init": {"path": str(Path(cfg.init).resolve()), "sha256": init.sha256, "stage": init.config.stage},
             "pseudo_labels": {
                 "path": str(labels.root.resolve()),
                 "rule": labels.manifest.get("rule"),
                 "gating_threshold": labels.manifest.get("gating_threshold"),
                 "checkpoint_sha256": (labels.manifest.get("checkpoint") or {}).get("sha256"),
-            },
+            } if labels is not None else None,
             "dataset": str(index.root.resolve()),
             "dataset_format": index.info.name,
-            "train_patches": len(labels.records),
+            "train_patches": len(labels.records) if labels is not None else len(trainer.train_records),
             "optim": {"name": "AdamW", **dataclasses.asdict(cfg.optim)},
             "encoder": dataclasses.asdict(cfg.encoder),
-            "stage1": init.config.provenance.get("training"),
+            ("stage1" if init.config.stage == 1 else "fine_tuned_from"): init.config.provenance.get("training"),
             **trainer.provenance(),
         }
     }

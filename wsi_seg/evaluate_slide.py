@@ -27,6 +27,28 @@ def result_mask_at(result: str | Path, mpp: float, shape_hw: tuple[int, int]) ->
     return np.asarray(Image.fromarray(canvas).resize((w, h), Image.Resampling.NEAREST))
 
 
+def ground_truth_at(ground_truth_png: str | Path, mpp: float, shape_hw: tuple[int, int]) -> np.ndarray:
+    """A ground-truth class mask (``wsi_seg.synthetic`` layout) on a grid of ``mpp`` µm/px
+    and ``shape_hw`` px from the same origin, nearest pixel centre (outside it: 0)."""
+    from wsi_seg.synthetic import read_ground_truth
+
+    gt, gt_mpp, _ = read_ground_truth(ground_truth_png)
+    h, w = shape_hw
+    ys = ((np.arange(h) + 0.5) * mpp / gt_mpp).astype(np.int64)
+    xs = ((np.arange(w) + 0.5) * mpp / gt_mpp).astype(np.int64)
+    out = np.zeros((h, w), np.uint8)
+    iy, ix = ys < gt.shape[0], xs < gt.shape[1]
+    out[np.ix_(iy, ix)] = gt[np.ix_(ys[iy], xs[ix])]
+    return out
+
+
+def region_miou(prediction: np.ndarray, ground_truth: np.ndarray, class_names: tuple[str, ...]) -> float:
+    """mIoU (MLPS protocol: ground-truth background excluded) of one region's label maps."""
+    cm = ConfusionMatrix(class_names)
+    cm.update(ground_truth, prediction)
+    return cm.scores("mlps").miou
+
+
 def slide_miou(result: str | Path, ground_truth_png: str | Path) -> dict[str, Any]:
     """Per-class IoU and mIoU of a result against a ground-truth mask (MLPS protocol:
     ground-truth background excluded, tissue predicted as background counts as a miss)."""

@@ -177,8 +177,8 @@ class RunLock:
     def _write_record(self) -> None:
         data = json.dumps(asdict(LockHolder.me(self._since))).encode()
         try:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, data, 0)
+            os.pwrite(self._fd, data, 0)  # then cut: a reader never finds the file empty
+            os.ftruncate(self._fd, len(data))
             os.fsync(self._fd)
         except OSError as exc:  # a full disk must not stop the run; the flock still holds
             log.debug("could not renew the lock lease in %s: %s", self.path, exc)

@@ -63,7 +63,7 @@ def describe(path: Path) -> str:
         if not names:
             return "an empty folder"
         shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
-        return f"a folder of {len(names)} entries ({shown})"
+        return f"a folder of {len(names)} {'entry' if len(names) == 1 else 'entries'} ({shown})"
     return "something that is neither a file nor a folder"
 
 

@@ -369,11 +369,10 @@ def _locked_steps(
                          options.threads)  # validates before any work
     device, workers = rt.device, rt.reader_workers
     with Slide(slide_path, mpp=options.mpp) as slide:
-        info = slide.info()
-        _ = slide.mpp  # raises MissingMppError early
         t = time.perf_counter()
-        grid, tissue_patches = plan(slide, cfg.mpp, cfg.patch_size_px, options)
+        grid, tissue_patches = plan(slide, cfg.mpp, cfg.patch_size_px, options)  # bounds first, then tissue
         timings["tissue"] = time.perf_counter() - t
+        info = slide.info()  # the fingerprint, once the run is known to be sane
         reader_plan = plan_reader(options.reader, slide, cfg.mpp, device)
     provenance = _provenance(info, model, grid, options)
     provenance["inference"] = {**rt.provenance(), "reader": reader_plan.provenance()}
