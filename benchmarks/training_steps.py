@@ -216,7 +216,7 @@ def encoder_case(preset: str, stage: int, batch: int, steps: int, warmup: int, d
         common = {"data.path": str(data_dir), "out": str(Path(work) / "unused_run"), "batch_size": batch,
                   "data.workers": 0, "device": device_name, "precision": precision, "progress": False,
                   "seed": seed, "encoder.freeze": freeze}
-        cfg1 = load_config(Stage1Config, None, {**common, "model.preset": preset})
+        cfg1 = load_config(Stage1Config, None, {**common, "model.preset": preset, "model.pretrained": "none"})
         if stage == 1:
             setups += stage1_setups(cfg1, device, names=("stage 1 MLSM+PSCL",), suffix=suffix)[0]
         else:

@@ -95,10 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                            SegmentOptions(device=args.device, overwrite=True, workers=0, progress=False))
     log.info("segmented %s: %d patches in %.1f s", slide.name, result.patches_run, result.seconds)
 
-    viewer = open_viewer(slide, result.out, show=False)
+    viewer = open_viewer(slide, result.out, show=False)  # legend/summary and corrections docked
     viewer.window.resize(1400, 860)
-    summary = SummaryWidget(viewer)
-    viewer.window.add_dock_widget(summary, name="Result summary", area="right")
+    summary = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, SummaryWidget))
     # show the activation map of the largest class over the slide, under the mask
     largest = max(summary.rows, key=lambda r: r.area_um2)
     for layer in viewer.layers:

@@ -44,6 +44,8 @@ def test_cam_head_rules_end_to_end():
     assert only_first.mask.tolist() == [[[1, 1], [1, 1]]]
     # without image labels the classifier decides: sigmoid(-3) < 0.5 drops class 2
     assert head.predict_from(out, (2, 2), bkg).mask.tolist() == [[[1, 1], [1, 1]]]
+    # … at its own threshold unless given another (evaluate's per-protocol thresholds)
+    assert head.predict_from(out, (2, 2), bkg, score_threshold=0.01).mask.tolist() == [[[1, 2], [1, 2]]]
     # … but the top class is always kept, even below the threshold (px 1,0: all CAMs 0, first wins)
     low = Stage1Output(logits=torch.tensor([[-4.0, -3.0]]), class_maps=maps, features=out.features)
     assert head.predict_from(low, (2, 2), bkg).mask.tolist() == [[[2, 2], [1, 2]]]

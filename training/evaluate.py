@@ -6,9 +6,11 @@ segmentation head upsampled to the patch. Which classes a stage-1 patch may take
 (``image_labels``):
 
 * ``predicted`` (default, the reference protocols): the classifier's own — sigmoid
-  score above each protocol's reference threshold (:data:`REFERENCE_SCORE_THRESHOLDS`:
+  score at each protocol's reference threshold (:data:`REFERENCE_SCORE_THRESHOLDS`:
   the WSSS-Tissue / MLPS code keeps classes with score > 0.25; TPRO's keeps sigmoid >
-  0.15 on LUAD-HistoSeg and > 0.4 on BCSS-WSSS), the top class always kept;
+  0.15 on LUAD-HistoSeg and > 0.4 on BCSS-WSSS), the top class always kept. The CAM
+  head applies every threshold as ≥ (one rule with ``wsi-seg segment``; the two differ
+  only for a score exactly at the threshold);
 * ``gt``: the classes present in the patch's ground truth — an **oracle**: it scores
   pseudo-label quality (training pseudo-labels know the patch labels), not what the
   model does on an unseen patch.
@@ -27,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from wsi_seg.errors import ConfigError
-from wsi_seg.model import PsclNet, load_checkpoint
+from wsi_seg.model import CamHead, PsclNet, load_checkpoint
 
 from wsi_seg.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
 from training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
@@ -46,14 +48,6 @@ def reference_threshold(protocol: str, dataset_format: str) -> float:
     return table.get(dataset_format, table["*"])
 
 
-def predicted_labels(net: PsclNet, images: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(B, N) 0/1 classes a stage-1 classifier keeps: sigmoid > ``threshold``, top class always."""
-    scores = torch.sigmoid(net.forward_stage1(net.normalize(images)).logits.float())
-    keep = scores > threshold
-    keep[torch.arange(len(scores)), scores.argmax(dim=1)] = True
-    return keep.float()
-
-
 def predict_label_maps(
     net: PsclNet,
     batch: dict[str, torch.Tensor],
@@ -65,18 +59,13 @@ def predict_label_maps(
 ) -> torch.Tensor:
     """(B, H, W) uint8 label maps (0 = background, 1..N) of a batch from :class:`PatchDataset`.
 
-    Stage 1 with ``image_labels`` ``predicted``: classes with sigmoid > ``score_threshold``
-    (None: the checkpoint's ``cam_score_threshold``), the top class kept."""
+    Stage 1 with ``image_labels`` ``predicted``: the CAM head's classes, sigmoid ≥
+    ``score_threshold`` (None: the checkpoint's ``cam_score_threshold``), the top class kept."""
     images = batch["image"].to(device)
     background = batch["background"].to(device) if net.head.needs_background_seed else None
-    if net.seg_head is not None:
-        return net.predict(images, background).mask
-    if image_labels == "gt":
-        labels = batch["labels"].to(device)
-    else:
-        threshold = net.cfg.cam_score_threshold if score_threshold is None else score_threshold
-        labels = predicted_labels(net, images, threshold)
-    return net.predict(images, background, labels, gating_threshold, gating_floor).mask
+    labels = batch["labels"].to(device) if image_labels == "gt" else None
+    return net.predict(images, background, labels, gating_threshold, gating_floor,
+                       score_threshold=score_threshold).mask
 
 
 def confusion_on_loader(
@@ -131,13 +120,13 @@ class EvaluationResult:
 
     def mode_line(self) -> str:
         """One line saying how the masks were made (printed above the table, kept in JSON)."""
-        if self.stage == 2:
-            return "stage 2: segmentation head (no image labels involved)"
+        if self.image_labels is None:
+            return f"stage {self.stage}: segmentation head (no image labels involved)"
         gating = "off" if self.gating_threshold is None else f"τ_g {self.gating_threshold}, ε {self.gating_epsilon}"
         if self.oracle:
             return (f"stage 1, ORACLE image labels (classes from the ground truth): pseudo-label quality, "
                     f"not a test score; gating {gating}")
-        thr = ", ".join(f"{p} > {t}" for p, t in self.score_thresholds.items())
+        thr = ", ".join(f"{p} ≥ {t}" for p, t in self.score_thresholds.items())
         return f"stage 1, predicted image labels (sigmoid {thr}, top class kept); gating {gating}"
 
     def to_extra(self) -> dict:
@@ -185,15 +174,14 @@ def evaluate_checkpoint(
             f"{', '.join(loaded.config.class_names)}"
         )
     records = index.split(split, need_masks=True)
-    stage = loaded.config.stage
-    # a stage-2 network is scored alone; CAMs need the seed as their background (eq. 4.9)
+    # a segmentation head is scored alone; CAMs need the seed as their background (eq. 4.9)
     seeded = loaded.net.head.needs_background_seed
     background_seed = BackgroundSeedParams.of_model(loaded.config) if seeded else BackgroundSeedParams(enabled=False)
     dataset = PatchDataset(records, index.num_classes, background_seed=background_seed, with_masks=True)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     result = EvaluationResult(scores=[], confusions={}, checkpoint=Path(model), sha256=loaded.sha256, split=split,
-                              patches=len(records), stage=stage)
-    if stage == 2:
+                              patches=len(records), stage=loaded.config.stage)
+    if not isinstance(loaded.net.head, CamHead):  # image labels, thresholds and gating are CAM rules
         cm = confusion_on_loader(loaded.net, loader, dev, progress=progress)
         result.confusions = {p: cm for p in protocols}
     else:

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--only-corrected", action="store_true",
                    help="only patches holding pixels the saved corrections changed")
     t.add_argument("--slide", type=Path, default=None, metavar="NEWPATH",
-                   help="the slide, when it moved since the result was written (its fingerprint is checked)")
+                   help="the slide, when it moved since the result was written (its fingerprint is checked) "
+                        "(default: the path the result records)")
     t.add_argument("--min-tissue", type=float, default=None, metavar="F",
                    help="skip patches with less than this fraction of labelled pixels (default: 0.05)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")

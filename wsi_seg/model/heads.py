@@ -132,9 +132,12 @@ class CamHead(nn.Module):
         image_labels: torch.Tensor | None = None,
         gating_threshold: float | None = None,
         gating_floor: float = 0.0,
+        *,
+        score_threshold: float | None = None,
     ) -> PatchPrediction:
         """CAMs and the eq. 4.9 mask of patches of ``size`` px (see :meth:`predict_from`)."""
-        return self.predict_from(self(features), size, background, image_labels, gating_threshold, gating_floor)
+        return self.predict_from(self(features), size, background, image_labels, gating_threshold, gating_floor,
+                                 score_threshold=score_threshold)
 
     def predict_from(
         self,
@@ -144,12 +147,15 @@ class CamHead(nn.Module):
         image_labels: torch.Tensor | None = None,
         gating_threshold: float | None = None,
         gating_floor: float = 0.0,
+        *,
+        score_threshold: float | None = None,
     ) -> PatchPrediction:
         """CAMs (eq. 4.3) upsampled to ``size`` and their mask (eq. 4.9).
 
         Which classes a patch may take: with ``image_labels`` (B, N) those of its label
         (training pseudo-labels, where patch labels are known); without, the classifier's
-        own (sigmoid ≥ ``score_threshold``, the top class always kept). Gating
+        own (sigmoid ≥ ``score_threshold``, None: the checkpoint's ``cam_score_threshold``;
+        the top class always kept). Gating
         (eq. 4.4–4.5) when ``gating_threshold`` is given. ``background`` (B, P, P) bool
         is background in the mask.
         """
@@ -157,7 +163,8 @@ class CamHead(nn.Module):
         if image_labels is not None:
             cams = mask_absent_classes(cams, image_labels.to(cams.device))
         else:
-            cams = keep_predicted_classes(cams, out.logits, self.score_threshold)
+            threshold = self.score_threshold if score_threshold is None else score_threshold
+            cams = keep_predicted_classes(cams, out.logits, threshold)
         if gating_threshold is not None:
             cams = gate_cams(cams, out.logits, gating_threshold, gating_floor)
         cams = upsample_cams(cams, size)
@@ -224,6 +231,8 @@ class SegmentationHead(nn.Module):
         image_labels: torch.Tensor | None = None,
         gating_threshold: float | None = None,
         gating_floor: float = 0.0,
+        *,
+        score_threshold: float | None = None,
     ) -> PatchPrediction:
         """Softmax over background + classes upsampled to ``size``; the mask is its argmax,
         with ``background`` (B, P, P) bool pixels set to 0. Patch labels and gating are

@@ -83,14 +83,17 @@ class PsclNet(nn.Module):
         image_labels: torch.Tensor | None = None,
         gating_threshold: float | None = None,
         gating_floor: float = 0.0,
+        *,
+        score_threshold: float | None = None,
     ) -> PatchPrediction:
         """Activations and mask of (B, 3, P, P) uint8 patches on the network's device.
 
         ``background`` (B, P, P) bool is the background seed: background in the mask
         whatever the network says (eq. 4.9 for stage 1). ``image_labels`` and
-        ``gating_threshold`` (with its ε ``gating_floor``) choose a stage-1 patch's classes
-        (see ``CamHead.predict_from``).
+        ``gating_threshold`` (with its ε ``gating_floor``) and ``score_threshold`` choose a
+        stage-1 patch's classes (see ``CamHead.predict_from``).
         """
         features = self.encoder(self.normalize(images_uint8))
         size = tuple(images_uint8.shape[-2:])
-        return self.head.predict(features, size, background, image_labels, gating_threshold, gating_floor)
+        return self.head.predict(features, size, background, image_labels, gating_threshold, gating_floor,
+                                 score_threshold=score_threshold)

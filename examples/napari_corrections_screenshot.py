@@ -1,0 +1,116 @@
+"""A napari screenshot of a corrected result: legend docked, a region painted and saved.
+
+Segments a demo slide, opens it as ``wsi-seg view`` does (legend/summary and Corrections
+docked), zooms onto the square where the model disagrees most with the slide's ground
+truth, presses "Edit visible region", paints the true classes there (what a user does
+with napari's brush), presses "Save corrections" (→ ``labels/corrected``), outlines the
+region and saves the screenshot. Needs the napari extra and a display (a virtual one)::
+
+    xvfb-run -a -s "-screen 0 1400x1000x24" python examples/napari_corrections_screenshot.py --out docs/napari_corrections.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("napari_corrections_screenshot")
+
+
+def settle(seconds: float = 3.0) -> None:
+    """Let Qt and napari's slicing draw what is queued (the lazy levels load in the background)."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/napari_corrections.png"), help="PNG to write")
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled demo model)")
+    parser.add_argument("--size", type=int, default=4096, help="demo slide width and height in px")
+    parser.add_argument("--seed", type=int, default=3, help="demo slide seed")
+    parser.add_argument("--region-px", type=int, default=448, help="side of the corrected square, result px")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to keep the slide and result")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from napari_plugin._corrections import EDIT_KEY
+    from napari_plugin._corrections_widget import CorrectionsWidget
+    from napari_plugin.cli import open_viewer
+    from wsi_seg.evaluate_slide import ground_truth_at
+    from wsi_seg.model import load_checkpoint
+    from wsi_seg.model.default import default_model_path
+    from wsi_seg.result import Result
+    from wsi_seg.segment import SegmentOptions, segment_slide
+    from wsi_seg.synthetic import write_demo_slide
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wsi-seg-corrections-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    demo = write_demo_slide(workdir / "demo_slide.tif", size_px=(args.size, args.size), seed=args.seed)
+    model = load_checkpoint(args.model or default_model_path())
+    out = segment_slide(demo.path, workdir / "demo.zarr", model,
+                        SegmentOptions(device=args.device, overwrite=True, progress=False)).out
+    result = Result.open(out)
+    gt = ground_truth_at(demo.mask_path, result.mpp, result.level_shape(0))
+    pred = result.mask(0)[:]
+    side = args.region_px
+    wrong = (pred != gt) & (gt > 0)
+    corners = [(y, x) for y in range(0, pred.shape[0] - side + 1, side // 4)
+               for x in range(0, pred.shape[1] - side + 1, side // 4)]
+    y, x = max(corners, key=lambda c: wrong[c[0] : c[0] + side, c[1] : c[1] + side].sum())
+
+    viewer = open_viewer(out, show=True)  # shown (on the virtual display): the canvas gets its real size
+    viewer.window.resize(1400, 900)
+    settle()
+    corrections = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, CorrectionsWidget))
+    mask = next(layer for layer in viewer.layers if (layer.metadata.get("wsi_seg_result") or {}).get("kind") == "mask")
+    (sy, sx), (ty, tx) = mask.scale[-2:], mask.translate[-2:]
+    center = (ty + (y + side / 2 - 0.5) * sy, tx + (x + side / 2 - 0.5) * sx)
+    viewer.scene.camera.center = center
+    viewer.scene.camera.zoom = min(viewer.canvas.size) / (side * sy * 1.6)
+    settle(1.0)
+    edit = corrections.edit_visible_region()
+    region = edit.metadata[EDIT_KEY]
+    f, (oy, ox) = 2**region.level, region.origin_yx
+    # paint the truth inside the square, as a user would with the brush
+    rows = np.arange(edit.data.shape[0]) * f + oy
+    cols = np.arange(edit.data.shape[1]) * f + ox
+    inside = ((rows >= y) & (rows < y + side))[:, None] & ((cols >= x) & (cols < x + side))[None, :]
+    truth = gt[np.ix_(np.minimum(rows, gt.shape[0] - 1), np.minimum(cols, gt.shape[1] - 1))]
+    paint = inside & (truth > 0) & (truth != edit.data)
+    idx = np.nonzero(paint)
+    edit.data_setitem(idx, truth[idx])
+    saved = corrections.save()
+    log.info("saved %d px in %s", sum(r.pixels_changed for r in saved), [r.chunks for r in saved])
+    viewer.layers.remove(edit)
+    corners_um = [(ty + (y - 0.5) * sy, tx + (x - 0.5) * sx), (ty + (y + side - 0.5) * sy, tx + (x + side - 0.5) * sx)]
+    viewer.add_shapes([np.array([corners_um[0], [corners_um[0][0], corners_um[1][1]], corners_um[1],
+                                 [corners_um[1][0], corners_um[0][1]]])],
+                      shape_type="rectangle", edge_color="white", edge_width=3 * sy, face_color="transparent",
+                      name="corrected region", units="µm")
+    viewer.layers.selection.active = next(layer for layer in viewer.layers if "corrected" in layer.name
+                                          and layer.name.endswith("corrected"))
+    scale_bar = viewer.canvas.overlays["scale_bar"]
+    scale_bar.position = "bottom_left"
+    viewer.scene.camera.zoom = min(viewer.canvas.size) / (side * sy * 2.2)
+    settle()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(path=str(args.out), canvas_only=False)
+    viewer.close()
+    print(f"screenshot: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
