@@ -240,3 +240,9 @@ def test_cohort_names_both_slides_when_a_result_is_of_another_slide(tmp_path, ca
     assert code == 2 and "1 failed" in stdout
     assert "holds a complete result of another slide" in err and str(a) in err and str(b) in err and fp_a in err
     assert is_complete(out_dir / "a.zarr")
+    meta = out_dir / "a.zarr" / "zarr.json"
+    data = json.loads(meta.read_text())
+    data["attributes"]["wsi_seg"]["slide"]["fingerprint"] = "0123456789abcdef0123456789abcdef"  # version 1
+    meta.write_text(json.dumps(data))
+    code, _, err = run_cli(capsys, *argv[:1], a, *argv[1:])
+    assert code == 2 and "predates this version's; pass --overwrite" in err

@@ -111,6 +111,11 @@ def skipped_outcome(slide: Path, out: Path, model_sha256: str, options: SegmentO
     if found is None:
         return None
     prov, fingerprint = found
+    if not str(prov.slide.fingerprint).startswith(fingerprint.split(":")[0] + ":"):
+        return SlideOutcome(str(slide), str(out), "failed", error=(
+            f"{out}: holds a complete result whose slide fingerprint ({prov.slide.fingerprint}) predates "
+            "this version's; pass --overwrite to segment the slide again"
+        ))
     if prov.slide.fingerprint != fingerprint:
         return SlideOutcome(str(slide), str(out), "failed", error=(
             f"{out}: holds a complete result of another slide ({prov.slide.path}, fingerprint "
