@@ -192,14 +192,20 @@ def own_failed_overwrite(m: Matrix) -> None:
     m.add("`--overwrite` of a complete result with an unreadable slide", rc, err, d)
 
 
-def concurrent(m: Matrix) -> None:
-    d = m.case("two runs one out")
+def _start_segment(m: Matrix, d: Path) -> tuple[list[str], subprocess.Popen]:
+    """Start segmenting the big slide into ``d/o.zarr``; return once it has written progress."""
     base = [*CLI, "segment", str(m.big), "--out", "o.zarr", "--model", str(m.ckpt), "--device", "cpu", "--no-progress"]
     a = subprocess.Popen(base, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     prog = d / "o.zarr.partial" / ".wsi_seg_progress"
     t0 = time.time()
     while not (prog.exists() and prog.stat().st_size > 0) and a.poll() is None and time.time() - t0 < 120:
         time.sleep(0.05)
+    return base, a
+
+
+def concurrent(m: Matrix) -> None:
+    d = m.case("two runs one out")
+    base, a = _start_segment(m, d)
     b = subprocess.run([*base, "--overwrite"], cwd=d, capture_output=True, text=True, timeout=600)
     _, err_a = a.communicate(timeout=600)
     m.add("two runs on one `--out`: the second (`--overwrite`) started while the first runs", str(b.returncode), b.stderr, d)
@@ -208,12 +214,7 @@ def concurrent(m: Matrix) -> None:
 
 def stale_lock(m: Matrix) -> None:
     d = m.case("killed run then rerun")
-    base = [*CLI, "segment", str(m.big), "--out", "o.zarr", "--model", str(m.ckpt), "--device", "cpu", "--no-progress"]
-    a = subprocess.Popen(base, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    prog = d / "o.zarr.partial" / ".wsi_seg_progress"
-    t0 = time.time()
-    while not (prog.exists() and prog.stat().st_size > 0) and a.poll() is None and time.time() - t0 < 120:
-        time.sleep(0.05)
+    _, a = _start_segment(m, d)
     a.send_signal(signal.SIGKILL)
     a.wait()
     rc, err, _ = m.run("segment", m.big, "--out", "o.zarr", cwd=d, timeout=600)
