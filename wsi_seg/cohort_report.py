@@ -20,7 +20,7 @@ import numpy as np
 from wsi_seg.areas import hex_color
 from wsi_seg.cohort import SUMMARY_NAME, SlideOutcome, write_text_atomic, with_areas, write_summary
 from wsi_seg.errors import ConfigError, ResultError, WsiSegError
-from wsi_seg.result import PARTIAL_SUFFIX, Provenance, is_partial, read_provenance
+from wsi_seg.result import CORRECTED_NAME, PARTIAL_SUFFIX, Provenance, is_partial, read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def render_cohort_html(outcomes: list[SlideOutcome], title: str) -> str:
             for c in classes
         )
         tissue = f"{o.tissue_mm2:.4g}" if o.tissue_mm2 is not None else ""
-        labels = " (corrected)" if o.labels == "corrected" else ""
+        labels = f" ({CORRECTED_NAME})" if o.labels == CORRECTED_NAME else ""
         notes = " ".join(x for x in (o.error, note) if x)
         thumb = f"<img src='{img}' alt='overlay of {html.escape(Path(o.slide).name)}'>" if img else ""
         body.append(
