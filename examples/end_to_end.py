@@ -15,7 +15,7 @@ Every step reuses what a previous run left in ``--work``, so an interrupted run 
 where it stopped. The defaults take about 15 minutes on 2 CPU cores; ``--quick`` (the
 ``tiny`` preset, a few patches, one epoch each) checks the plumbing in under a minute.
 For real data, run the same commands on LUAD-HistoSeg or BCSS-WSSS with the configs in
-``examples/configs`` (README, "Training").
+``examples/configs`` (docs/training.md).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from typing import Any
 from napari_plugin import _notify
 from napari_plugin._slide_reader import METADATA_KEY as SLIDE_KEY
 from napari_plugin._slide_reader import UNITS_UM, LayerData, PathLike, ReaderFunction, _as_list, slide_layer_data
+from wsi_seg.areas import hex_color
 from wsi_seg.errors import WsiSegError
 from wsi_seg.result import BACKGROUND, CORRECTED_NAME, LABEL_NAME, Placement, Result, read_provenance
 
@@ -73,8 +74,7 @@ def label_colormap(result: Result) -> dict[int | None, list[float]]:
 def activation_colormap(name: str, color: tuple[int, int, int]) -> dict[str, Any]:
     """napari image colormap (a dict → Colormap): black → the class colour."""
     r, g, b = (c / 255 for c in color)
-    hex_color = "".join(f"{v:02x}" for v in color)
-    return {"name": f"wsi-seg {name} #{hex_color}", "display_name": f"{name} #{hex_color}",
+    return {"name": f"wsi-seg {name} {hex_color(color)}", "display_name": f"{name} {hex_color(color)}",
             "colors": [[0.0, 0.0, 0.0, 1.0], [r, g, b, 1.0]]}
 
 

@@ -33,6 +33,7 @@ from napari_plugin._slide_reader import SLIDE_EXTENSIONS
 from napari_plugin._viewer import add_layer_data, connect_until_closed, slide_layers
 from wsi_seg.errors import ConfigError, WsiSegError
 from wsi_seg.options import SegmentOptions
+from wsi_seg.result import partial_path
 
 if TYPE_CHECKING:  # napari only for typing
     import napari
@@ -205,7 +206,7 @@ class SegmentWidget(Container):
         self.last_result = result
         if result is None:
             self.status.value = (
-                f"cancelled; the partial run is kept in {self._request.out.name}.partial: "
+                f"cancelled; the partial run is kept in {partial_path(self._request.out).name}: "
                 "press Segment again (overwrite off) to resume"
             )
             _notify.info(self.status.value)

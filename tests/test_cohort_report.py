@@ -67,6 +67,18 @@ def test_summarize_without_a_summary_finds_results_and_partials(cohort, tmp_path
     assert rows[0].tissue_mm2 == 20e-6
 
 
+def test_summarize_lists_a_result_with_malformed_attributes_as_failed(cohort):
+    meta = cohort / "s1.zarr" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["wsi_seg"]["class_colors"] = "red"
+    meta.write_text(json.dumps(doc))
+    (cohort / "wsi_seg_summary.json").unlink()
+    _, _, html_path, rows = summarize(cohort)
+    assert [(r.out.split("/")[-1], r.status) for r in rows] == [("s0.zarr", "done"), ("s1.zarr", "failed")]
+    assert "s1.zarr: wsi_seg attributes are incomplete or malformed" in rows[1].error
+    assert "malformed" in html_path.read_text(encoding="utf-8")
+
+
 def test_summarize_shows_the_mask_alone_when_a_slide_moved(cohort, tmp_path):
     shutil.move(tmp_path / "s1.tif", tmp_path / "elsewhere.tif")
     _, _, html_path, rows = summarize(cohort)

@@ -140,7 +140,7 @@ def test_segment_widget_cancel_keeps_a_resumable_partial(
 
     worker.yielded.connect(cancel_half_way)
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
-    assert widget.last_result is None and "cancelled" in widget.status.value
+    assert widget.last_result is None and "cancelled" in widget.status.value and "gui.zarr.partial" in widget.status.value
     assert not (tmp_path / "gui.zarr").exists()
     assert (tmp_path / "gui.zarr.partial").is_dir() and not open_result(tmp_path / "gui.zarr.partial").complete
     assert len(viewer.layers) == 1  # nothing added for a cancelled run

@@ -9,7 +9,7 @@ import pytest
 from wsi_seg.errors import DatasetError, ResultError
 from wsi_seg.output import ResultStore
 from wsi_seg.pyramid import halve
-from wsi_seg.result import Result, partial_path
+from wsi_seg.result import Result, finest_level_within, is_partial, partial_path, result_name
 
 NAMES = ["TE", "NEC", "LYM"]
 COLORS = [[205, 51, 51], [0, 128, 0], [0, 0, 255]]
@@ -70,6 +70,26 @@ def test_provenance_classes_and_level_choice(tmp_path):
     assert result.level_for_mpp(0.1) == 0  # finer than any level: level 0
     placement = result.placement()
     assert placement.scale_um == (0.5, 0.5) and placement.translation_um == (0.0, 0.0)
+
+
+def test_level_choice_over_shapes_reads_only_what_it_needs():
+    read = []
+
+    def shapes():
+        for shape in [(3, 900, 400), (3, 450, 200), (3, 225, 100)]:  # (C, H, W) counts its last two axes
+            read.append(shape)
+            yield shape
+
+    assert finest_level_within(shapes(), 450) == 1 and len(read) == 2  # stops at the level chosen
+    assert finest_level_within([(900, 400), (450, 200)], 10) == 1  # nothing fits: the coarsest
+    with pytest.raises(ValueError, match="at least one level"):
+        finest_level_within([], 10)
+
+
+def test_result_names_with_and_without_partial(tmp_path):
+    out = tmp_path / "slide.zarr"
+    assert is_partial(partial_path(out)) and not is_partial(out)
+    assert result_name(out) == result_name(partial_path(out)) == "slide"
 
 
 def test_partial_and_incomplete_results_are_refused_unless_asked(tmp_path):

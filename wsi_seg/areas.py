@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from wsi_seg.result import finest_level_within
+
 DEFAULT_MAX_SIDE_PX = 2048
 UM2_PER_MM2 = 1e6
 
@@ -35,16 +37,12 @@ class ClassArea:
 
     @property
     def hex_color(self) -> str:
-        return "#" + "".join(f"{v:02x}" for v in self.color)
+        return hex_color(self.color)
 
 
-def _pick_level(levels: Sequence[Any], max_side_px: int) -> tuple[Any, int]:
-    """(array to count, stride) of the finest level small enough, else the coarsest."""
-    for level in levels:
-        if max(level.shape[-2:]) <= max_side_px:
-            return level, 1
-    coarsest = levels[-1]
-    return coarsest, math.ceil(max(coarsest.shape[-2:]) / max_side_px)
+def hex_color(rgb: Sequence[int]) -> str:
+    """``(255, 128, 0)`` → ``"#ff8000"``."""
+    return "#" + "".join(f"{int(v):02x}" for v in rgb[:3])
 
 
 def class_areas(
@@ -62,7 +60,8 @@ def class_areas(
     if not levels:
         raise ValueError("class_areas needs at least one mask level")
     h0, w0 = levels[0].shape[-2:]
-    level, stride = _pick_level(levels, max_side_px)
+    level = levels[finest_level_within((lv.shape for lv in levels), max_side_px)]
+    stride = max(1, math.ceil(max(level.shape[-2:]) / max_side_px))  # > 1 when even the coarsest is larger
     mask = np.asarray(level[::stride, ::stride])
     h, w = mask.shape
     px_area_um2 = mpp * mpp * (h0 / h) * (w0 / w)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_seg.areas import hex_color
 from wsi_seg.cohort import SUMMARY_NAME, SlideOutcome, write_text_atomic, with_areas, write_summary
-from wsi_seg.errors import ConfigError, WsiSegError
-from wsi_seg.result import read_provenance
+from wsi_seg.errors import ConfigError, ResultError, WsiSegError
+from wsi_seg.result import CORRECTED_NAME, PARTIAL_SUFFIX, Provenance, is_partial, read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def render_cohort_html(outcomes: list[SlideOutcome], title: str) -> str:
             for c in classes
         )
         tissue = f"{o.tissue_mm2:.4g}" if o.tissue_mm2 is not None else ""
-        labels = " (corrected)" if o.labels == "corrected" else ""
+        labels = f" ({CORRECTED_NAME})" if o.labels == CORRECTED_NAME else ""
         notes = " ".join(x for x in (o.error, note) if x)
         thumb = f"<img src='{img}' alt='overlay of {html.escape(Path(o.slide).name)}'>" if img else ""
         body.append(
@@ -92,9 +93,15 @@ def _class_colors(outcomes: list[SlideOutcome]) -> dict[str, str]:
     """Class name → hex colour, from the first readable result that names it."""
     colors: dict[str, str] = {}
     for o in outcomes:
-        prov = read_provenance(Path(o.out)) or {}
-        for name, c in zip(prov.get("class_names") or [], prov.get("class_colors") or []):
-            colors.setdefault(str(name), "#" + "".join(f"{int(v):02x}" for v in c[:3]))
+        raw = read_provenance(Path(o.out))
+        if raw is None:
+            continue
+        try:
+            prov = Provenance.parse(raw, Path(o.out))
+        except ResultError:  # its row says why (see _found_outcome)
+            continue
+        for name, rgb in zip(prov.class_names, prov.class_colors):
+            colors.setdefault(name, hex_color(rgb))
     return colors
 
 
@@ -114,12 +121,14 @@ def _read_summary_json(path: Path) -> list[SlideOutcome]:
         raise ConfigError(f"{path}: cannot read the cohort summary ({exc}); move it away to rebuild it from the results") from exc
 
 
-def _found_outcome(path: Path, prov: dict) -> SlideOutcome:
-    """The row of a result the summary does not list."""
-    slide = str((prov.get("slide") or {}).get("path") or "")
-    partial = path.name.endswith(".partial")
-    status = "done" if prov.get("complete") and not partial else "incomplete"
-    return SlideOutcome(slide=slide, out=str(path), status=status)
+def _found_outcome(path: Path, raw: dict) -> SlideOutcome:
+    """The row of a result the summary does not list; malformed attributes: a failed row saying why."""
+    try:
+        prov = Provenance.parse(raw, path)
+    except ResultError as exc:
+        return SlideOutcome(slide="", out=str(path), status="failed", error=str(exc))
+    status = "done" if prov.complete and not is_partial(path) else "incomplete"
+    return SlideOutcome(slide=str(prov.slide.path or ""), out=str(path), status=status)
 
 
 def summarize(results_dir: str | Path) -> tuple[Path, Path, Path, list[SlideOutcome]]:
@@ -136,15 +145,15 @@ def summarize(results_dir: str | Path) -> tuple[Path, Path, Path, list[SlideOutc
     seen = {Path(o.out).name for o in listed}
     found = []
     for path in sorted(root.iterdir()):
-        if not path.is_dir() or not (path.name.endswith(".zarr") or path.name.endswith(".zarr.partial")):
+        if not path.is_dir() or not path.name.removesuffix(PARTIAL_SUFFIX).endswith(".zarr"):
             continue
-        prov = read_provenance(path)
-        if prov is None:
+        raw = read_provenance(path)
+        if raw is None:
             continue
-        final = path.name.removesuffix(".partial")
+        final = path.name.removesuffix(PARTIAL_SUFFIX)
         if path.name in seen or (final in seen and (root / final).exists()):
             continue
-        found.append(_found_outcome(path, prov))
+        found.append(_found_outcome(path, raw))
     outcomes = []
     for o in listed:  # a summary row whose result was later resumed elsewhere keeps its own path
         if not Path(o.out).exists() and (root / Path(o.out).name).exists():

@@ -49,7 +49,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from wsi_seg.errors import ConfigError, OutputError, ResultError
-from wsi_seg.result import Result
+from wsi_seg.result import Result, partial_path
 
 log = logging.getLogger(__name__)
 
@@ -554,7 +554,7 @@ def export_geojson(
     ch, cw = arr.chunks
     block_hw = (block_px or ch * math.ceil(MIN_BLOCK_PX / ch), block_px or cw * math.ceil(MIN_BLOCK_PX / cw))
 
-    part = out_path.with_name(out_path.name + ".partial")
+    part = partial_path(out_path)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         f = open(part, "w", encoding="utf-8")

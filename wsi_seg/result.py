@@ -20,6 +20,7 @@ interrupted run (the napari reader shows what was written).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,32 @@ PARTIAL_SUFFIX = ".partial"  # an unfinished run's folder: <out>.partial
 BACKGROUND = "background"  # the name of class index 0
 
 
+def finest_level_within(shapes: Iterable[Sequence[int]], max_px: int) -> int:
+    """Index of the finest level whose longer side (of the last two axes) is at most
+    ``max_px`` px, else of the coarsest. ``shapes``: a pyramid's level shapes, finest
+    first; read only up to the level chosen."""
+    index = -1
+    for index, shape in enumerate(shapes):
+        if max(shape[-2:]) <= max_px:
+            return index
+    if index < 0:
+        raise ValueError("finest_level_within needs at least one level")
+    return index
+
+
 def partial_path(out: Path) -> Path:
     """Where a run writes ``out`` until it is complete."""
     return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def is_partial(path: str | Path) -> bool:
+    """True for an unfinished run's folder, ``<out>.partial``."""
+    return Path(path).name.endswith(PARTIAL_SUFFIX)
+
+
+def result_name(path: str | Path) -> str:
+    """A result's folder name without ``.partial`` and ``.zarr``: ``slide.zarr`` → ``slide``."""
+    return Path(path).name.removesuffix(PARTIAL_SUFFIX).removesuffix(".zarr")
 
 
 def read_provenance(path: str | Path) -> dict[str, Any] | None:
@@ -171,7 +195,7 @@ class Result:
             what = "no such folder" if not p.exists() else "no 'wsi_seg' attributes in zarr.json"
             raise ResultError(f"{p}: not a wsi-seg result ({what}); expected the output of `wsi-seg segment`")
         prov = Provenance.parse(raw, p)
-        complete = prov.complete and not p.name.endswith(PARTIAL_SUFFIX)
+        complete = prov.complete and not is_partial(p)
         if not complete and not allow_incomplete:
             raise ResultError(
                 f"{p}: result is incomplete (segmentation was interrupted); rerun the same "
@@ -193,9 +217,7 @@ class Result:
     @property
     def name(self) -> str:
         """The folder name without ``.partial`` and ``.zarr``: ``slide.zarr`` → ``slide``."""
-        name = self.path.name
-        name = name.removesuffix(PARTIAL_SUFFIX)
-        return name.removesuffix(".zarr")
+        return result_name(self.path)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -253,10 +275,7 @@ class Result:
     # -- choosing a level ------------------------------------------------------------
     def pick_level(self, max_px: int) -> int:
         """The finest level whose longer side is at most ``max_px`` px, else the coarsest."""
-        for level in self.levels:
-            if max(self.level_shape(level)) <= max_px:
-                return level
-        return self.levels[-1]
+        return self.levels[finest_level_within((self.level_shape(level) for level in self.levels), max_px)]
 
     def level_for_mpp(self, mpp: float) -> int:
         """The coarsest level at least as fine as ``mpp`` µm/px (level 0 if none is)."""

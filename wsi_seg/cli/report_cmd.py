@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def default_report_path(result: Path) -> Path:
-    name = result.name.removesuffix(".partial").removesuffix(".zarr")
-    return result.with_name(f"{name}_report.png")
+    from wsi_seg.result import result_name
+
+    return result.with_name(f"{result_name(result)}_report.png")
 
 
 def run(args: argparse.Namespace) -> int:
