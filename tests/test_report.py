@@ -76,6 +76,15 @@ def test_report_shows_the_ground_truth_and_its_miou(tmp_path):
     assert mask_paths(demo.path)[0] == demo.mask_path
 
 
+def test_a_mask_goes_onto_another_grid_cropped_or_padded_in_micrometres():
+    from wsi_seg.evaluate_slide import mask_on_grid
+
+    mask = np.arange(1, 13, dtype=np.uint8).reshape(3, 4)  # 3×4 px at 2 µm/px: 6×8 µm
+    on_1um = mask_on_grid(mask, 2.0, 1.0, (8, 6))  # 8×6 µm at 1 µm/px: two rows of padding, cropped in x
+    assert on_1um.shape == (8, 6) and (on_1um[:6:2, :6:2] == mask[:, :3]).all() and (on_1um[6:] == 0).all()
+    assert mask_on_grid(mask, 2.0, 4.0, (1, 2)).tolist() == [[6, 8]]  # coarser: the pixel under each centre
+
+
 def test_incomplete_result_says_so(tmp_path, slide):
     partial = write_result(tmp_path / "p.zarr", known_mask(), slide, SLIDE_MPP, MPP, complete=False)
     report = build_report(partial)

@@ -12,19 +12,23 @@ from wsi_seg.metrics import ConfusionMatrix
 from wsi_seg.result import Result
 
 
-def result_mask_at(result: str | Path, mpp: float, shape_hw: tuple[int, int]) -> np.ndarray:
-    """The result's class mask resampled (nearest) to ``shape_hw`` at ``mpp`` µm/px."""
-    res = Result.open(result)
-    level = res.level_for_mpp(mpp)
-    mask = res.mask(level)[:]
-    level_mpp = res.level_mpp(level)
+def mask_on_grid(mask: np.ndarray, mask_mpp: float, mpp: float, shape_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 class mask at ``mask_mpp`` µm/px on the grid of ``shape_hw`` px at ``mpp``
+    µm/px from the same origin: cropped or padded (0) to that extent in µm so the pixel
+    grids line up, then resized (nearest)."""
     h, w = shape_hw
-    # crop/pad to the ground truth's extent before resizing so pixel grids line up
-    need_h, need_w = round(h * mpp / level_mpp), round(w * mpp / level_mpp)
+    need_h, need_w = round(h * mpp / mask_mpp), round(w * mpp / mask_mpp)
     canvas = np.zeros((need_h, need_w), np.uint8)
     ch, cw = min(need_h, mask.shape[0]), min(need_w, mask.shape[1])
     canvas[:ch, :cw] = mask[:ch, :cw]
     return np.asarray(Image.fromarray(canvas).resize((w, h), Image.Resampling.NEAREST))
+
+
+def result_mask_at(result: str | Path, mpp: float, shape_hw: tuple[int, int]) -> np.ndarray:
+    """The result's class mask resampled (nearest) to ``shape_hw`` at ``mpp`` µm/px."""
+    res = Result.open(result)
+    level = res.level_for_mpp(mpp)
+    return mask_on_grid(res.mask(level)[:], res.level_mpp(level), mpp, shape_hw)
 
 
 def ground_truth_at(ground_truth_png: str | Path, mpp: float, shape_hw: tuple[int, int]) -> np.ndarray:

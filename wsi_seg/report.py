@@ -94,7 +94,7 @@ def slide_thumbnail(slide_path: Path, mpp: float, shape_hw: tuple[int, int], sli
 
 def ground_truth_panel(ground_truth_png: Path, result: Result, shape_hw: tuple[int, int], mask_mpp: float) -> tuple[np.ndarray, str]:
     """(coloured ground truth over the mask's extent, caption with the mIoU when classes match)."""
-    from wsi_seg.evaluate_slide import slide_miou
+    from wsi_seg.evaluate_slide import mask_on_grid, slide_miou
     from wsi_seg.synthetic import read_ground_truth
 
     try:
@@ -104,13 +104,7 @@ def ground_truth_panel(ground_truth_png: Path, result: Result, shape_hw: tuple[i
             f"{ground_truth_png}: cannot read the ground truth ({exc}); expected a class-mask PNG "
             "with its .json (as wsi-seg demo-slide writes)"
         ) from exc
-    h, w = shape_hw
-    # the ground truth over the mask's extent in µm (crop or pad), then to the panel grid
-    need_h, need_w = round(h * mask_mpp / gt_mpp), round(w * mask_mpp / gt_mpp)
-    canvas = np.zeros((need_h, need_w), np.uint8)
-    ch, cw = min(need_h, gt.shape[0]), min(need_w, gt.shape[1])
-    canvas[:ch, :cw] = gt[:ch, :cw]
-    canvas = np.asarray(Image.fromarray(canvas).resize((w, h), Image.Resampling.NEAREST))
+    canvas = mask_on_grid(gt, gt_mpp, mask_mpp, shape_hw)  # the ground truth over the mask's extent
     caption = "ground truth"
     if tuple(names) == tuple(result.class_names):
         scores = slide_miou(result.path, ground_truth_png)
@@ -120,24 +114,22 @@ def ground_truth_panel(ground_truth_png: Path, result: Result, shape_hw: tuple[i
 
 def provenance_line(result: Result) -> str:
     """Model, µm/px, date, slide and software in one line."""
-    prov = result.provenance.raw
-    model = prov.get("model") or {}
-    model_cfg = model.get("config") or {}
-    name = Path(str(model.get("path") or "unknown model")).name
-    sha = str(model.get("sha256") or "")[:12]
-    stage = model_cfg.get("stage")
-    when = prov.get("completed_utc")
+    prov = result.provenance
+    name = Path(str(prov.model.path or "unknown model")).name
+    sha = str(prov.model.sha256 or "")[:12]
+    stage = prov.model.config.get("stage")
+    when = prov.raw.get("completed_utc")
     if not when:
         stamp = (result.path / "zarr.json").stat().st_mtime
         when = datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds")
-    slide = Path(str((prov.get("slide") or {}).get("path") or "?")).name
-    software = prov.get("software") or {}
+    slide = prov.slide.path.name if prov.slide.path else "?"
+    software = (prov.raw.get("software") or {}).get("name", "wsi-seg")
     parts = [
         f"model {name}" + (f" (sha256 {sha}…)" if sha else "") + (f", stage {stage}" if stage else ""),
         f"{result.mpp:g} µm/px",
         str(when).replace("+00:00", "Z"),
         f"slide {slide}",
-        f"{software.get('name', 'wsi-seg')} {software.get('version', '?')}",
+        f"{software} {prov.software_version or '?'}",
     ]
     return " · ".join(parts)
 
