@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from wsi_seg.model import CamHead, Stage1Output
+from wsi_seg.model import CamHead, PredictRules, Stage1Output
 from wsi_seg.model.heads import mask_absent_classes, pseudo_label_mask
-from training.pseudo_labels import palette_of, read_cams, stage1_label_maps, write_cams, write_label_png
+from wsi_seg.errors import ConfigError
+from training.pseudo_labels import (RUN_GATING, palette_of, read_cams, resolve_rules, stage1_label_maps, write_cams,
+                                    write_label_png)
 
 CAMS = torch.tensor([[
     [[0.2, 0.5], [0.0, 0.9]],  # class 1
@@ -45,16 +49,49 @@ def test_cam_head_rules_end_to_end():
     # without image labels the classifier decides: sigmoid(-3) < 0.5 drops class 2
     assert head.predict_from(out, (2, 2), bkg).mask.tolist() == [[[1, 1], [1, 1]]]
     # … at its own threshold unless given another (evaluate's per-protocol thresholds)
-    assert head.predict_from(out, (2, 2), bkg, score_threshold=0.01).mask.tolist() == [[[1, 2], [1, 2]]]
+    loose = PredictRules(score_threshold=0.01)
+    assert head.predict_from(out, (2, 2), bkg, rules=loose).mask.tolist() == [[[1, 2], [1, 2]]]
     # … but the top class is always kept, even below the threshold (px 1,0: all CAMs 0, first wins)
     low = Stage1Output(logits=torch.tensor([[-4.0, -3.0]]), class_maps=maps, features=out.features)
     assert head.predict_from(low, (2, 2), bkg).mask.tolist() == [[[2, 2], [1, 2]]]
     # gating τ_g = 0.8 likewise removes class 2 even when the label says present
-    gated = head.predict_from(out, (2, 2), bkg, image_labels=torch.tensor([[1.0, 1.0]]), gating_threshold=0.8)
+    gated = head.predict_from(out, (2, 2), bkg, torch.tensor([[1.0, 1.0]]), PredictRules(gating_threshold=0.8))
     assert gated.mask.tolist() == [[[1, 1], [1, 1]]]
+    # … and with ε = 0.5 (tables 5.16/5.17) keeps half of its CAM
+    soft = head.predict_from(out, (2, 2), bkg, torch.tensor([[1.0, 1.0]]),
+                             PredictRules(gating_threshold=0.8, gating_epsilon=0.5))
+    assert soft.activations[0, 1].tolist() == [[0.125, 0.5], [0.0, 0.25]] and soft.mask.tolist() == [[[1, 2], [1, 2]]]
     # the background seed is background (0) in the mask
     seeded = head.predict_from(out, (2, 2), torch.tensor([[[True, False], [False, False]]]))
     assert seeded.mask.tolist() == [[[0, 1], [1, 1]]]
+
+
+def test_predict_rules_recorded_in_a_checkpoint_and_overridden():
+    from wsi_seg.model import ModelConfig, preset_config
+
+    cfg = preset_config("tiny", stage=1)
+    assert PredictRules.of_checkpoint(cfg) == PredictRules()  # no record: no gating
+    run = PredictRules(gating_threshold=0.7, gating_epsilon=0.2)
+    recorded = cfg.replace(provenance={"training": {"pseudo_labels": run.gating_record()}})
+    recorded = ModelConfig.from_dict(json.loads(json.dumps(recorded.to_dict())))  # as a checkpoint stores it
+    assert PredictRules.of_checkpoint(recorded) == run
+    assert resolve_rules(recorded, RUN_GATING, None) == run
+    assert resolve_rules(recorded, None, None) == PredictRules(gating_epsilon=0.2)
+    assert resolve_rules(recorded, 0.6, 0.0) == PredictRules(gating_threshold=0.6)
+    with pytest.raises(ConfigError, match="'sometimes'"):
+        resolve_rules(recorded, "sometimes", None)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(score_threshold=1.5), "score threshold must be in \\[0, 1\\], got 1.5"),
+    (dict(gating_threshold=1.0), "gating threshold must be in \\[0, 1\\), got 1.0"),
+    (dict(gating_epsilon=-0.1), "gating epsilon must be in \\[0, 1\\), got -0.1"),
+])
+def test_predict_rules_refuse_values_out_of_range(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        PredictRules(**bad)
+    with pytest.raises(ConfigError, match=message):
+        PredictRules().replace(**bad)
 
 
 def test_pseudo_labels_and_segment_share_the_cam_head():

@@ -93,6 +93,13 @@ def test_pseudo_labels_and_evaluate_from_the_cli(pscl_run, luad, tmp_path, capsy
     assert data["image_labels"] == "predicted" and not data["oracle"]
     assert data["score_thresholds"] == {"mlps": 0.25, "tpro": 0.15} and data["gating_threshold"] == 0.8
     capsys.readouterr()
+    for flag, value, problem in (("--score-threshold", "1.5", "score threshold must be in [0, 1], got 1.5"),
+                                 ("--gating", "1.0", "gating threshold must be in [0, 1), got 1.0")):
+        bad = tmp_path / "bad.json"
+        assert cli.main(["evaluate", "--model", str(ckpt), "--data", str(luad), flag, value, "--device", "cpu",
+                         "--json", str(bad), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert problem in err and "\n" not in err and not bad.exists()
     assert cli.main(["evaluate", "--model", str(pscl_run.run_dir), "--data", str(luad), "--image-labels", "gt",
                      "--no-gating", "--device", "cpu", "--json", str(js), "--no-progress"]) == 0
     assert "ORACLE image labels" in capsys.readouterr().out  # a run folder works as --model too

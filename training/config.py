@@ -32,6 +32,9 @@ from typing import Any
 
 from wsi_seg.errors import ConfigError
 
+if typing.TYPE_CHECKING:
+    from wsi_seg.model.predict_rules import PredictRules
+
 CONFIG_FORMAT_VERSION = 1
 
 
@@ -292,6 +295,13 @@ class PsclConfig:
     gate_pscl: bool = setting(False, flag="--gate-pscl",
                               help="also gate the CAMs PSCL labels its pixels with (patch labels already zero "
                                    "absent classes there)")
+
+    def predict_rules(self) -> PredictRules:
+        """The rules of this run's pseudo-labels and val scores: its gating, if on."""
+        from wsi_seg.model.predict_rules import PredictRules  # torch-free CLI registration
+
+        return PredictRules(gating_threshold=self.gating_threshold if self.gating else None,
+                            gating_epsilon=self.gating_epsilon)
 
     def checks(self) -> list[tuple[bool, str]]:
         return [

@@ -29,11 +29,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from wsi_seg.errors import ConfigError
-from wsi_seg.model import CamHead, PsclNet, load_checkpoint
+from wsi_seg.model import CamHead, PredictRules, PsclNet, load_checkpoint
 
 from wsi_seg.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
 from training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
-from training.pseudo_labels import RUN_GATING, resolve_gating
+from training.pseudo_labels import RUN_GATING, resolve_rules
 
 log = logging.getLogger(__name__)
 IMAGE_LABEL_MODES = ("predicted", "gt")
@@ -53,19 +53,16 @@ def predict_label_maps(
     batch: dict[str, torch.Tensor],
     device: torch.device,
     image_labels: str = "gt",
-    gating_threshold: float | None = None,
-    score_threshold: float | None = None,
-    gating_floor: float = 0.0,
+    rules: PredictRules | None = None,
 ) -> torch.Tensor:
     """(B, H, W) uint8 label maps (0 = background, 1..N) of a batch from :class:`PatchDataset`.
 
     Stage 1 with ``image_labels`` ``predicted``: the CAM head's classes, sigmoid ≥
-    ``score_threshold`` (None: the checkpoint's ``cam_score_threshold``), the top class kept."""
+    ``rules.score_threshold`` (None: the checkpoint's ``cam_score_threshold``), the top class kept."""
     images = batch["image"].to(device)
     background = batch["background"].to(device) if net.head.needs_background_seed else None
     labels = batch["labels"].to(device) if image_labels == "gt" else None
-    return net.predict(images, background, labels, gating_threshold, gating_floor,
-                       score_threshold=score_threshold).mask
+    return net.predict(images, background, labels, rules).mask
 
 
 def confusion_on_loader(
@@ -73,11 +70,9 @@ def confusion_on_loader(
     loader: DataLoader,
     device: torch.device,
     image_labels: str = "gt",
-    gating_threshold: float | None = None,
+    rules: PredictRules | None = None,
     max_batches: int | None = None,
     progress: bool = False,
-    score_threshold: float | None = None,
-    gating_floor: float = 0.0,
 ) -> ConfusionMatrix:
     """Accumulate the confusion matrix of ``net`` over a loader of masked patches."""
     from tqdm import tqdm
@@ -90,8 +85,7 @@ def confusion_on_loader(
     batches = itertools.islice(loader, max_batches) if max_batches is not None else loader
     with torch.inference_mode():
         for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
-            pred = predict_label_maps(net, batch, device, image_labels, gating_threshold, score_threshold,
-                                      gating_floor)
+            pred = predict_label_maps(net, batch, device, image_labels, rules)
             cm.update(batch["mask"], pred.cpu())
     net.train(was_training)
     return cm
@@ -100,7 +94,8 @@ def confusion_on_loader(
 @dataclass
 class EvaluationResult:
     """Scores per protocol, and how the stage-1 classes were chosen (``image_labels``:
-    predicted / gt (oracle) / None for stage 2; ``score_thresholds`` per protocol)."""
+    predicted / gt (oracle) / None for stage 2; ``score_thresholds`` per protocol; the
+    gating of ``rules``)."""
 
     scores: list[SegmentationScores]
     confusions: dict[str, ConfusionMatrix]
@@ -111,8 +106,7 @@ class EvaluationResult:
     stage: int = 2
     image_labels: str | None = None
     score_thresholds: dict[str, float] = field(default_factory=dict)
-    gating_threshold: float | None = None
-    gating_epsilon: float = 0.0
+    rules: PredictRules = field(default_factory=PredictRules)
 
     @property
     def oracle(self) -> bool:
@@ -122,7 +116,8 @@ class EvaluationResult:
         """One line saying how the masks were made (printed above the table, kept in JSON)."""
         if self.image_labels is None:
             return f"stage {self.stage}: segmentation head (no image labels involved)"
-        gating = "off" if self.gating_threshold is None else f"τ_g {self.gating_threshold}, ε {self.gating_epsilon}"
+        g = self.rules
+        gating = "off" if g.gating_threshold is None else f"τ_g {g.gating_threshold}, ε {g.gating_epsilon}"
         if self.oracle:
             return (f"stage 1, ORACLE image labels (classes from the ground truth): pseudo-label quality, "
                     f"not a test score; gating {gating}")
@@ -133,8 +128,7 @@ class EvaluationResult:
         """The JSON fields that say how the scores were made."""
         return {
             "stage": self.stage, "image_labels": self.image_labels, "oracle": self.oracle,
-            "score_thresholds": self.score_thresholds, "gating_threshold": self.gating_threshold,
-            "gating_epsilon": self.gating_epsilon, "mode": self.mode_line(),
+            "score_thresholds": self.score_thresholds, **self.rules.gating_record(), "mode": self.mode_line(),
         }
 
 
@@ -185,8 +179,7 @@ def evaluate_checkpoint(
         cm = confusion_on_loader(loaded.net, loader, dev, progress=progress)
         result.confusions = {p: cm for p in protocols}
     else:
-        gating, epsilon = resolve_gating(loaded.config, gating_threshold, gating_epsilon)
-        result.image_labels, result.gating_threshold, result.gating_epsilon = image_labels, gating, epsilon
+        result.image_labels, result.rules = image_labels, resolve_rules(loaded.config, gating_threshold, gating_epsilon)
         if image_labels == "predicted":
             result.score_thresholds = {
                 p: score_threshold if score_threshold is not None else reference_threshold(p, index.info.name)
@@ -196,8 +189,8 @@ def evaluate_checkpoint(
         for p in protocols:
             thr = result.score_thresholds.get(p)
             if thr not in by_threshold:
-                by_threshold[thr] = confusion_on_loader(loaded.net, loader, dev, image_labels, gating, progress=progress,
-                                                        score_threshold=thr, gating_floor=epsilon)
+                by_threshold[thr] = confusion_on_loader(loaded.net, loader, dev, image_labels,
+                                                        result.rules.replace(score_threshold=thr), progress=progress)
             result.confusions[p] = by_threshold[thr]
     result.scores = [result.confusions[p].scores(p) for p in protocols]
     return result

@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from wsi_seg.errors import ConfigError, OutputError
-from wsi_seg.model import CamHead, PatchPrediction, PsclNet, load_checkpoint
+from wsi_seg.model import CamHead, PatchPrediction, PredictRules, PsclNet, load_checkpoint
 from wsi_seg.model.config import ModelConfig
 
 from training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
@@ -42,22 +42,17 @@ BACKGROUND_COLOR = (255, 255, 255)
 RUN_GATING = "run"  # gating as the stage-1 run was trained with (its checkpoint provenance)
 
 
-def run_gating(cfg: ModelConfig) -> tuple[float | None, float]:
-    """(τ_g or None, ε) of the gating a stage-1 checkpoint's run used (eq. 4.4–4.5,
-    tables 5.16/5.17); (None, 0) for checkpoints that do not record it."""
-    recorded = cfg.provenance.get("training", {}).get("pseudo_labels", {})
-    return recorded.get("gating_threshold"), float(recorded.get("gating_epsilon") or 0.0)
-
-
-def resolve_gating(cfg: ModelConfig, threshold: float | str | None, epsilon: float | None) -> tuple[float | None, float]:
-    """The gating to apply: the run's (``threshold`` ``"run"``), none (None) or τ_g given;
-    ``epsilon`` None keeps the run's ε."""
-    run_threshold, run_epsilon = run_gating(cfg)
-    if threshold == RUN_GATING:
-        threshold = run_threshold
-    elif isinstance(threshold, str):
-        raise ConfigError(f"gating threshold must be a number, 'run' or None, got {threshold!r}")
-    return threshold, run_epsilon if epsilon is None else epsilon
+def resolve_rules(cfg: ModelConfig, gating_threshold: float | str | None, gating_epsilon: float | None) -> PredictRules:
+    """The rules to predict a checkpoint's patches with: the gating its stage-1 run used
+    (``gating_threshold`` ``"run"``), none (None) or τ_g given; ``gating_epsilon`` None
+    keeps the run's ε."""
+    run = PredictRules.of_checkpoint(cfg)
+    if gating_threshold == RUN_GATING:
+        gating_threshold = run.gating_threshold
+    elif isinstance(gating_threshold, str):
+        raise ConfigError(f"gating threshold must be a number, 'run' or None, got {gating_threshold!r}")
+    return run.replace(gating_threshold=gating_threshold,
+                       gating_epsilon=run.gating_epsilon if gating_epsilon is None else gating_epsilon)
 
 
 def stage1_label_maps(
@@ -65,16 +60,14 @@ def stage1_label_maps(
     images: torch.Tensor,
     background: torch.Tensor,
     image_labels: torch.Tensor | None = None,
-    gating_threshold: float | None = None,
-    gating_floor: float = 0.0,
+    rules: PredictRules | None = None,
 ) -> PatchPrediction:
     """CAMs and eq. 4.9 pseudo-labels of (B, 3, H, W) uint8 patches on the network's device,
     from its CAM head (``CamHead.predict_from``: with ``image_labels`` (B, N) the CAMs of
     absent classes are zeroed, without them the classifier's own classes are kept, as
-    ``wsi-seg segment`` does; ``gating_threshold`` adds eq. 4.4–4.5, ``gating_floor`` its ε)."""
+    ``wsi-seg segment`` does; ``rules`` add gating, eq. 4.4–4.5)."""
     features = net.encoder(net.normalize(images))
-    return net.cam_head.predict(features, tuple(images.shape[-2:]), background, image_labels, gating_threshold,
-                                gating_floor)
+    return net.cam_head.predict(features, tuple(images.shape[-2:]), background, image_labels, rules)
 
 
 def palette_of(class_colors: tuple[tuple[int, int, int], ...]) -> list[int]:
@@ -140,7 +133,7 @@ def generate_pseudo_labels(
     cfg = loaded.config
     if not isinstance(loaded.net.head, CamHead):
         raise ConfigError(f"{model}: pseudo-labels come from a stage-1 checkpoint; this one is stage {cfg.stage}")
-    gating_threshold, gating_epsilon = resolve_gating(cfg, gating_threshold, gating_epsilon)
+    rules = resolve_rules(cfg, gating_threshold, gating_epsilon)
     index = open_dataset(data, format)
     if tuple(index.class_names) != tuple(cfg.class_names):
         raise ConfigError(
@@ -160,10 +153,7 @@ def generate_pseudo_labels(
     net = loaded.net.eval()
     with torch.inference_mode():
         for batch in tqdm(loader, desc=f"pseudo-labels {split}", unit="batch", disable=not progress):
-            labels = stage1_label_maps(
-                net, batch["image"].to(dev), batch["background"], batch["labels"].to(dev), gating_threshold,
-                gating_epsilon,
-            )
+            labels = stage1_label_maps(net, batch["image"].to(dev), batch["background"], batch["labels"].to(dev), rules)
             masks = labels.mask.cpu().numpy()
             cams = labels.activations.cpu().numpy()
             for j, i in enumerate(batch["index"].tolist()):
@@ -181,8 +171,7 @@ def generate_pseudo_labels(
         "class_names": list(cfg.class_names),
         "class_colors": [list(c) for c in cfg.class_colors],
         "cams": {"key": "cams", "dtype": "uint8", "layout": "(N, H, W)", "scale": 1 / CAM_SCALE},
-        "gating_threshold": gating_threshold,
-        "gating_epsilon": gating_epsilon,
+        **rules.gating_record(),
         "background_seed": BackgroundSeedParams.of_model(cfg).__dict__,
         "checkpoint": {"path": str(Path(model).resolve()), "sha256": loaded.sha256},
         "dataset": {"path": str(Path(data).resolve()), "format": index.info.name},

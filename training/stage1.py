@@ -165,10 +165,9 @@ class Stage1Trainer(ValidatedTrainer):
                 "pscl_pixels": self.pscl_loss.last_stats.get("sampled_pixels", 0)}
 
     def val_confusion(self, max_batches: int | None) -> Any:
-        pscl = self.cfg.pscl  # the oracle (patch labels known), gated as the run's pseudo-labels are
-        return confusion_on_loader(self.net, self.val_loader, self.device, "gt",
-                                   pscl.gating_threshold if pscl.gating else None, max_batches,
-                                   gating_floor=pscl.gating_epsilon)
+        # the oracle (patch labels known), gated as the run's pseudo-labels are
+        return confusion_on_loader(self.net, self.val_loader, self.device, "gt", self.cfg.pscl.predict_rules(),
+                                   max_batches)
 
     def run_facts(self) -> dict[str, Any]:
         data = self.data
@@ -217,10 +216,7 @@ def _provenance(trainer: Stage1Trainer) -> dict[str, Any]:
             "encoder": dataclasses.asdict(cfg.encoder),
             "pscl": dataclasses.asdict(cfg.pscl),
             # what wsi-seg pseudo-labels and evaluate use for this checkpoint unless told otherwise
-            "pseudo_labels": {
-                "gating_threshold": cfg.pscl.gating_threshold if cfg.pscl.gating else None,
-                "gating_epsilon": cfg.pscl.gating_epsilon,
-            },
+            "pseudo_labels": cfg.pscl.predict_rules().gating_record(),
             "background_seed": dataclasses.asdict(data.background_seed),
             "pretrained": trainer.weights.to_dict() if trainer.weights else None,
             **trainer.provenance(),

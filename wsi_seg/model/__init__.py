@@ -4,6 +4,7 @@ from wsi_seg.model.checkpoint import LoadedModel, load_checkpoint, read_config, 
 from wsi_seg.model.config import ModelConfig
 from wsi_seg.model.heads import CamHead, PatchPrediction, SegmentationHead, Stage1Output, cams_from_class_maps
 from wsi_seg.model.network import PsclNet
+from wsi_seg.model.predict_rules import PredictRules
 from wsi_seg.model.presets import DEFAULT_PRESET, preset_config, preset_names
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "LoadedModel",
     "ModelConfig",
     "PatchPrediction",
+    "PredictRules",
     "PsclNet",
     "SegmentationHead",
     "Stage1Output",

@@ -23,6 +23,7 @@ from torch import nn
 
 from wsi_seg.errors import ConfigError
 from wsi_seg.model.config import ModelConfig
+from wsi_seg.model.predict_rules import PredictRules
 
 
 @dataclass
@@ -130,14 +131,10 @@ class CamHead(nn.Module):
         size: tuple[int, int],
         background: torch.Tensor | None = None,
         image_labels: torch.Tensor | None = None,
-        gating_threshold: float | None = None,
-        gating_floor: float = 0.0,
-        *,
-        score_threshold: float | None = None,
+        rules: PredictRules | None = None,
     ) -> PatchPrediction:
         """CAMs and the eq. 4.9 mask of patches of ``size`` px (see :meth:`predict_from`)."""
-        return self.predict_from(self(features), size, background, image_labels, gating_threshold, gating_floor,
-                                 score_threshold=score_threshold)
+        return self.predict_from(self(features), size, background, image_labels, rules)
 
     def predict_from(
         self,
@@ -145,28 +142,26 @@ class CamHead(nn.Module):
         size: tuple[int, int],
         background: torch.Tensor | None = None,
         image_labels: torch.Tensor | None = None,
-        gating_threshold: float | None = None,
-        gating_floor: float = 0.0,
-        *,
-        score_threshold: float | None = None,
+        rules: PredictRules | None = None,
     ) -> PatchPrediction:
         """CAMs (eq. 4.3) upsampled to ``size`` and their mask (eq. 4.9).
 
         Which classes a patch may take: with ``image_labels`` (B, N) those of its label
         (training pseudo-labels, where patch labels are known); without, the classifier's
-        own (sigmoid ≥ ``score_threshold``, None: the checkpoint's ``cam_score_threshold``;
-        the top class always kept). Gating
-        (eq. 4.4–4.5) when ``gating_threshold`` is given. ``background`` (B, P, P) bool
-        is background in the mask.
+        own (sigmoid ≥ ``rules.score_threshold``, None: this head's ``score_threshold``;
+        the top class always kept). Gating (eq. 4.4–4.5) when ``rules.gating_threshold``
+        is set. ``rules`` None: :class:`PredictRules` defaults. ``background`` (B, P, P)
+        bool is background in the mask.
         """
+        rules = rules or PredictRules()
         cams = cams_from_class_maps(out.class_maps.float())
         if image_labels is not None:
             cams = mask_absent_classes(cams, image_labels.to(cams.device))
         else:
-            threshold = self.score_threshold if score_threshold is None else score_threshold
+            threshold = self.score_threshold if rules.score_threshold is None else rules.score_threshold
             cams = keep_predicted_classes(cams, out.logits, threshold)
-        if gating_threshold is not None:
-            cams = gate_cams(cams, out.logits, gating_threshold, gating_floor)
+        if rules.gating_threshold is not None:
+            cams = gate_cams(cams, out.logits, rules.gating_threshold, rules.gating_epsilon)
         cams = upsample_cams(cams, size)
         return PatchPrediction(activations=cams, mask=pseudo_label_mask(cams, background))
 
@@ -229,14 +224,11 @@ class SegmentationHead(nn.Module):
         size: tuple[int, int],
         background: torch.Tensor | None = None,
         image_labels: torch.Tensor | None = None,
-        gating_threshold: float | None = None,
-        gating_floor: float = 0.0,
-        *,
-        score_threshold: float | None = None,
+        rules: PredictRules | None = None,
     ) -> PatchPrediction:
         """Softmax over background + classes upsampled to ``size``; the mask is its argmax,
-        with ``background`` (B, P, P) bool pixels set to 0. Patch labels and gating are
-        stage-1 rules and do not apply here."""
+        with ``background`` (B, P, P) bool pixels set to 0. ``image_labels`` and ``rules``
+        choose a stage-1 patch's classes and do not apply here."""
         logits = F.interpolate(self(features).float(), size=size, mode="bilinear", align_corners=False)
         probs = logits.softmax(dim=1)
         mask = channel_argmax(probs)

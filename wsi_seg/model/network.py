@@ -12,6 +12,7 @@ from wsi_seg.errors import ConfigError
 from wsi_seg.model.config import ModelConfig
 from wsi_seg.model.backbones import build_encoder
 from wsi_seg.model.heads import CamHead, PatchPrediction, SegmentationHead, Stage1Output
+from wsi_seg.model.predict_rules import PredictRules
 from wsi_seg.model.pretrained import PretrainedWeights
 
 # state-dict names of checkpoints written before the heads were modules of their own
@@ -81,19 +82,13 @@ class PsclNet(nn.Module):
         images_uint8: torch.Tensor,
         background: torch.Tensor | None = None,
         image_labels: torch.Tensor | None = None,
-        gating_threshold: float | None = None,
-        gating_floor: float = 0.0,
-        *,
-        score_threshold: float | None = None,
+        rules: PredictRules | None = None,
     ) -> PatchPrediction:
         """Activations and mask of (B, 3, P, P) uint8 patches on the network's device.
 
         ``background`` (B, P, P) bool is the background seed: background in the mask
-        whatever the network says (eq. 4.9 for stage 1). ``image_labels`` and
-        ``gating_threshold`` (with its ε ``gating_floor``) and ``score_threshold`` choose a
-        stage-1 patch's classes (see ``CamHead.predict_from``).
+        whatever the network says (eq. 4.9 for stage 1). ``image_labels`` (B, N) and
+        ``rules`` choose a stage-1 patch's classes (see ``CamHead.predict_from``).
         """
         features = self.encoder(self.normalize(images_uint8))
-        size = tuple(images_uint8.shape[-2:])
-        return self.head.predict(features, size, background, image_labels, gating_threshold, gating_floor,
-                                 score_threshold=score_threshold)
+        return self.head.predict(features, tuple(images_uint8.shape[-2:]), background, image_labels, rules)
