@@ -53,7 +53,7 @@ def _mtime(path) -> int:
     return path.stat().st_mtime_ns
 
 
-def test_fit_with_more_epochs_continues_the_step_and_redoes_what_depends_on_it(tmp_path, capsys):
+def test_fit_with_more_epochs_continues_the_step_and_redoes_what_depends_on_it(tmp_path, capsys, monkeypatch):
     data = write_dataset(tmp_path / "luad", n_train=8, n_val=2, n_test=2, seed=4)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
@@ -80,10 +80,19 @@ def test_fit_with_more_epochs_continues_the_step_and_redoes_what_depends_on_it(t
     assert cli.main(argv) == 2
     assert "already trained 2 epochs, more than --epochs 1" in capsys.readouterr().err
     # more stage-1 epochs: stage 1 goes on, pseudo-labels are redone, stage 2 (made from the old
-    # stage 1) trains again from scratch
+    # stage 1) trains again from scratch, also when interrupted before its first epoch
+    import training.stage2
+
+    def interrupted(cfg, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.stage2, "train_stage2", interrupted)
+    assert cli.main([*argv, "--epochs", "2", "--stage2-epochs", "2"]) == 130
+    assert "stage 1: training from epoch 1 to 2" in capsys.readouterr().out
+    monkeypatch.undo()
     assert cli.main([*argv, "--epochs", "2", "--stage2-epochs", "2"]) == 0
     out = capsys.readouterr().out
-    assert "stage 1: training from epoch 1 to 2" in out and "ran: stage1, pseudo-labels, stage2" in out
+    assert "stage 1: finished (2 epochs) — skipped" in out and "ran: stage2" in out
     assert "stage 2: what it was trained from changed" in out
     state = json.loads((run / "stage2" / "state" / "trainer.json").read_text())
     assert state["epochs_history"] == [{"epochs": 2, "from_epoch": 0}]

@@ -11,7 +11,7 @@ Steps, each in its own folder of ``RUN``::
     RUN/report.md         per-class IoU, mIoU, fwIoU per step, beside the thesis' numbers
                           for LUAD-HistoSeg / BCSS-WSSS
     RUN/fit.json          the resolved recipe
-    RUN/steps.json        the sha256 of the result each training step started from
+    RUN/steps.json        the sha256 of the result each training step was made from
 
 A config file (YAML/TOML/JSON) holds ``pretrain``, ``stage1``, ``stage2`` (each any subset
 of that command's config, nested as in its own config files), ``evaluate`` (``split``,
@@ -20,7 +20,7 @@ of that command's config, nested as in its own config files), ``evaluate`` (``sp
 resumes the first unfinished step; a finished recipe is a no-op that says so. More epochs
 for a step continue its run (``--epochs`` of ``wsi-seg train``) and redo what depends on
 it: a step whose upstream result changed (``RUN/steps.json`` records the sha256 of what
-each was started from) trains again from scratch, pseudo-labels and scores are redone
+each was made from) trains again from scratch, pseudo-labels and scores are redone
 when the checkpoint they were made from changed.
 """
 
@@ -127,7 +127,7 @@ def plan_fit(data: str | Path, out: str | Path, config: str | Path | None = None
                    eval_batch_size=int(ev.get("batch_size", 8)), device=stage1.device, workers=workers)
 
 
-STEPS_NAME = "steps.json"  # RUN/steps.json: the upstream results each training step was started from
+STEPS_NAME = "steps.json"  # RUN/steps.json: the upstream result each training step's run was made from
 
 
 def _upstream(path: Path) -> dict[str, str]:
@@ -142,8 +142,9 @@ def _train_step(name: str, train: Any, cfg: Any, finished_file: Path, report: An
     """Run one training step unless it finished with these settings; True when it ran.
 
     More epochs than its run did continue it. ``upstream`` (what it starts from): when it
-    differs from what the step's run was started from (RUN/steps.json), that run is stale
-    and the step trains again from scratch."""
+    differs from what the step's run was made from (RUN/steps.json, written once the
+    run's state or result is known to be made from it), that run is stale and the step
+    trains again from scratch."""
     from training.loop import epochs_done, run_finished
 
     from wsi_seg.errors import OutputError
@@ -152,11 +153,18 @@ def _train_step(name: str, train: Any, cfg: Any, finished_file: Path, report: An
     steps_file = out.parent / STEPS_NAME
     steps = json.loads(steps_file.read_text(encoding="utf-8")) if steps_file.is_file() else {}
     recorded = steps.get(out.name)
+
+    def record(*_: Any) -> None:
+        if upstream is not None and steps.get(out.name) != upstream:
+            steps[out.name] = upstream
+            steps_file.write_text(json.dumps(steps, indent=1) + "\n", encoding="utf-8")
+
     stale = upstream is not None and recorded is not None and recorded != upstream and epochs_done(out) > 0
     if not stale and run_finished(out, cfg.epochs, finished_file):
-        try:  # the trainer checks the settings: the same → "already holds a finished run"
+        try:  # the trainer checks the settings and inputs: the same → "already holds a finished run"
             train(cfg)
         except OutputError:
+            record()
             report(f"{name}: finished ({cfg.epochs} epochs) — skipped")
             return False
     done = epochs_done(out)
@@ -167,10 +175,8 @@ def _train_step(name: str, train: Any, cfg: Any, finished_file: Path, report: An
         report(f"{name}: training from epoch {done} to {cfg.epochs} → {out}")
     else:
         report(f"{name}: training ({cfg.epochs} epochs) → {out}")
-    if upstream is not None and recorded != upstream:
-        steps[out.name] = upstream
-        steps_file.write_text(json.dumps(steps, indent=1) + "\n", encoding="utf-8")
-    train(cfg, overwrite=stale)
+    train(cfg, overwrite=stale, on_epoch_end=record)  # an epoch's state saved: made from ``upstream``
+    record()
     return True
 
 
