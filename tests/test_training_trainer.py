@@ -109,3 +109,27 @@ def test_the_batch_order_and_the_loss_noise_have_their_own_seeds():
     assert epoch_seed(3, 1) == epoch_seed(3, 1) != epoch_seed(3, 2)
     assert epoch_seed(3, 1, rank=0) != epoch_seed(3, 1, rank=1)
     assert epoch_seed(3, 1) != epoch_seed(4, 1)
+
+
+def test_a_run_state_from_before_epochs_could_grow_still_resumes_and_continues(tmp_path):
+    """Format-1 states hashed the settings with ``epochs`` in and held no total: a run
+    written so is still the same run, and more epochs continue it."""
+    from training.run_state import fingerprint
+
+    cfg = _cfg(tmp_path, "old", epochs=2)
+    _ToyTrainer(cfg).run()
+    path = tmp_path / "old" / "state" / "trainer.json"
+    state = json.loads(path.read_text())
+    for key in ("epochs", "epochs_history"):
+        del state[key]
+    state.update(format_version=1, fingerprint=fingerprint(cfg.result_settings()))
+    path.write_text(json.dumps(state))
+    with pytest.raises(OutputError, match=r"finished run \(2 epochs\)"):
+        _ToyTrainer(_cfg(tmp_path, "old", epochs=2)).run()
+    more = _ToyTrainer(_cfg(tmp_path, "old", epochs=3)).run()
+    assert more.resumed_from_epoch == 2 and [r["epoch"] for r in more.history] == [1, 2, 3]
+    full = _ToyTrainer(_cfg(tmp_path, "full", epochs=3)).run()
+    assert more.history[-1]["lr"] == full.history[-1]["lr"]  # the 3-epoch schedule's last value
+    state = json.loads(path.read_text())
+    assert state["format_version"] == 2 and state["epochs_history"] == [{"epochs": 2, "from_epoch": 0},
+                                                                       {"epochs": 3, "from_epoch": 2}]
