@@ -92,7 +92,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys, blob_slid
     assert segment(capsys, blob_slide, out, checkpoints[1])[0] == 0
     code, _, err = segment(capsys, blob_slide, out, checkpoints[1])
     assert_one_line_error(code, err, out, "--overwrite")
-    assert is_complete(out)
+    assert "(a complete wsi-seg result)" in err and is_complete(out)
     code, _, err = segment(capsys, blob_slide, out, checkpoints[2], "--overwrite")
     assert code == 0, err
     other = tmp_path / "user_data"

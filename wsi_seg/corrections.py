@@ -35,7 +35,7 @@ import numpy as np
 
 from wsi_seg.errors import ConfigError, OutputError
 from wsi_seg.pyramid import halve_mask
-from wsi_seg.result import CORRECTED_NAME, LABEL_NAME, PARTIAL_SUFFIX, Result, read_provenance
+from wsi_seg.result import CORRECTED_NAME, LABEL_NAME, Result, is_partial, read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def open_for_corrections(path: str | Path) -> Result:
     """The result at ``path``, checked to take corrections: complete, not a ``.partial``,
     writable. Each refusal is one line naming the folder."""
     p = Path(str(path).rstrip("/\\"))
-    if p.name.endswith(PARTIAL_SUFFIX) or (read_provenance(p) or {}).get("complete") is False:
+    if is_partial(p) or (read_provenance(p) or {}).get("complete") is False:
         raise OutputError(
             f"{p}: the segmentation run is unfinished; rerun the same `wsi-seg segment` command "
             "to finish it before saving corrections"

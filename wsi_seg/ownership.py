@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wsi_seg.errors import OutputError
 from wsi_seg.lock import LOCK_NAME, RunLock
-from wsi_seg.result import partial_path, read_provenance
+from wsi_seg.result import is_complete, partial_path, read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def check_output(out: Path, overwrite: bool) -> None:
                 "results it wrote, even with --overwrite: choose another --out or move it away"
             )
         if not overwrite:
-            what = "a complete wsi-seg result" if (read_provenance(out) or {}).get("complete") else "an unfinished wsi-seg result"
+            what = "a complete wsi-seg result" if is_complete(out) else "an unfinished wsi-seg result"
             raise OutputError(f"{out}: output already exists ({what}); pass --overwrite to replace it")
     tmp = partial_path(out)
     if (tmp.exists() or tmp.is_symlink()) and not is_our_partial(tmp):
