@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import yaml
 
@@ -45,6 +48,48 @@ def test_fit_runs_every_step_writes_the_report_and_reruns_as_a_no_op(tmp_path, c
     # every command that takes a checkpoint takes the run folder too
     assert cli.main(["evaluate", "--model", str(run / "stage2"), "--data", str(data), "--device", "cpu",
                      "--no-progress"]) == 0
+
+
+def _mtime(path) -> int:
+    return path.stat().st_mtime_ns
+
+
+def test_fit_with_more_epochs_continues_the_step_and_redoes_what_depends_on_it(tmp_path, capsys):
+    data = write_dataset(tmp_path / "luad", n_train=8, n_val=2, n_test=2, seed=4)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(data), "--out", str(run), "--config", str(recipe)]
+    assert cli.main(argv) == 0
+    s1, pl, s2 = (run / "stage1" / "checkpoint" / "model.safetensors", run / "pseudo_labels" / "pseudo_labels.json",
+                  run / "stage2" / "checkpoint" / "model.safetensors")
+    before = {p: _mtime(p) for p in (s1, pl)}
+    capsys.readouterr()
+    # more stage-2 epochs: stage 2 goes on from its epoch 1, its scores are redone; stage 1 is left alone
+    assert cli.main([*argv, "--stage2-epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1: finished (1 epochs) — skipped" in out and "pseudo-labels: written for this stage-1" in out
+    assert "stage 2: training from epoch 1 to 2" in out and "ran: stage2" in out
+    assert {p: _mtime(p) for p in (s1, pl)} == before
+    state = json.loads((run / "stage2" / "state" / "trainer.json").read_text())
+    assert state["epochs_history"] == [{"epochs": 1, "from_epoch": 0}, {"epochs": 2, "from_epoch": 1}]
+    s2_sha = json.loads((run / "eval" / "stage2_test_predicted.json").read_text())["sha256"]
+    assert s2_sha == hashlib.sha256(s2.read_bytes()).hexdigest()  # scored again: the new checkpoint
+    assert cli.main([*argv, "--stage2-epochs", "2"]) == 0
+    assert "every step is finished; nothing to do" in capsys.readouterr().out
+    # fewer epochs than done: one line, exit 2
+    assert cli.main(argv) == 2
+    assert "already trained 2 epochs, more than --epochs 1" in capsys.readouterr().err
+    # more stage-1 epochs: stage 1 goes on, pseudo-labels are redone, stage 2 (made from the old
+    # stage 1) trains again from scratch
+    assert cli.main([*argv, "--epochs", "2", "--stage2-epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1: training from epoch 1 to 2" in out and "ran: stage1, pseudo-labels, stage2" in out
+    assert "stage 2: what it was trained from changed" in out
+    state = json.loads((run / "stage2" / "state" / "trainer.json").read_text())
+    assert state["epochs_history"] == [{"epochs": 2, "from_epoch": 0}]
+    manifest = json.loads(pl.read_text())
+    assert manifest["checkpoint"]["sha256"] == hashlib.sha256(s1.read_bytes()).hexdigest()
 
 
 def test_recipe_errors_name_the_key(tmp_path):

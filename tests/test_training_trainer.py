@@ -46,7 +46,7 @@ class _ToyTrainer(Trainer):
         self.noise = torch.Generator()
         return TrainingParts(net=net, optimizer=torch.optim.SGD(net.parameters(), lr=self.cfg.lr, momentum=0.9),
                              dataset=_Points(),
-                             scheduler=lambda opt, total: torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total))
+                             lr_factor=lambda step, total: 1.0 - 0.9 * min(step, total) / total)
 
     def start_epoch(self, noise_seed: int) -> None:
         self.noise.manual_seed(noise_seed)

@@ -44,14 +44,19 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
         "fit", help="the whole recipe: [pre-training →] stage 1 → pseudo-labels → stage 2 → evaluation, report.md",
         description="Run the thesis recipe into RUN (RUN/stage1, RUN/pseudo_labels, RUN/stage2, RUN/eval, "
                     "RUN/report.md with the thesis' numbers for LUAD-HistoSeg / BCSS-WSSS). Rerun to resume; a "
-                    "finished run is a no-op that says so. Recipes: examples/configs/fit_*.yaml.",
+                    "finished run is a no-op that says so; more epochs continue a step and redo what depends "
+                    "on it. Recipes: examples/configs/fit_*.yaml.",
     )
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder")
     p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="recipe: pretrain / stage1 / stage2 / evaluate sections (YAML, TOML or JSON)")
-    p.add_argument("--epochs", type=int, default=None, metavar="N", help="stage-1 epochs (default: the recipe's)")
-    p.add_argument("--stage2-epochs", type=int, default=None, metavar="N", help="stage-2 epochs (default: the recipe's)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="stage-1 epochs (default: the recipe's); more than RUN's stage 1 did continue it and "
+                        "redo the pseudo-labels, stage 2 and the scores")
+    p.add_argument("--stage2-epochs", type=int, default=None, metavar="N",
+                   help="stage-2 epochs (default: the recipe's); more than RUN's stage 2 did continue it and "
+                        "redo its scores")
     p.add_argument("--device", default=None, metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: the recipe's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_fit)

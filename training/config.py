@@ -105,7 +105,10 @@ class RunConfig:
                        help="run directory (result, metrics.csv, config.yaml, run.json, state/)",
                        required="no run directory given (--out DIR or out in the config file)")
     data: DataSource = field(default_factory=DataSource)
-    epochs: int = setting(1, flag="--epochs", metavar="N", help="passes over the train split")
+    epochs: int = setting(1, flag="--epochs", metavar="N",
+                          help="passes over the train split; more than a finished or interrupted run in RUN_DIR "
+                               "did continues it to the new total (stage 1's poly LR then follows the new "
+                               "total's schedule from the step reached), fewer is refused")
     batch_size: int = setting(1, flag="--batch-size", metavar="N",
                               help="patches per step, split over torchrun processes")
     seed: int = setting(0, flag="--seed", metavar="N", help="seed of weights, batches and augmentations")

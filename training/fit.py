@@ -10,13 +10,18 @@ Steps, each in its own folder of ``RUN``::
                           stage 2 under both protocols
     RUN/report.md         per-class IoU, mIoU, fwIoU per step, beside the thesis' numbers
                           for LUAD-HistoSeg / BCSS-WSSS
-    RUN/fit.yaml          the resolved recipe
+    RUN/fit.json          the resolved recipe
+    RUN/steps.json        the sha256 of the result each training step started from
 
 A config file (YAML/TOML/JSON) holds ``pretrain``, ``stage1``, ``stage2`` (each any subset
 of that command's config, nested as in its own config files), ``evaluate`` (``split``,
 ``batch_size``) and top-level ``device``, ``seed``, ``workers``, ``format``, ``precision``,
 ``progress``. Rerunning
-resumes the first unfinished step; a finished recipe is a no-op that says so.
+resumes the first unfinished step; a finished recipe is a no-op that says so. More epochs
+for a step continue its run (``--epochs`` of ``wsi-seg train``) and redo what depends on
+it: a step whose upstream result changed (``RUN/steps.json`` records the sha256 of what
+each was started from) trains again from scratch, pseudo-labels and scores are redone
+when the checkpoint they were made from changed.
 """
 
 from __future__ import annotations
@@ -122,20 +127,50 @@ def plan_fit(data: str | Path, out: str | Path, config: str | Path | None = None
                    eval_batch_size=int(ev.get("batch_size", 8)), device=stage1.device, workers=workers)
 
 
-def _train_step(name: str, train: Any, cfg: Any, finished_file: Path, report: Any) -> bool:
-    """Run one training step unless it finished with these settings; True when it ran."""
-    from training.loop import run_finished
+STEPS_NAME = "steps.json"  # RUN/steps.json: the upstream results each training step was started from
+
+
+def _upstream(path: Path) -> dict[str, str]:
+    """What a step depends on besides its settings: the sha256 of the result it starts from."""
+    from wsi_seg.model.checkpoint import file_sha256
+
+    return {str(path): file_sha256(path)}
+
+
+def _train_step(name: str, train: Any, cfg: Any, finished_file: Path, report: Any,
+                upstream: dict[str, str] | None = None) -> bool:
+    """Run one training step unless it finished with these settings; True when it ran.
+
+    More epochs than its run did continue it. ``upstream`` (what it starts from): when it
+    differs from what the step's run was started from (RUN/steps.json), that run is stale
+    and the step trains again from scratch."""
+    from training.loop import epochs_done, run_finished
 
     from wsi_seg.errors import OutputError
 
-    if run_finished(Path(cfg.out), cfg.epochs, finished_file):
+    out = Path(cfg.out)
+    steps_file = out.parent / STEPS_NAME
+    steps = json.loads(steps_file.read_text(encoding="utf-8")) if steps_file.is_file() else {}
+    recorded = steps.get(out.name)
+    stale = upstream is not None and recorded is not None and recorded != upstream and epochs_done(out) > 0
+    if not stale and run_finished(out, cfg.epochs, finished_file):
         try:  # the trainer checks the settings: the same → "already holds a finished run"
             train(cfg)
         except OutputError:
             report(f"{name}: finished ({cfg.epochs} epochs) — skipped")
             return False
-    report(f"{name}: training ({cfg.epochs} epochs) → {cfg.out}")
-    train(cfg)
+    done = epochs_done(out)
+    if stale:
+        report(f"{name}: what it was trained from changed ({', '.join(upstream)}) — training again "
+               f"({cfg.epochs} epochs) → {out}")
+    elif done:
+        report(f"{name}: training from epoch {done} to {cfg.epochs} → {out}")
+    else:
+        report(f"{name}: training ({cfg.epochs} epochs) → {out}")
+    if upstream is not None and recorded != upstream:
+        steps[out.name] = upstream
+        steps_file.write_text(json.dumps(steps, indent=1) + "\n", encoding="utf-8")
+    train(cfg, overwrite=stale)
     return True
 
 
@@ -199,16 +234,18 @@ def fit(plan: FitPlan, report: Any = log.info) -> FitResult:
     plan.out.mkdir(parents=True, exist_ok=True)
     (plan.out / "fit.json").write_text(json.dumps(plan.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
     ran: list[str] = []
-    if plan.pretrain is not None and _train_step(
-            "pre-training", train_pretrain, plan.pretrain, plan.out / "pretrain" / WEIGHTS_NAME, report):
+    weights = plan.out / "pretrain" / WEIGHTS_NAME
+    if plan.pretrain is not None and _train_step("pre-training", train_pretrain, plan.pretrain, weights, report):
         ran.append("pretrain")
     s1_ckpt = plan.out / "stage1" / "checkpoint"
-    if _train_step("stage 1", train_stage1, plan.stage1, s1_ckpt / "model.safetensors", report):
+    if _train_step("stage 1", train_stage1, plan.stage1, s1_ckpt / "model.safetensors", report,
+                   _upstream(weights) if plan.pretrain is not None else None):
         ran.append("stage1")
     if _pseudo_labels_step(plan, report):
         ran.append("pseudo-labels")
     s2_ckpt = plan.out / "stage2" / "checkpoint"
-    if _train_step("stage 2", train_stage2, plan.stage2, s2_ckpt / "model.safetensors", report):
+    if _train_step("stage 2", train_stage2, plan.stage2, s2_ckpt / "model.safetensors", report,
+                   _upstream(s1_ckpt / "model.safetensors")):
         ran.append("stage2")
     steps = []
     for name, model, mode in (("Stage 1 (predicted classes)", s1_ckpt, "predicted"),

@@ -1,6 +1,6 @@
 """The pieces :class:`training.trainer.Trainer` runs a training with: device and torchrun
 setup, autocast, the run directory (create, check the settings fingerprint, refuse a
-finished run, resume its state), the seeded (distributed) train loader, the per-epoch
+finished run, resume or continue its state), the seeded (distributed) train loader, the per-epoch
 ``metrics.csv`` and the one-line error of a DataLoader worker.
 """
 
@@ -12,7 +12,8 @@ import io
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,41 @@ def worker_error(exc: Exception) -> Exception:
     return exc
 
 
+@dataclass(frozen=True)
+class SavedRun:
+    """What a run folder's state says about the run in it (see :func:`prepare_run_dir`)."""
+
+    state_dir: Path
+    epochs_done: int
+    epochs_planned: int  # the total its LR schedule was set for
+    epochs_history: list[dict[str, int]]  # each total it was given and the epoch it started from
+    finished: bool  # its result is written, with every planned epoch done
+
+
+def read_saved_run(run_dir: Path, finished: Path, legacy_fp: Callable[[int], str] | None = None,
+                   epochs: int | None = None) -> tuple[SavedRun, str] | None:
+    """(the run in ``run_dir``, its settings fingerprint) or None when it holds no state.
+
+    A format-1 state hashed its settings with ``epochs`` in: ``legacy_fp(e)`` (the
+    fingerprint of these settings at ``e`` epochs) tells which total it was planned for
+    (``epochs`` or the epochs it did); its fingerprint then reads as the current one."""
+    state_dir = find_run_state(run_dir)
+    if state_dir is None:
+        return None
+    saved = json.loads((state_dir / "trainer.json").read_text(encoding="utf-8"))
+    done, planned, fp = int(saved.get("epoch", 0)), int(saved.get("epochs") or 0), saved.get("fingerprint")
+    history = list(saved.get("epochs_history") or [])
+    if not planned:  # format 1
+        planned = done
+        for total in dict.fromkeys(e for e in (epochs, done) if e is not None):
+            if legacy_fp is not None and fp == legacy_fp(total):
+                planned, fp = total, None
+                break
+        history = history or [{"epochs": planned, "from_epoch": 0}]
+    is_finished = finished.is_file() and done >= planned
+    return SavedRun(state_dir, done, planned, history, is_finished), fp
+
+
 def prepare_run_dir(
     run_dir: Path,
     fp: str,
@@ -88,72 +124,88 @@ def prepare_run_dir(
     info: DistInfo,
     result: str = "checkpoint",
     finished: Path | None = None,
-) -> Path | None:
-    """Create or check a run directory; the state folder to resume from, if any.
+    legacy_fp: Callable[[int], str] | None = None,
+) -> SavedRun | None:
+    """Create or check a run directory; the run to resume or continue, if any.
 
-    ``result`` is the name of the run's final output inside ``run_dir`` (removed with
-    ``overwrite``); ``finished`` the file whose presence, with ``epochs`` done, marks
-    the run finished (default ``run_dir/result/model.safetensors``).
+    ``fp`` fingerprints the settings without ``epochs``: the same settings with more
+    epochs continue the run (to the new total); fewer than it did, or a finished run at
+    its own total, are refused. ``result`` is the name of the run's final output inside
+    ``run_dir`` (removed with ``overwrite``); ``finished`` the file whose presence, with
+    every planned epoch done, marks the run finished (default
+    ``run_dir/result/model.safetensors``). ``legacy_fp``: see :func:`read_saved_run`.
     """
     finished = finished or run_dir / result / "model.safetensors"
     if info.is_main and overwrite and run_dir.exists():
         for name in (*RUN_FILES, result):
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            remove_result(run_dir, name)
     barrier(info)
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"{run_dir}: exists and is not a directory")
-    state_dir = find_run_state(run_dir)
-    if state_dir is None:
+    read = read_saved_run(run_dir, finished, legacy_fp, epochs)
+    if read is None:
         if (run_dir / result).exists():
             raise OutputError(f"{run_dir}: holds {result}/ but no run state; use --overwrite or another --out"
                               if (run_dir / result).is_dir() else
                               f"{run_dir}: holds {result} but no run state; use --overwrite or another --out")
         return None
-    saved = json.loads((state_dir / "trainer.json").read_text(encoding="utf-8"))
-    if saved.get("fingerprint") != fp:
+    saved, saved_fp = read
+    if saved_fp is not None and saved_fp != fp:
         raise ConfigError(
-            f"{run_dir}: holds a run with different settings (see its config.yaml); "
-            "use the same settings to resume, --overwrite to start over, or another --out"
+            f"{run_dir}: holds a run with different settings (see its config.yaml); use the same settings "
+            "(only --epochs may grow) to resume, --overwrite to start over, or another --out"
         )
-    if run_finished(run_dir, epochs, finished):
-        raise OutputError(f"{run_dir}: already holds a finished run; use --overwrite or another --out")
-    return state_dir
+    if epochs < saved.epochs_done:
+        raise ConfigError(f"{run_dir}: already trained {saved.epochs_done} epochs, more than --epochs {epochs}; "
+                          f"give --epochs {saved.epochs_done} or more, --overwrite to start over, or another --out")
+    if saved.finished and epochs == saved.epochs_done:
+        raise OutputError(f"{run_dir}: already holds a finished run ({saved.epochs_done} epochs); "
+                          "raise --epochs to continue it, --overwrite to start over, or another --out")
+    return saved
+
+
+def remove_result(run_dir: Path, result: str) -> None:
+    """Remove ``run_dir / result`` (a folder or a file) if it is there: a run's result, or one of RUN_FILES."""
+    target = run_dir / result
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
 
 
 def run_finished(run_dir: Path, epochs: int, finished: Path | None = None) -> bool:
-    """Whether ``run_dir`` holds a run with ``epochs`` epochs done and its result written
-    (``finished``, default ``run_dir/checkpoint/model.safetensors``)."""
-    finished = finished or run_dir / "checkpoint" / "model.safetensors"
+    """Whether ``run_dir`` holds a finished run (result ``finished``, default
+    ``run_dir/checkpoint/model.safetensors``, written with every planned epoch done)
+    with at least ``epochs`` epochs: rerunning it with ``epochs`` is not training."""
+    read = read_saved_run(run_dir, finished or run_dir / "checkpoint" / "model.safetensors", epochs=epochs)
+    return read is not None and read[0].finished and read[0].epochs_done >= epochs
+
+
+def epochs_done(run_dir: Path) -> int:
+    """The epochs a run folder's state has done (0 without a state)."""
     state_dir = find_run_state(run_dir)
-    if state_dir is None or not finished.is_file():
-        return False
-    saved = json.loads((state_dir / "trainer.json").read_text(encoding="utf-8"))
-    return saved.get("epoch", 0) >= epochs
+    if state_dir is None:
+        return 0
+    return int(json.loads((state_dir / "trainer.json").read_text(encoding="utf-8")).get("epoch", 0))
 
 
 def resume_run(
-    state_dir: Path | None,
-    epochs: int,
+    saved: SavedRun | None,
     net: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     scheduler: Any = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
-    """Restore a run from ``state_dir`` (from :func:`prepare_run_dir`) into the weights,
+    """Restore a run from ``saved`` (from :func:`prepare_run_dir`) into the weights,
     optimizer, grad scaler, scheduler and RNGs; (history, epochs done, steps done)."""
-    if state_dir is None:
+    if saved is None:
         return [], 0, 0
-    state, rng_tensors = load_run_state(state_dir, net, optimizer)
-    if scheduler is not None:
-        scheduler.load_state_dict(state.scheduler)
+    state, rng_tensors = load_run_state(saved.state_dir, net, optimizer)
+    if scheduler is not None:  # a LambdaLR; format-1 states hold a PolynomialLR's state, without lr_lambdas
+        scheduler.load_state_dict({"lr_lambdas": [None] * len(scheduler.lr_lambdas), **state.scheduler})
     if state.scaler:
         scaler.load_state_dict(state.scaler)
     set_rng_state(rng_tensors, state.rng_values)
-    log.info("%s: resuming after epoch %d of %d", state_dir.parent, state.epoch, epochs)
     return list(state.history), state.epoch, state.step
 
 

@@ -4,7 +4,7 @@
 ``optimizer.safetensors`` (optimizer tensors, e.g. SGD momentum buffers),
 ``rng.safetensors`` (torch RNG states) and ``trainer.json`` (epoch, step, optimizer
 hyper-parameters, scheduler and grad-scaler state, Python/NumPy RNG, metric history,
-config fingerprint). Only safetensors and JSON: nothing is ever unpickled. The folder
+settings fingerprint, the epoch total the run trains toward and the totals it was given). Only safetensors and JSON: nothing is ever unpickled. The folder
 is replaced atomically (write ``state.tmp/``, then swap), so a crash mid-write leaves
 the previous epoch's state usable.
 """
@@ -25,7 +25,7 @@ from torch import nn
 from wsi_seg.errors import CheckpointError
 
 STATE_DIR = "state"
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2  # 2: fingerprint without epochs; epochs, epochs_history
 
 
 @dataclass
@@ -34,7 +34,10 @@ class RunState:
 
     epoch: int  # epochs completed
     step: int  # optimizer steps taken
-    fingerprint: str
+    fingerprint: str  # of the settings, epochs left out (format 1: epochs in)
+    epochs: int = 0  # the total the run trains toward (its LR schedule's); 0: format 1, unknown
+    # each total the run was given and the epoch it started from: [{"epochs": 2, "from_epoch": 0}, ...]
+    epochs_history: list[dict[str, int]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     scheduler: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)

@@ -144,8 +144,7 @@ class Stage1Trainer(ValidatedTrainer):
             net=net, optimizer=optimizer, forward=_Stage1Forward(net),
             dataset=PatchDataset(index.split("train", need_labels=True), index.num_classes, background_seed=data.background_seed,
                                  transform=flips()),
-            scheduler=lambda opt, total: torch.optim.lr_scheduler.PolynomialLR(
-                opt, total_iters=total, power=cfg.optim.poly_power),
+            lr_factor=lambda step, total: poly_decay(step, total, cfg.optim.poly_power),
         )
 
     def start_epoch(self, noise_seed: int) -> None:
@@ -188,6 +187,13 @@ class Stage1Trainer(ValidatedTrainer):
     def save_result(self) -> Path:
         final_cfg = self.model_cfg.replace(provenance={**self.model_cfg.provenance, **_provenance(self)})
         return save_checkpoint(self.net, self.run_dir / "checkpoint", config=final_cfg)
+
+
+def poly_decay(step: int, total_steps: int, power: float) -> float:
+    """The poly schedule's LR factor after ``step`` of ``total_steps``: (1 − t/T)^power
+    (table 5.1, per step). A run continued to more epochs takes it with the new total
+    from the step it reached (docs/method.md)."""
+    return (1.0 - min(step, total_steps) / total_steps) ** power
 
 
 def train_stage1(cfg: Stage1Config, overwrite: bool = False,

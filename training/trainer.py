@@ -43,7 +43,9 @@ from training.loop import (
     device_and_dist,
     loader_workers,
     per_rank_batch,
+    SavedRun,
     prepare_run_dir,
+    remove_result,
     resume_run,
     train_loader,
     worker_error,
@@ -92,13 +94,15 @@ def epoch_seed(seed: int, epoch: int, rank: int | None = None) -> int:
 class TrainingParts:
     """What :meth:`Trainer.build` makes: the network whose weights the run saves, what a
     step calls (DDP-wrapped under torchrun; default the network), the optimizer, the
-    train dataset, and the scheduler built once the run's step count is known."""
+    train dataset, and the LR schedule: ``lr_factor(step, total_steps)`` multiplies each
+    group's initial LR (None: constant). A closed form of the step, so a run continued to
+    more epochs follows the schedule of its new total from the step it reached."""
 
     net: nn.Module
     optimizer: torch.optim.Optimizer
     dataset: Dataset
     forward: nn.Module | None = None
-    scheduler: Callable[[torch.optim.Optimizer, int], Any] | None = None
+    lr_factor: Callable[[int, int], float] | None = None
 
 
 class Trainer(ABC):
@@ -119,6 +123,7 @@ class Trainer(ABC):
         self.dist = DistInfo()
         self.epoch = 0  # the epoch running (from 0)
         self.steps_done = 0
+        self.epochs_history: list[dict[str, int]] = []  # each total given and the epoch it started from
 
     # --- what a trainer supplies -------------------------------------------------------
 
@@ -191,7 +196,10 @@ class Trainer(ABC):
         self.forward = forward
         self.loader, self.sampler, self.loader_generator = train_loader(
             parts.dataset, cfg.batch_size, self.dist, cfg.seed, cfg.data.workers, device)
-        self.scheduler = parts.scheduler(self.optimizer, cfg.epochs * len(self.loader)) if parts.scheduler else None
+        self.scheduler = None
+        if parts.lr_factor is not None:
+            total, factor = cfg.epochs * len(self.loader), parts.lr_factor
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: factor(step, total))
         self.autocast, self.use_scaler = autocast_for(device, cfg.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_scaler)
 
@@ -217,18 +225,27 @@ class Trainer(ABC):
         self.device, self.dist = device, dist
         per_rank_batch(cfg.batch_size, dist)
         self.prepare()
-        fp = fingerprint({**cfg.result_settings(), **self.fingerprint_facts()})
-        state_dir = prepare_run_dir(self.run_dir, fp, cfg.epochs, overwrite, dist,
-                                    result=self.result_name, finished=self.result_file())
+        settings = {**cfg.result_settings(), **self.fingerprint_facts()}
+        fp = fingerprint({k: v for k, v in settings.items() if k != "epochs"})  # more epochs continue a run
+        saved = prepare_run_dir(self.run_dir, fp, cfg.epochs, overwrite, dist, result=self.result_name,
+                                finished=self.result_file(),
+                                legacy_fp=lambda epochs: fingerprint({**settings, "epochs": epochs}))
         self.setup(device, dist)
+        history, start_epoch, self.steps_done = resume_run(saved, self.net, self.optimizer, self.scaler,
+                                                           self.scheduler)
+        self.epochs_history = list(saved.epochs_history) if saved else []
+        if not self.epochs_history or self.epochs_history[-1]["epochs"] != cfg.epochs:
+            self.epochs_history.append({"epochs": cfg.epochs, "from_epoch": start_epoch})
+        if saved is not None:
+            self._report_resume(saved)
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-        history, start_epoch, self.steps_done = resume_run(
-            state_dir, cfg.epochs, self.net, self.optimizer, self.scaler, self.scheduler)
-        if dist.is_main:
-            write_run_json(self.run_dir, {"resumed_after_epoch": start_epoch, "device": str(device),
-                                          "world_size": dist.world_size, **self.run_facts()})
+            write_run_json(self.run_dir, {"resumed_after_epoch": start_epoch, "epochs_history": self.epochs_history,
+                                          "device": str(device), "world_size": dist.world_size, **self.run_facts()})
+            if saved is not None and saved.finished:  # continued: its result no longer matches its state
+                remove_result(self.run_dir, self.result_name)
+        barrier(dist)
         for epoch in range(start_epoch, cfg.epochs):
             row = self._train_epoch(epoch)
             history.append(row)
@@ -243,6 +260,22 @@ class Trainer(ABC):
             log.info("%s written to %s", self.result_name, output)
         barrier(dist)
         return RunResult(self.run_dir, output, history, start_epoch)
+
+    def _report_resume(self, saved: SavedRun) -> None:
+        """Follow the schedule of this run's total from the step reached, and say how the
+        run goes on: resumed (same total) or continued (another total)."""
+        before = self.lr
+        if self.scheduler is not None:  # closed form of the step: the new total's value when it changed
+            for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                           self.scheduler.lr_lambdas):
+                group["lr"] = base * factor(self.scheduler.last_epoch)
+        if saved.epochs_planned == self.cfg.epochs:
+            log.info("%s: resuming after epoch %d of %d", self.run_dir, saved.epochs_done, self.cfg.epochs)
+            return
+        lr = (f"LR schedule recomputed for {self.cfg.epochs} epochs: {before:.3g} → {self.lr:.3g} at step {self.steps_done}"
+              if self.scheduler is not None else f"constant LR {self.lr:.3g}")
+        log.info("%s: continuing from epoch %d to %d (it was set for %d; %s)", self.run_dir, saved.epochs_done,
+                 self.cfg.epochs, saved.epochs_planned, lr)
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         from tqdm import tqdm
@@ -289,6 +322,7 @@ class Trainer(ABC):
         save_run_state(
             self.run_dir, self.net, self.optimizer,
             RunState(epoch=self.epoch + 1, step=self.steps_done, fingerprint=fp, history=history,
+                     epochs=self.cfg.epochs, epochs_history=self.epochs_history,
                      scheduler=self.scheduler.state_dict() if self.scheduler is not None else {},
                      scaler=self.scaler.state_dict() if self.use_scaler else {}, rng_values=rng_values),
             rng_tensors,
@@ -300,6 +334,7 @@ class Trainer(ABC):
         cfg = self.cfg
         return {
             "epochs": cfg.epochs,
+            "epochs_history": self.epochs_history,  # more than one entry: continued with more epochs
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
             "run_dir": str(self.run_dir.resolve()),
