@@ -12,8 +12,7 @@ from PIL import Image
 from wsi_seg.model import CamHead, PredictRules, Stage1Output
 from wsi_seg.model.heads import mask_absent_classes, pseudo_label_mask
 from wsi_seg.errors import ConfigError
-from training.pseudo_labels import (RUN_GATING, palette_of, read_cams, resolve_rules, stage1_label_maps, write_cams,
-                                    write_label_png)
+from training.pseudo_labels import RUN_GATING, palette_of, read_cams, resolve_rules, write_cams, write_label_png
 
 CAMS = torch.tensor([[
     [[0.2, 0.5], [0.0, 0.9]],  # class 1
@@ -74,7 +73,8 @@ def test_predict_rules_recorded_in_a_checkpoint_and_overridden():
     run = PredictRules(gating_threshold=0.7, gating_epsilon=0.2)
     recorded = cfg.replace(provenance={"training": {"pseudo_labels": run.gating_record()}})
     recorded = ModelConfig.from_dict(json.loads(json.dumps(recorded.to_dict())))  # as a checkpoint stores it
-    assert PredictRules.of_checkpoint(recorded) == run
+    assert PredictRules.of_checkpoint(recorded) == run and run.gating_line() == "τ_g 0.7, ε 0.2"
+    assert PredictRules().gating_line() == "off"
     assert resolve_rules(recorded, RUN_GATING, None) == run
     assert resolve_rules(recorded, None, None) == PredictRules(gating_epsilon=0.2)
     assert resolve_rules(recorded, 0.6, 0.0) == PredictRules(gating_threshold=0.6)
@@ -92,20 +92,6 @@ def test_predict_rules_refuse_values_out_of_range(bad, message):
         PredictRules(**bad)
     with pytest.raises(ConfigError, match=message):
         PredictRules().replace(**bad)
-
-
-def test_pseudo_labels_and_segment_share_the_cam_head():
-    from wsi_seg.model import PsclNet, preset_config
-
-    torch.manual_seed(0)
-    net = PsclNet(preset_config("tiny", stage=1)).eval()
-    images = torch.randint(0, 255, (2, 3, 224, 224), dtype=torch.uint8)
-    bkg = torch.zeros(2, 224, 224, dtype=torch.bool)
-    bkg[:, :50] = True
-    with torch.inference_mode():
-        a, b = stage1_label_maps(net, images, bkg), net.predict(images, bkg)
-    assert torch.equal(a.mask, b.mask) and torch.equal(a.activations, b.activations)
-    assert (a.mask[:, :50] == 0).all()
 
 
 def test_label_png_and_cams_round_trip(tmp_path):

@@ -116,8 +116,7 @@ class EvaluationResult:
         """One line saying how the masks were made (printed above the table, kept in JSON)."""
         if self.image_labels is None:
             return f"stage {self.stage}: segmentation head (no image labels involved)"
-        g = self.rules
-        gating = "off" if g.gating_threshold is None else f"τ_g {g.gating_threshold}, ε {g.gating_epsilon}"
+        gating = self.rules.gating_line()
         if self.oracle:
             return (f"stage 1, ORACLE image labels (classes from the ground truth): pseudo-label quality, "
                     f"not a test score; gating {gating}")

@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from wsi_seg.errors import ConfigError, OutputError
-from wsi_seg.model import CamHead, PatchPrediction, PredictRules, PsclNet, load_checkpoint
+from wsi_seg.model import CamHead, PredictRules, load_checkpoint
 from wsi_seg.model.config import ModelConfig
 
 from training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
@@ -53,21 +53,6 @@ def resolve_rules(cfg: ModelConfig, gating_threshold: float | str | None, gating
         raise ConfigError(f"gating threshold must be a number, 'run' or None, got {gating_threshold!r}")
     return run.replace(gating_threshold=gating_threshold,
                        gating_epsilon=run.gating_epsilon if gating_epsilon is None else gating_epsilon)
-
-
-def stage1_label_maps(
-    net: PsclNet,
-    images: torch.Tensor,
-    background: torch.Tensor,
-    image_labels: torch.Tensor | None = None,
-    rules: PredictRules | None = None,
-) -> PatchPrediction:
-    """CAMs and eq. 4.9 pseudo-labels of (B, 3, H, W) uint8 patches on the network's device,
-    from its CAM head (``CamHead.predict_from``: with ``image_labels`` (B, N) the CAMs of
-    absent classes are zeroed, without them the classifier's own classes are kept, as
-    ``wsi-seg segment`` does; ``rules`` add gating, eq. 4.4–4.5)."""
-    features = net.encoder(net.normalize(images))
-    return net.cam_head.predict(features, tuple(images.shape[-2:]), background, image_labels, rules)
 
 
 def palette_of(class_colors: tuple[tuple[int, int, int], ...]) -> list[int]:
@@ -153,7 +138,8 @@ def generate_pseudo_labels(
     net = loaded.net.eval()
     with torch.inference_mode():
         for batch in tqdm(loader, desc=f"pseudo-labels {split}", unit="batch", disable=not progress):
-            labels = stage1_label_maps(net, batch["image"].to(dev), batch["background"], batch["labels"].to(dev), rules)
+            # the CAM head's predict, as ``wsi-seg segment``'s, with the patch labels known here
+            labels = net.predict(batch["image"].to(dev), batch["background"], batch["labels"].to(dev), rules)
             masks = labels.mask.cpu().numpy()
             cams = labels.activations.cpu().numpy()
             for j, i in enumerate(batch["index"].tolist()):

@@ -60,6 +60,10 @@ class PredictRules:
         evaluation JSON (:meth:`of_checkpoint` reads it back)."""
         return {"gating_threshold": self.gating_threshold, "gating_epsilon": self.gating_epsilon}
 
+    def gating_line(self) -> str:
+        """The gating in words for reports: ``τ_g 0.8, ε 0.0`` or ``off``."""
+        return "off" if self.gating_threshold is None else f"τ_g {self.gating_threshold}, ε {self.gating_epsilon}"
+
     def replace(self, **changes: Any) -> PredictRules:
         """A copy with ``changes`` applied, validated again."""
         return dataclasses.replace(self, **changes)
