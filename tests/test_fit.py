@@ -6,7 +6,9 @@ import hashlib
 import json
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from training import cli
 from training.fit import plan_fit
@@ -77,6 +79,13 @@ def test_fit_with_more_epochs_continues_the_step_and_redoes_what_depends_on_it(t
     assert s2_sha == hashlib.sha256(s2.read_bytes()).hexdigest()  # scored again: the new checkpoint
     assert cli.main([*argv, "--stage2-epochs", "2"]) == 0
     assert "every step is finished; nothing to do" in capsys.readouterr().out
+    # stage 2 has a constant LR: 1 + 1 continued epochs equal 2 uninterrupted ones, bit for bit
+    from training.stage2 import train_stage2
+
+    cfg = plan_fit(data, run, recipe, {"stage2": {"epochs": 2}}).stage2
+    cfg.out = str(tmp_path / "stage2_uninterrupted")
+    a, b = load_file(str(s2)), load_file(str(train_stage2(cfg).checkpoint / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # fewer epochs than done: one line, exit 2
     assert cli.main(argv) == 2
     assert "already trained 2 epochs, more than --epochs 1" in capsys.readouterr().err

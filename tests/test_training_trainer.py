@@ -34,19 +34,22 @@ class _Points(torch.utils.data.Dataset):
 @dataclass
 class _ToyConfig(RunConfig):
     lr: float = 0.05
+    decay: bool = True  # the LR decays linearly to 0.1·lr
+    validate_last: bool = False  # a validation at the last epoch, drawing from the global RNG
 
 
 class _ToyTrainer(Trainer):
     """Linear regression with a noisy loss term drawn from its own seeded generator."""
 
-    metrics_columns = ("epoch", "loss", "noise", "lr", "seconds")
+    metrics_columns = ("epoch", "loss", "noise", "lr", "seconds", "val", "val_seconds")
 
     def build(self) -> TrainingParts:
         net = nn.Linear(4, 1)
         self.noise = torch.Generator()
         return TrainingParts(net=net, optimizer=torch.optim.SGD(net.parameters(), lr=self.cfg.lr, momentum=0.9),
                              dataset=_Points(),
-                             lr_factor=lambda step, total: 1.0 - 0.9 * min(step, total) / total)
+                             lr_factor=(lambda step, total: 1.0 - 0.9 * min(step, total) / total)
+                             if self.cfg.decay else None)
 
     def start_epoch(self, noise_seed: int) -> None:
         self.noise.manual_seed(noise_seed)
@@ -55,7 +58,14 @@ class _ToyTrainer(Trainer):
         with self.autocast:
             pred = self.forward(batch["x"]).squeeze(1)
         noise = float(torch.rand((), generator=self.noise))
-        return {"loss": ((pred - batch["y"]) ** 2).mean() * (1 + noise), "noise": noise}
+        jitter = float(torch.rand(())) * 1e-3  # the global RNG, as augmentations in the main process draw
+        return {"loss": ((pred - batch["y"]) ** 2).mean() * (1 + noise + jitter), "noise": noise}
+
+    def validation_due(self, epochs_done: int) -> bool:
+        return self.cfg.validate_last and epochs_done == self.cfg.epochs
+
+    def validate(self) -> dict:
+        return {"val": float(torch.rand(()))}
 
     def save_result(self):
         path = self.run_dir / "checkpoint"
@@ -133,3 +143,16 @@ def test_a_run_state_from_before_epochs_could_grow_still_resumes_and_continues(t
     state = json.loads(path.read_text())
     assert state["format_version"] == 2 and state["epochs_history"] == [{"epochs": 2, "from_epoch": 0},
                                                                        {"epochs": 3, "from_epoch": 2}]
+
+
+def test_more_epochs_at_a_constant_lr_equal_an_uninterrupted_run(tmp_path):
+    """2 epochs, then 3: the same weights as 3 at once, although the 2-epoch run validated at
+    its last epoch and the 3-epoch one did not (validation leaves training's RNG alone)."""
+    cut = _ToyTrainer(_cfg(tmp_path, "cut", epochs=2, decay=False, validate_last=True)).run()
+    assert cut.history[-1]["val"] is not None
+    more = _ToyTrainer(_cfg(tmp_path, "cut", epochs=3, decay=False, validate_last=True)).run()
+    full = _ToyTrainer(_cfg(tmp_path, "full", epochs=3, decay=False, validate_last=True)).run()
+    assert full.history[1]["val"] is None and [r["loss"] for r in more.history] == [r["loss"] for r in full.history]
+    a = load_file(str(full.checkpoint / "model.safetensors"))
+    b = load_file(str(more.checkpoint / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -301,7 +301,9 @@ class Trainer(ABC):
         row.update(epoch=epoch + 1, lr=self.lr, seconds=round(time.perf_counter() - t0, 3))  # training only
         if self.validation_due(epoch + 1):
             t_val = time.perf_counter()
-            row.update(self.validate())
+            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # its loader draws a seed: training's RNG stays as it was
+                row.update(self.validate())
             row["val_seconds"] = round(time.perf_counter() - t_val, 3)
         if self.dist.is_main:
             self._log_epoch(row, means)
