@@ -11,7 +11,9 @@
     RUN_DIR/checkpoint/      the final network (wsi_seg checkpoint, stage 1)
 
 Rerunning the same command after an interruption resumes after the last finished
-epoch; the result equals an uninterrupted run's. Under ``torchrun`` each process
+epoch; the result equals an uninterrupted run's. A larger ``epochs`` continues a finished
+or interrupted run; the poly LR (:func:`poly_decay`) then follows the new total's
+schedule from the step reached (docs/method.md). Under ``torchrun`` each process
 takes ``batch_size / world_size`` patches per step (DistributedDataParallel); only
 rank 0 writes.
 """

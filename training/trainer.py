@@ -2,13 +2,14 @@
 
 In the manner of pytorch-metric-learning's ``BaseTrainer``: :class:`Trainer` owns what
 every run does — device and torchrun, the run folder (fingerprint, refusal of a finished
-or foreign run, ``config.yaml``, ``run.json``), seeding (one formula, :func:`epoch_seed`),
-autocast and the grad scaler, DistributedDataParallel, the epoch loop with its progress
-bar, the per-epoch ``metrics.csv`` row, the resumable state (weights, optimizer, scaler,
-scheduler, RNGs) and the final result. A trainer supplies the parts that differ:
+or foreign run, continuation to more epochs, ``config.yaml``, ``run.json``), seeding (one
+formula, :func:`epoch_seed`), autocast and the grad scaler, DistributedDataParallel, the
+epoch loop with its progress bar, the per-epoch ``metrics.csv`` row, the resumable state
+(weights, optimizer, scaler, scheduler, RNGs) and the final result. A trainer supplies
+the parts that differ:
 
 * :meth:`Trainer.prepare` — open and check its inputs before the run folder is touched;
-* :meth:`Trainer.build` — network, optimizer, train dataset (and scheduler), once seeded;
+* :meth:`Trainer.build` — network, optimizer, train dataset (and LR schedule), once seeded;
 * :meth:`Trainer.step` — one batch → a dict of losses (``"loss"`` is optimised);
 * :meth:`Trainer.validate` — the val columns of an epoch's row;
 * :meth:`Trainer.save_result` — the checkpoint or weights file a finished run leaves.
@@ -39,11 +40,11 @@ from training.config import RunConfig, SupervisedRunConfig, dump_yaml
 from training.datasets import DatasetIndex, PatchDataset, BackgroundSeedParams
 from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
 from training.loop import (
+    SavedRun,
     autocast_for,
     device_and_dist,
     loader_workers,
     per_rank_batch,
-    SavedRun,
     prepare_run_dir,
     remove_result,
     resume_run,
