@@ -156,3 +156,36 @@ def test_more_epochs_at_a_constant_lr_equal_an_uninterrupted_run(tmp_path):
     a = load_file(str(full.checkpoint / "model.safetensors"))
     b = load_file(str(more.checkpoint / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_fit_step_trains_again_when_what_it_was_made_from_changed(tmp_path):
+    """``wsi-seg fit``'s rule for a step downstream of another (stage 1 after pre-training,
+    stage 2 after stage 1): a new upstream result makes its run stale, also when the
+    restart is interrupted before its first epoch."""
+    from training.fit import _train_step, _upstream
+
+    upstream = tmp_path / "weights.bin"
+    upstream.write_bytes(b"one")
+    lines: list[str] = []
+    cfg = _cfg(tmp_path, "step", epochs=2)
+
+    def train(cfg, overwrite=False, on_epoch_end=None):
+        return _ToyTrainer(cfg).run(overwrite, on_epoch_end)
+
+    finished = tmp_path / "step" / "checkpoint" / "model.safetensors"
+    assert _train_step("toy", train, cfg, finished, lines.append, _upstream(upstream))
+    assert not _train_step("toy", train, cfg, finished, lines.append, _upstream(upstream))
+    assert lines[-1] == "toy: finished (2 epochs) — skipped"
+    upstream.write_bytes(b"two")
+
+    def interrupted(cfg, overwrite=False, on_epoch_end=None):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train_step("toy", interrupted, cfg, finished, lines.append, _upstream(upstream))
+    assert _train_step("toy", train, cfg, finished, lines.append, _upstream(upstream))
+    assert lines[-1].startswith(f"toy: what it was trained from changed ({upstream}) — training again (2 epochs)")
+    state = json.loads((tmp_path / "step" / "state" / "trainer.json").read_text())
+    assert state["epochs_history"] == [{"epochs": 2, "from_epoch": 0}]  # from scratch
+    assert json.loads((tmp_path / "steps.json").read_text())["step"] == _upstream(upstream)
+    assert not _train_step("toy", train, cfg, finished, lines.append, _upstream(upstream))
