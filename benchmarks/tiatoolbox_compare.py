@@ -25,7 +25,7 @@ back to tiatoolbox 1.3.2 (which does not import); install 2.1.3 without its torc
     sed -n 's/^Requires-Dist: //p' /tmp/tia_meta.txt | grep -v 'extra ==' | grep -v '^torch' > /tmp/tia_reqs.txt
     /tmp/tia_venv/bin/pip install -r /tmp/tia_reqs.txt safetensors "setuptools>=77" ome-zarr==0.18.0
     /tmp/tia_venv/bin/pip install --no-deps /tmp/tia_whl/tiatoolbox-2.1.3-py3-none-any.whl
-    /tmp/tia_venv/bin/pip install --no-deps -e /work/main pytorch-metric-learning
+    /tmp/tia_venv/bin/pip install --no-deps -e /work/main pytorch-metric-learning simplejpeg
 
     /tmp/tia_venv/bin/python benchmarks/tiatoolbox_compare.py --work /tmp/wsi_bench
     /tmp/tia_venv/bin/python benchmarks/tiatoolbox_compare.py --quick
