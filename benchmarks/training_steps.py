@@ -1,11 +1,11 @@
 """Training step time of each loss setup, side by side: stage 1 MLSM only, MLSM + PSCL
 (with and without background pixels in PSCL), stage 2 cross-entropy and NR.
 
-One step = ``Trainer.train_step`` of the trainers themselves (``training.stage1`` /
-``training.stage2``): their ``step`` (forward under the run's autocast, the losses of
-``training.losses`` configured from the config defaults), then backward, optimizer (+
+One step = ``Trainer.train_step`` of the trainers themselves (``wsi_seg_training.stage1`` /
+``wsi_seg_training.stage2``): their ``step`` (forward under the run's autocast, the losses of
+``wsi_seg_training.losses`` configured from the config defaults), then backward, optimizer (+
 scheduler) step. Each setup is a trainer of its own (network, optimizer) and a fixed
-batch of synthetic patches (``training.synthetic_dataset.write_dataset``; stage 2 with
+batch of synthetic patches (``wsi_seg_training.synthetic_dataset.write_dataset``; stage 2 with
 pseudo-labels and CAMs written by ``generate_pseudo_labels`` from a random stage-1
 network), so data loading is not timed. Setups alternate step by step so other load
 hits all alike; the figure is the median over ``--steps`` steps after ``--warmup``.
@@ -50,15 +50,15 @@ from common import autocast_name, print_table, work_folder  # noqa: E402
 
 from wsi_seg.model import PsclNet, save_checkpoint  # noqa: E402
 
-from training.config import EncoderTraining, Stage1Config, Stage2Config, load_config  # noqa: E402
-from training.datasets import PatchDataset  # noqa: E402
-from training.datasets.pseudo import PseudoLabelDataset  # noqa: E402
-from training.loop import autocast_for  # noqa: E402
-from training.pseudo_labels import generate_pseudo_labels  # noqa: E402
-from training.stage1 import Stage1Trainer  # noqa: E402
-from training.stage2 import Stage2Trainer  # noqa: E402
-from training.synthetic_dataset import write_dataset  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
+from wsi_seg_training.config import EncoderTraining, Stage1Config, Stage2Config, load_config  # noqa: E402
+from wsi_seg_training.datasets import PatchDataset  # noqa: E402
+from wsi_seg_training.datasets.pseudo import PseudoLabelDataset  # noqa: E402
+from wsi_seg_training.loop import autocast_for  # noqa: E402
+from wsi_seg_training.pseudo_labels import generate_pseudo_labels  # noqa: E402
+from wsi_seg_training.stage1 import Stage1Trainer  # noqa: E402
+from wsi_seg_training.stage2 import Stage2Trainer  # noqa: E402
+from wsi_seg_training.synthetic_dataset import write_dataset  # noqa: E402
+from wsi_seg_training.trainer import Trainer  # noqa: E402
 
 Step = Callable[[], dict[str, float]]
 

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from training.config import Stage2Config, load_config
-    from training.stage2 import train_stage2
+    from wsi_seg_training.config import Stage2Config, load_config
+    from wsi_seg_training.stage2 import train_stage2
     from wsi_seg.corrections import save_corrections
     from wsi_seg.evaluate_slide import ground_truth_at, region_miou
     from wsi_seg.export_patches import export_patches

@@ -24,7 +24,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from training import experiment
+from wsi_seg_training import experiment
 from wsi_seg.evaluate_slide import slide_miou
 from wsi_seg.model.checkpoint import load_checkpoint
 from wsi_seg.segment import SegmentOptions, segment_slide

@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from napari_plugin._corrections import EDIT_KEY
-    from napari_plugin._corrections_widget import CorrectionsWidget
-    from napari_plugin.cli import open_viewer
+    from wsi_seg_napari._corrections import EDIT_KEY
+    from wsi_seg_napari._corrections_widget import CorrectionsWidget
+    from wsi_seg_napari.cli import open_viewer
     from wsi_seg.evaluate_slide import ground_truth_at
     from wsi_seg.model import load_checkpoint
     from wsi_seg.model.default import default_model_path

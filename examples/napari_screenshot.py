@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from napari_plugin._summary_widget import SummaryWidget
-    from napari_plugin.cli import open_viewer
+    from wsi_seg_napari._summary_widget import SummaryWidget
+    from wsi_seg_napari.cli import open_viewer
     from wsi_seg.model import load_checkpoint
     from wsi_seg.segment import SegmentOptions, segment_slide
 

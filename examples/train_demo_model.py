@@ -22,7 +22,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from training import experiment
+from wsi_seg_training import experiment
 from wsi_seg.metrics import format_table, write_json
 from wsi_seg.model.default import DEMO_MODEL_DIR
 

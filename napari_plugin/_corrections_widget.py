@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import Container, Label, PushButton
 
-from napari_plugin import _notify
-from napari_plugin._corrections import (
+from wsi_seg_napari import _notify
+from wsi_seg_napari._corrections import (
     EDIT_KEY,
     edit_layer_kwargs,
     edit_layers,
@@ -20,8 +20,8 @@ from napari_plugin._corrections import (
     load_edit_region,
     visible_world_box,
 )
-from napari_plugin._result_reader import RESULT_KEY, label_colormap, labels_layer_data
-from napari_plugin._summary_widget import current_mask_layer, result_mask_layers
+from wsi_seg_napari._result_reader import RESULT_KEY, label_colormap, labels_layer_data
+from wsi_seg_napari._summary_widget import current_mask_layer, result_mask_layers
 from wsi_seg.corrections import CorrectionSave, open_for_corrections
 from wsi_seg.errors import WsiSegError
 from wsi_seg.result import CORRECTED_NAME, Result

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-log = logging.getLogger("napari_plugin")
+log = logging.getLogger("wsi_seg_napari")
 
 
 def _napari_notifications():  # type: ignore[no-untyped-def]

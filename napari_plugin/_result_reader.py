@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_plugin import _notify
-from napari_plugin._slide_reader import METADATA_KEY as SLIDE_KEY
-from napari_plugin._slide_reader import UNITS_UM, LayerData, PathLike, ReaderFunction, _as_list, slide_layer_data
+from wsi_seg_napari import _notify
+from wsi_seg_napari._slide_reader import METADATA_KEY as SLIDE_KEY
+from wsi_seg_napari._slide_reader import UNITS_UM, LayerData, PathLike, ReaderFunction, _as_list, slide_layer_data
 from wsi_seg.areas import hex_color
 from wsi_seg.errors import WsiSegError
 from wsi_seg.result import BACKGROUND, CORRECTED_NAME, LABEL_NAME, Placement, Result, read_provenance

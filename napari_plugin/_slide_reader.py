@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_plugin import _notify
+from wsi_seg_napari import _notify
 
 if TYPE_CHECKING:  # napari only for typing: this module runs without napari or Qt
     import dask.array as da

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, Label, PushButton
 
-from napari_plugin._result_reader import RESULT_KEY
+from wsi_seg_napari._result_reader import RESULT_KEY
 from wsi_seg.areas import ClassArea, class_areas, format_area
-from napari_plugin._viewer import connect_until_closed
+from wsi_seg_napari._viewer import connect_until_closed
 
 if TYPE_CHECKING:  # napari only for typing
     import napari

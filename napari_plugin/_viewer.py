@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from napari_plugin._slide_reader import METADATA_KEY as SLIDE_KEY
+from wsi_seg_napari._slide_reader import METADATA_KEY as SLIDE_KEY
 
 if TYPE_CHECKING:
     import napari

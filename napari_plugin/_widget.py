@@ -25,12 +25,12 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from napari_plugin import _notify
-from napari_plugin._jobs import JobFailed, JobProgress, SegmentRequest, gui_options, guarded_segment_job
-from napari_plugin._result_reader import result_layer_data
-from napari_plugin._slide_reader import METADATA_KEY as SLIDE_KEY
-from napari_plugin._slide_reader import SLIDE_EXTENSIONS
-from napari_plugin._viewer import add_layer_data, connect_until_closed, slide_layers
+from wsi_seg_napari import _notify
+from wsi_seg_napari._jobs import JobFailed, JobProgress, SegmentRequest, gui_options, guarded_segment_job
+from wsi_seg_napari._result_reader import result_layer_data
+from wsi_seg_napari._slide_reader import METADATA_KEY as SLIDE_KEY
+from wsi_seg_napari._slide_reader import SLIDE_EXTENSIONS
+from wsi_seg_napari._viewer import add_layer_data, connect_until_closed, slide_layers
 from wsi_seg.errors import ConfigError, WsiSegError
 from wsi_seg.options import SegmentOptions
 from wsi_seg.result import partial_path

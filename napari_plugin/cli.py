@@ -54,9 +54,9 @@ def open_viewer(
     require_napari()
     import napari
 
-    from napari_plugin._result_reader import result_layer_data
-    from napari_plugin._slide_reader import slide_layer_data
-    from napari_plugin._viewer import add_layer_data
+    from wsi_seg_napari._result_reader import result_layer_data
+    from wsi_seg_napari._slide_reader import slide_layer_data
+    from wsi_seg_napari._viewer import add_layer_data
     from wsi_seg.result import read_provenance
 
     if mask is None and read_provenance(slide) is not None:
@@ -84,8 +84,8 @@ def open_viewer(
 
 def dock_widgets(viewer: napari.Viewer) -> tuple[object, object]:
     """Dock the legend/summary and corrections widgets; class names show on hover."""
-    from napari_plugin._corrections_widget import CorrectionsWidget
-    from napari_plugin._summary_widget import SummaryWidget
+    from wsi_seg_napari._corrections_widget import CorrectionsWidget
+    from wsi_seg_napari._summary_widget import SummaryWidget
 
     summary, corrections = SummaryWidget(viewer), CorrectionsWidget(viewer)
     viewer.window.add_dock_widget(summary, name="Result summary", area="right")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import cli
-from training.datasets import check_dataset
+from wsi_seg_training import cli
+from wsi_seg_training.datasets import check_dataset
 
 SIZE = 32
 PALETTE = [205, 51, 51, 0, 255, 0, 65, 105, 225, 255, 165, 0, 255, 255, 255]  # TE NEC LYM TAS, bkg white

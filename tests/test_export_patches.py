@@ -41,8 +41,8 @@ def result(segmented, tmp_path):
 
 
 def test_export_writes_the_csv_dataset_layout(result, tmp_path):
-    from training.datasets import open_dataset
-    from training.datasets.io import read_mask
+    from wsi_seg_training.datasets import open_dataset
+    from wsi_seg_training.datasets.io import read_mask
 
     demo, res = result
     done = export_patches(res, tmp_path / "ds", min_tissue=0.0)
@@ -120,7 +120,7 @@ def test_export_refuses_to_replace_a_folder_it_did_not_write(result, tmp_path, c
 @pytest.mark.slow
 def test_correct_export_fine_tune_raises_the_corrected_regions_iou(result, tmp_path, capsys):
     """The loop of the issue on a generated slide with the tiny model."""
-    from training import cli as train_cli
+    from wsi_seg_training import cli as train_cli
     from wsi_seg.evaluate_slide import ground_truth_at, region_miou
     from wsi_seg.model import load_checkpoint
     from wsi_seg.segment import SegmentOptions, segment_slide

@@ -7,8 +7,8 @@ import torch
 
 from wsi_seg.model import PsclNet, preset_config
 
-from training.config import Stage1Config
-from training.datasets import BCSS, LUAD
+from wsi_seg_training.config import Stage1Config
+from wsi_seg_training.datasets import BCSS, LUAD
 
 
 def test_bcss_is_seeded_like_luad_with_its_own_min_size():

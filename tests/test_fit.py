@@ -10,9 +10,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from training import cli
-from training.fit import plan_fit
-from training.synthetic_dataset import write_dataset
+from wsi_seg_training import cli
+from wsi_seg_training.fit import plan_fit
+from wsi_seg_training.synthetic_dataset import write_dataset
 from wsi_seg.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -80,7 +80,7 @@ def test_fit_with_more_epochs_continues_the_step_and_redoes_what_depends_on_it(t
     assert cli.main([*argv, "--stage2-epochs", "2"]) == 0
     assert "every step is finished; nothing to do" in capsys.readouterr().out
     # stage 2 has a constant LR: 1 + 1 continued epochs equal 2 uninterrupted ones, bit for bit
-    from training.stage2 import train_stage2
+    from wsi_seg_training.stage2 import train_stage2
 
     cfg = plan_fit(data, run, recipe, {"stage2": {"epochs": 2}}).stage2
     cfg.out = str(tmp_path / "stage2_uninterrupted")
@@ -91,12 +91,12 @@ def test_fit_with_more_epochs_continues_the_step_and_redoes_what_depends_on_it(t
     assert "already trained 2 epochs, more than --epochs 1" in capsys.readouterr().err
     # more stage-1 epochs: stage 1 goes on, pseudo-labels are redone, stage 2 (made from the old
     # stage 1) trains again from scratch, also when interrupted before its first epoch
-    import training.stage2
+    import wsi_seg_training.stage2
 
     def interrupted(cfg, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.stage2, "train_stage2", interrupted)
+    monkeypatch.setattr(wsi_seg_training.stage2, "train_stage2", interrupted)
     assert cli.main([*argv, "--epochs", "2", "--stage2-epochs", "2"]) == 130
     assert "stage 1: training from epoch 1 to 2" in capsys.readouterr().out
     monkeypatch.undo()

@@ -16,9 +16,9 @@ from conftest import blob_image, write_result, write_slide
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari_plugin._corrections import EDIT_KEY, edit_layers  # noqa: E402
-from napari_plugin._corrections_widget import CorrectionsWidget  # noqa: E402
-from napari_plugin._summary_widget import SummaryWidget  # noqa: E402
+from wsi_seg_napari._corrections import EDIT_KEY, edit_layers  # noqa: E402
+from wsi_seg_napari._corrections_widget import CorrectionsWidget  # noqa: E402
+from wsi_seg_napari._summary_widget import SummaryWidget  # noqa: E402
 from wsi_seg.corrections import corrections_history  # noqa: E402
 from wsi_seg.result import Result  # noqa: E402
 
@@ -42,7 +42,7 @@ def result(tmp_path) -> Path:
 
 @pytest.fixture
 def viewer(make_napari_viewer, monkeypatch, result):
-    from napari_plugin.cli import open_viewer
+    from wsi_seg_napari.cli import open_viewer
 
     monkeypatch.setattr(napari, "Viewer", lambda **kwargs: make_napari_viewer(**kwargs))  # fixture cleans up
     return open_viewer(result, show=False)

@@ -11,8 +11,8 @@ import pytest
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari_plugin._slide_reader import slide_layer_data  # noqa: E402
-from napari_plugin._viewer import add_layer_data  # noqa: E402
+from wsi_seg_napari._slide_reader import slide_layer_data  # noqa: E402
+from wsi_seg_napari._viewer import add_layer_data  # noqa: E402
 
 pytestmark = pytest.mark.napari
 SIZE_PX, TILE_PX, MPP = 50_000, 256, 0.25

@@ -17,7 +17,7 @@ import pytest
 import zarr
 from conftest import blob_image, write_slide
 
-from napari_plugin._jobs import (
+from wsi_seg_napari._jobs import (
     STAGE_SEGMENT,
     JobFailed,
     SegmentRequest,
@@ -26,13 +26,13 @@ from napari_plugin._jobs import (
     run_to_end,
     segment_job,
 )
-from napari_plugin._result_reader import (
+from wsi_seg_napari._result_reader import (
     get_result_reader,
     open_result,
     read_results,
     result_layer_data,
 )
-from napari_plugin._slide_reader import get_slide_reader, read_slides, slide_layer_data
+from wsi_seg_napari._slide_reader import get_slide_reader, read_slides, slide_layer_data
 from wsi_seg.areas import class_areas
 from wsi_seg.errors import CheckpointError, ResultError, SlideError
 from wsi_seg.model import load_checkpoint
@@ -228,7 +228,7 @@ def test_class_areas_from_a_coarse_level_match_full_resolution():
 
 # -- CLI --------------------------------------------------------------------------------
 def test_view_without_napari_fails_with_one_clear_line(monkeypatch, capsys, blob_slide):
-    import napari_plugin.cli as view_cli
+    import wsi_seg_napari.cli as view_cli
     from wsi_seg.cli.main import build_parser, main
 
     monkeypatch.setitem(sys.modules, "napari", None)  # import napari → ImportError

@@ -141,7 +141,7 @@ def test_lock_of_a_dead_process_on_this_host(tmp_path):
 def test_a_napari_job_respects_the_lock_of_a_cli_run(tmp_path, blob_slide, checkpoints):
     """The widget's job goes through the same lock: it fails with the holder named, and the
     holder's output is left alone."""
-    from napari_plugin._jobs import JobFailed, SegmentRequest, guarded_segment_job, run_to_end
+    from wsi_seg_napari._jobs import JobFailed, SegmentRequest, guarded_segment_job, run_to_end
     from wsi_seg.ownership import output_lock
 
     out = tmp_path / "o.zarr"

@@ -91,8 +91,8 @@ def test_pinned_hash_must_match(offline_hub):
 
 
 def test_stage1_records_the_hub_weights_and_their_hash(offline_hub, tmp_path, capsys):
-    from training import cli
-    from training.synthetic_dataset import write_dataset
+    from wsi_seg_training import cli
+    from wsi_seg_training.synthetic_dataset import write_dataset
 
     _, file = _cache_tiny_imagenet(offline_hub)
     sha = hashlib.sha256(file.read_bytes()).hexdigest()

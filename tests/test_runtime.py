@@ -68,7 +68,7 @@ def test_resolved_runtime_uses_the_budget_and_records_it(monkeypatch, eight_cpus
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_is_bf16_where_native_for_training_and_inference(monkeypatch, native, expected):
-    from training.loop import autocast_for
+    from wsi_seg_training.loop import autocast_for
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")

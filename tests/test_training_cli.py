@@ -9,8 +9,8 @@ import pytest
 
 from wsi_seg.errors import ConfigError, DatasetError, WsiSegError
 
-from training import cli
-from training.config import Stage1Config, load_stage1_config
+from wsi_seg_training import cli
+from wsi_seg_training.config import Stage1Config, load_stage1_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,12 +99,12 @@ def test_example_configs_load(path):
 
 
 def test_commands_join_the_wsi_seg_cli_through_the_entry_point(tmp_path, capsys, monkeypatch):
-    """What ``train = "training.cli:register"`` in pyproject's ``wsi_seg.commands`` group does."""
+    """What ``train = "wsi_seg_training.cli:register"`` in pyproject's ``wsi_seg.commands`` group does."""
     import wsi_seg.cli.main as wsi_main
 
     real = wsi_main.entry_points
     installed = {ep.value for ep in real(group="wsi_seg.commands")}
-    fake = argparse.Namespace(name="train", value="training.cli:register", load=lambda: cli.register)
+    fake = argparse.Namespace(name="train", value="wsi_seg_training.cli:register", load=lambda: cli.register)
 
     def entry_points(group):
         eps = list(real(group=group))
@@ -120,7 +120,7 @@ def test_commands_join_the_wsi_seg_cli_through_the_entry_point(tmp_path, capsys,
 
 
 def test_synth_dataset_command_writes_a_dataset_that_opens(tmp_path, capsys):
-    from training.datasets import open_dataset
+    from wsi_seg_training.datasets import open_dataset
 
     out = tmp_path / "synth"
     args = _parser().parse_args(["synth-dataset", str(out), "--n-train", "4", "--n-val", "1", "--n-test", "2"])

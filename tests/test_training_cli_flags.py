@@ -10,9 +10,9 @@ import pytest
 
 from wsi_seg.errors import ConfigError
 
-from training import cli
-from training.cli_flags import add_config_flags, config_fields, config_overrides
-from training.config import PretrainConfig, RunConfig, Stage1Config, Stage2Config, redefault, setting
+from wsi_seg_training import cli
+from wsi_seg_training.cli_flags import add_config_flags, config_fields, config_overrides
+from wsi_seg_training.config import PretrainConfig, RunConfig, Stage1Config, Stage2Config, redefault, setting
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -63,7 +63,7 @@ def test_registering_the_training_commands_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import argparse, sys; from training import cli; "
+    code = ("import argparse, sys; from wsi_seg_training import cli; "
             "cli.register(argparse.ArgumentParser().add_subparsers()); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

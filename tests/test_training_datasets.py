@@ -11,8 +11,8 @@ from PIL import Image
 
 from wsi_seg.errors import DatasetError
 
-from training.augment import flips
-from training.datasets import (
+from wsi_seg_training.augment import flips
+from wsi_seg_training.datasets import (
     PatchDataset,
     BackgroundSeedParams,
     detect_format,
@@ -21,7 +21,7 @@ from training.datasets import (
     read_mask,
     to_internal,
 )
-from training.synthetic_dataset import shapes_patch, write_dataset
+from wsi_seg_training.synthetic_dataset import shapes_patch, write_dataset
 
 SIZE = 64
 

@@ -13,7 +13,7 @@ import torch
 
 from wsi_seg.model import load_checkpoint
 
-from training.synthetic_dataset import write_dataset
+from wsi_seg_training.synthetic_dataset import write_dataset
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def test_two_process_gloo_run(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training", "train", "--stage", "1", "--data", str(data), "--out", str(run),
+           "-m", "wsi_seg_training", "train", "--stage", "1", "--data", str(data), "--out", str(run),
            "--preset", "tiny", "--epochs", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu",
            "--no-progress"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 
 from wsi_seg.errors import ConfigError, OutputError
 
-from training import cli
-from training.config import PretrainConfig, load_config, load_stage1_config
-from training.synthetic_dataset import write_dataset
+from wsi_seg_training import cli
+from wsi_seg_training.config import PretrainConfig, load_config, load_stage1_config
+from wsi_seg_training.synthetic_dataset import write_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _stage1(data: Path, out: Path, epochs: int, **over):
-    from training.stage1 import train_stage1
+    from wsi_seg_training.stage1 import train_stage1
 
     cfg = load_stage1_config(None, {"data.path": str(data), "out": str(out), "model.preset": "tiny", "epochs": epochs,
                                     "batch_size": 2, "data.workers": 0, "device": "cpu", "progress": False,
@@ -42,7 +42,7 @@ def _stage1(data: Path, out: Path, epochs: int, **over):
 
 
 def _pretrain(data: Path, out: Path, epochs: int, **over):
-    from training.pretrain import train_pretrain
+    from wsi_seg_training.pretrain import train_pretrain
 
     cfg = load_config(PretrainConfig, None, {"data.path": str(data), "out": str(out), "model.preset": "tiny",
                                              "epochs": epochs, "batch_size": 2, "optim.lr": 1e-3, "data.workers": 0,
@@ -63,7 +63,7 @@ def test_more_epochs_continue_a_finished_run(trainer, data, tmp_path, caplog):
     train, other_key, other_value = TRAINERS[trainer]
     run = tmp_path / "run"
     first = train(data, run, 1)
-    with caplog.at_level(logging.INFO, logger="training"):
+    with caplog.at_level(logging.INFO, logger="wsi_seg_training"):
         more = train(data, run, 3)
     assert f"{run}: continuing from epoch 1 to 3 (it was set for 1" in caplog.text
     assert more.resumed_from_epoch == 1 and [r["epoch"] for r in more.history] == [1, 2, 3]
@@ -105,14 +105,14 @@ def test_an_interrupted_run_continues_to_a_new_total(data, tmp_path, caplog):
     def stop(epoch, row):
         raise KeyboardInterrupt
 
-    from training.stage1 import train_stage1
+    from wsi_seg_training.stage1 import train_stage1
 
     cfg = load_stage1_config(None, {"data.path": str(data), "out": str(run), "model.preset": "tiny", "epochs": 2,
                                     "batch_size": 2, "data.workers": 0, "device": "cpu", "progress": False,
                                     "seed": 5, "val_every": 0})
     with pytest.raises(KeyboardInterrupt):
         train_stage1(cfg, on_epoch_end=stop)
-    with caplog.at_level(logging.INFO, logger="training"):
+    with caplog.at_level(logging.INFO, logger="wsi_seg_training"):
         more = _stage1(data, run, 3)
     steps = 2  # 4 patches, batch 2
     was, now = 0.1 * (1 - steps / (2 * steps)) ** 0.9, 0.1 * (1 - steps / (3 * steps)) ** 0.9

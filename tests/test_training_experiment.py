@@ -13,7 +13,7 @@ import pytest
 from wsi_seg.cli.main import main
 from wsi_seg.errors import ConfigError
 
-from training import experiment
+from wsi_seg_training import experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-train", "16", "--n-test", "4", "--preset", "tiny", "--epochs", "1", "--stage2-epochs", "1",

@@ -12,8 +12,8 @@ from wsi_seg.errors import ConfigError
 
 from wsi_seg.model.heads import gate_cams, mask_absent_classes
 
-from training.cams import background_at, pixel_pseudo_labels
-from training.losses import MLSMLoss, PSCLLoss, sample_pixels, water_fill
+from wsi_seg_training.cams import background_at, pixel_pseudo_labels
+from wsi_seg_training.losses import MLSMLoss, PSCLLoss, sample_pixels, water_fill
 
 
 def supcon_eq_4_8(features: torch.Tensor, labels: torch.Tensor, tau: float = 0.1) -> torch.Tensor:

@@ -18,9 +18,9 @@ from PIL import Image
 from wsi_seg.errors import CheckpointError, ConfigError, DatasetError
 from wsi_seg.model import PsclNet, load_checkpoint, preset_config
 
-from training import cli
-from training.config import PretrainConfig, load_config
-from training.losses import IntraInterNTXentLoss
+from wsi_seg_training import cli
+from wsi_seg_training.config import PretrainConfig, load_config
+from wsi_seg_training.losses import IntraInterNTXentLoss
 
 
 def _ntxent(emb: torch.Tensor, pos: list[int], tau: float) -> torch.Tensor:
@@ -85,8 +85,8 @@ def _write_images(folder: Path, sizes: list[tuple[int, int]]) -> list[Path]:
 
 
 def test_image_folders_and_views(tmp_path):
-    from training.datasets.unlabelled import ContrastiveViews, check_image_sizes, pretrain_images
-    from training.synthetic_dataset import write_dataset
+    from wsi_seg_training.datasets.unlabelled import ContrastiveViews, check_image_sizes, pretrain_images
+    from wsi_seg_training.synthetic_dataset import write_dataset
 
     paths = _write_images(tmp_path / "plain", [(256, 240), (224, 224), (300, 230)])
     assert pretrain_images(tmp_path / "plain") == sorted(paths)
@@ -112,7 +112,7 @@ def test_image_folders_and_views(tmp_path):
 def test_encoder_weights_use_timm_names_and_load_through_pretrained(tmp_path):
     from safetensors import safe_open
 
-    from training.pretrain import ContrastiveNet, check_pretrained_file, encoder_state_dict, save_encoder_weights
+    from wsi_seg_training.pretrain import ContrastiveNet, check_pretrained_file, encoder_state_dict, save_encoder_weights
 
     cfg = preset_config("tiny", stage=1)
     torch.manual_seed(3)
@@ -144,7 +144,7 @@ def test_encoder_weights_use_timm_names_and_load_through_pretrained(tmp_path):
 def test_pretrain_then_stage1_starts_from_its_weights(tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from training.synthetic_dataset import write_dataset
+    from wsi_seg_training.synthetic_dataset import write_dataset
 
     data = write_dataset(tmp_path / "luad", n_train=4, n_val=0, n_test=0, seed=2)
     run = tmp_path / "pre"
@@ -177,8 +177,8 @@ def test_pretrain_then_stage1_starts_from_its_weights(tmp_path, capsys):
 def test_pretrain_resumes_to_the_same_weights(tmp_path):
     from safetensors.torch import load_file
 
-    from training.pretrain import train_pretrain
-    from training.synthetic_dataset import write_dataset
+    from wsi_seg_training.pretrain import train_pretrain
+    from wsi_seg_training.synthetic_dataset import write_dataset
 
     data = write_dataset(tmp_path / "luad", n_train=4, n_val=0, n_test=0, seed=5)
 

@@ -12,7 +12,7 @@ from PIL import Image
 from wsi_seg.model import CamHead, PredictRules, Stage1Output
 from wsi_seg.model.heads import mask_absent_classes, pseudo_label_mask
 from wsi_seg.errors import ConfigError
-from training.pseudo_labels import RUN_GATING, palette_of, read_cams, resolve_rules, write_cams, write_label_png
+from wsi_seg_training.pseudo_labels import RUN_GATING, palette_of, read_cams, resolve_rules, write_cams, write_label_png
 
 CAMS = torch.tensor([[
     [[0.2, 0.5], [0.0, 0.9]],  # class 1

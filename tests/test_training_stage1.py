@@ -14,10 +14,10 @@ from PIL import Image
 from wsi_seg.errors import ConfigError, DatasetError, OutputError
 from wsi_seg.model import load_checkpoint
 
-from training import cli
-from training.config import load_stage1_config
-from training.stage1 import train_stage1
-from training.synthetic_dataset import write_dataset
+from wsi_seg_training import cli
+from wsi_seg_training.config import load_stage1_config
+from wsi_seg_training.stage1 import train_stage1
+from wsi_seg_training.synthetic_dataset import write_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -152,8 +152,8 @@ def test_a_patch_that_fails_to_decode_in_a_worker_is_one_line(luad, tmp_path):
 
 
 def test_evaluate_a_stage2_checkpoint_and_refuse_its_pseudo_labels(checkpoints, luad, tmp_path):
-    from training.evaluate import evaluate_checkpoint
-    from training.pseudo_labels import generate_pseudo_labels
+    from wsi_seg_training.evaluate import evaluate_checkpoint
+    from wsi_seg_training.pseudo_labels import generate_pseudo_labels
 
     result = evaluate_checkpoint(checkpoints[2], luad, split="val", device="cpu", progress=False)
     assert [s.protocol for s in result.scores] == ["mlps", "tpro"] and result.patches == 4
@@ -166,7 +166,7 @@ def test_evaluate_a_stage2_checkpoint_and_refuse_its_pseudo_labels(checkpoints, 
 def test_other_backbone_builds_from_the_config(luad, tmp_path):
     from wsi_seg.model import PsclNet
 
-    from training.stage1 import build_model_config, resolve_data
+    from wsi_seg_training.stage1 import build_model_config, resolve_data
 
     cfg = _cfg(luad, tmp_path / "r", **{"model.backbone": "resnet18"})
     model_cfg = build_model_config(cfg, resolve_data(cfg))

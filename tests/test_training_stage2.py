@@ -17,9 +17,9 @@ from torchvision.transforms import v2
 from wsi_seg.errors import CheckpointError, ConfigError, DatasetError
 from wsi_seg.model import load_checkpoint
 
-from training import cli
-from training.config import Stage2Config, load_config, load_stage1_config
-from training.losses import GumbelSoftmax, NRLoss
+from wsi_seg_training import cli
+from wsi_seg_training.config import Stage2Config, load_config, load_stage1_config
+from wsi_seg_training.losses import GumbelSoftmax, NRLoss
 
 # --- losses -------------------------------------------------------------------------
 
@@ -68,7 +68,7 @@ def test_gumbel_softmax_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_ce_loss_sees_logits_upsampled_to_the_patch():
-    from training.stage2 import segmentation_loss
+    from wsi_seg_training.stage2 import segmentation_loss
 
     logits = torch.randn(2, 5, 8, 8)
     mask = torch.randint(0, 5, (2, 32, 32), dtype=torch.uint8)
@@ -123,8 +123,8 @@ def test_example_configs_load(name):
 
 
 def test_pseudo_label_dataset_flips_image_mask_and_cams_together(tmp_path):
-    from training.datasets.pseudo import PseudoLabelDataset, PseudoLabelRecord
-    from training.pseudo_labels import write_cams, write_label_png
+    from wsi_seg_training.datasets.pseudo import PseudoLabelDataset, PseudoLabelRecord
+    from wsi_seg_training.pseudo_labels import write_cams, write_label_png
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -158,9 +158,9 @@ def _stage2_cfg(data: Path, pl: Path, init: Path, out: Path, **overrides) -> Sta
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny LUAD-layout dataset, a 1-epoch tiny stage-1 checkpoint and its pseudo-labels."""
-    from training.pseudo_labels import generate_pseudo_labels
-    from training.stage1 import train_stage1
-    from training.synthetic_dataset import write_dataset
+    from wsi_seg_training.pseudo_labels import generate_pseudo_labels
+    from wsi_seg_training.stage1 import train_stage1
+    from wsi_seg_training.synthetic_dataset import write_dataset
 
     root = tmp_path_factory.mktemp("stage2")
     data = write_dataset(root / "luad", n_train=4, n_val=2, n_test=0, seed=4)
@@ -208,7 +208,7 @@ def test_stage2_ce_from_the_cli_gives_a_checkpoint_segment_can_use(stage1, tmp_p
 
 @pytest.mark.slow
 def test_stage2_nr_resumes_to_the_same_result(stage1, tmp_path):
-    from training.stage2 import train_stage2
+    from wsi_seg_training.stage2 import train_stage2
 
     full = train_stage2(_stage2_cfg(stage1["data"], stage1["pl"], stage1["init"], tmp_path / "full",
                                     **{"loss.name": "nr", "val_every": 0}))
@@ -237,7 +237,7 @@ def test_stage2_nr_resumes_to_the_same_result(stage1, tmp_path):
 def test_bad_pseudo_labels_and_init_are_one_line_errors_naming_the_path(stage1, tmp_path, capsys, checkpoints):
     import shutil
 
-    from training.stage2 import train_stage2
+    from wsi_seg_training.stage2 import train_stage2
 
     def run(pl: Path, init: Path, data: Path | None = None, loss: str = "ce") -> str:
         argv = ["train", "--stage", "2", "--data", str(data or stage1["data"]), "--pseudo-labels", str(pl),
@@ -266,7 +266,7 @@ def test_bad_pseudo_labels_and_init_are_one_line_errors_naming_the_path(stage1, 
     assert str(cams) in run(partial, stage1["init"], loss="nr")
     # the init checkpoint must be stage 1, of the dataset's classes
     assert str(checkpoints[2]) in run(stage1["pl"], checkpoints[2]) and "stage-1" in run(stage1["pl"], checkpoints[2])
-    from training.synthetic_dataset import write_dataset
+    from wsi_seg_training.synthetic_dataset import write_dataset
 
     bcss = write_dataset(tmp_path / "bcss", n_train=4, n_val=0, n_test=0, format="bcss", seed=1)
     line = run(stage1["pl"], stage1["init"], data=bcss)
@@ -291,7 +291,7 @@ def test_stage2_under_torchrun_two_gloo_processes(stage1, tmp_path):
         [str(root), *filter(None, [os.environ.get("PYTHONPATH")])]))
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training", "train", "--stage", "2", "--data", str(stage1["data"]), "--pseudo-labels",
+           "-m", "wsi_seg_training", "train", "--stage", "2", "--data", str(stage1["data"]), "--pseudo-labels",
            str(stage1["pl"]), "--init", str(stage1["init"]), "--out", str(run), "--loss", "nr", "--epochs", "1",
            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--val-every", "0", "--no-progress"]
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)

@@ -14,8 +14,8 @@ from torch import nn
 
 from wsi_seg.errors import ConfigError, OutputError
 
-from training.config import RunConfig, load_config
-from training.trainer import Trainer, TrainingParts, epoch_seed
+from wsi_seg_training.config import RunConfig, load_config
+from wsi_seg_training.trainer import Trainer, TrainingParts, epoch_seed
 
 
 class _Points(torch.utils.data.Dataset):
@@ -124,7 +124,7 @@ def test_the_batch_order_and_the_loss_noise_have_their_own_seeds():
 def test_a_run_state_from_before_epochs_could_grow_still_resumes_and_continues(tmp_path):
     """Format-1 states hashed the settings with ``epochs`` in and held no total: a run
     written so is still the same run, and more epochs continue it."""
-    from training.run_state import fingerprint
+    from wsi_seg_training.run_state import fingerprint
 
     cfg = _cfg(tmp_path, "old", epochs=2)
     _ToyTrainer(cfg).run()
@@ -162,7 +162,7 @@ def test_a_fit_step_trains_again_when_what_it_was_made_from_changed(tmp_path):
     """``wsi-seg fit``'s rule for a step downstream of another (stage 1 after pre-training,
     stage 2 after stage 1): a new upstream result makes its run stale, also when the
     restart is interrupted before its first epoch."""
-    from training.fit import _train_step, _upstream
+    from wsi_seg_training.fit import _train_step, _upstream
 
     upstream = tmp_path / "weights.bin"
     upstream.write_bytes(b"one")

@@ -218,7 +218,7 @@ def test_non_timm_hub_config_is_refused():
 def test_train_cli_names_the_gated_repo_in_one_line(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
-    from training.synthetic_dataset import write_dataset
+    from wsi_seg_training.synthetic_dataset import write_dataset
     from wsi_seg.cli.main import main
 
     def gated(repo_id, *args, **kwargs):
@@ -242,7 +242,7 @@ def test_train_cli_names_the_gated_repo_in_one_line(tmp_path, monkeypatch, capsy
 def test_vit_through_pretrain_stage1_pseudo_labels_stage2_and_segment(preset, tmp_path):
     from conftest import blob_image, write_slide
 
-    from training import experiment
+    from wsi_seg_training import experiment
     from wsi_seg.segment import SegmentOptions, segment_slide
     from wsi_seg.model.vit_encoder import ViTEncoder
 
@@ -258,8 +258,8 @@ def test_vit_through_pretrain_stage1_pseudo_labels_stage2_and_segment(preset, tm
     if encoder is not None:  # a frozen backbone keeps the pre-trained weights; its adapter trains
         from safetensors.torch import load_file
 
-        from training.config import Stage1Config, load_config
-        from training.stage1 import train_stage1
+        from wsi_seg_training.config import Stage1Config, load_config
+        from wsi_seg_training.stage1 import train_stage1
 
         frozen = load_config(Stage1Config, None, {
             "data.path": str(data), "out": str(tmp_path / "s1f"), "model.preset": preset, "epochs": 1,
@@ -285,8 +285,8 @@ def test_vit_through_pretrain_stage1_pseudo_labels_stage2_and_segment(preset, tm
 
 
 def test_parameter_groups_freeze_or_slow_the_backbone_only():
-    from training.config import EncoderTraining
-    from training.encoder_training import parameter_groups
+    from wsi_seg_training.config import EncoderTraining
+    from wsi_seg_training.encoder_training import parameter_groups
 
     net = PsclNet(preset_config("vit-tiny", stage=1))
     body = {id(p) for p in net.encoder.body.parameters()}
@@ -301,8 +301,8 @@ def test_parameter_groups_freeze_or_slow_the_backbone_only():
 
 
 def test_encoder_training_settings_are_checked_and_flagged(capsys):
-    from training.cli import build_parser
-    from training.config import Stage1Config, Stage2Config, load_config
+    from wsi_seg_training.cli import build_parser
+    from wsi_seg_training.config import Stage1Config, Stage2Config, load_config
 
     with pytest.raises(ConfigError, match="no effect on a frozen encoder"):
         load_config(Stage1Config, None, {"encoder.freeze": True, "encoder.lr_scale": 0.1,

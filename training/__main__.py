@@ -1,7 +1,7 @@
-"""``python -m training COMMAND …`` — the training commands without installed entry points."""
+"""``python -m wsi_seg_training COMMAND …`` — the training commands without installed entry points."""
 
 import sys
 
-from training.cli import main
+from wsi_seg_training.cli import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """``wsi-seg train | pretrain | pseudo-labels | evaluate``: thin wrappers over the training library.
 
 Joined to the ``wsi-seg`` CLI through the ``wsi_seg.commands`` entry-point group
-(:func:`register`). ``python -m training …`` runs the same commands without the
+(:func:`register`). ``python -m wsi_seg_training …`` runs the same commands without the
 entry points installed (e.g. under ``torchrun``).
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 
 from wsi_seg.errors import ConfigError
 
-from training.cli_flags import add_config_flags, config_overrides
+from wsi_seg_training.cli_flags import add_config_flags, config_overrides
 
 log = logging.getLogger(__name__)
 
 def _show_training_logs() -> None:
-    logger = logging.getLogger("training")
+    logger = logging.getLogger("wsi_seg_training")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
 
@@ -63,7 +63,7 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from training.fit import fit, plan_fit
+    from wsi_seg_training.fit import fit, plan_fit
 
     _show_training_logs()
     over: dict[str, Any] = {}
@@ -104,7 +104,7 @@ def _register_check_dataset(sub: argparse._SubParsersAction) -> None:
 
 
 def run_check_dataset(args: argparse.Namespace) -> int:
-    from training.datasets import check_dataset
+    from wsi_seg_training.datasets import check_dataset
 
     report = check_dataset(args.data, args.format, decode=not args.headers_only, progress=not args.no_progress)
     print(report.format_text())
@@ -114,7 +114,7 @@ def run_check_dataset(args: argparse.Namespace) -> int:
 
 
 def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
-    from training.config import MethodBenchmarkConfig
+    from wsi_seg_training.config import MethodBenchmarkConfig
 
     p = sub.add_parser(
         "benchmark-method",
@@ -128,8 +128,8 @@ def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
 
 
 def run_benchmark_method(args: argparse.Namespace) -> int:
-    from training.config import MethodBenchmarkConfig
-    from training.experiment import benchmark_method, format_markdown, format_thesis_tables
+    from wsi_seg_training.config import MethodBenchmarkConfig
+    from wsi_seg_training.experiment import benchmark_method, format_markdown, format_thesis_tables
     from wsi_seg.metrics import PROTOCOLS
 
     _show_training_logs()
@@ -162,7 +162,7 @@ def _register_synth_dataset(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth_dataset(args: argparse.Namespace) -> int:
-    from training.synthetic_dataset import write_dataset
+    from wsi_seg_training.synthetic_dataset import write_dataset
 
     if args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"{args.out}: folder exists and is not empty; choose a new one")
@@ -173,7 +173,7 @@ def _run_synth_dataset(args: argparse.Namespace) -> int:
 
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
-    from training.config import Stage1Config, Stage2Config
+    from wsi_seg_training.config import Stage1Config, Stage2Config
 
     p = sub.add_parser(
         "train", help="train a PSCL model: stage 1 (classification + PSCL) or stage 2 (segmentation on pseudo-labels)",
@@ -197,7 +197,7 @@ def _add_run_flags(p: argparse.ArgumentParser, configs: dict[str, type], choice:
 
 def train_config_from_args(args: argparse.Namespace) -> Any:
     """The Stage1Config or Stage2Config of parsed ``train`` arguments: defaults ← --config ← flags."""
-    from training.config import Stage1Config, Stage2Config, load_config
+    from wsi_seg_training.config import Stage1Config, Stage2Config, load_config
 
     cls = Stage2Config if args.stage == 2 else Stage1Config
     return load_config(cls, args.config, config_overrides(args, str(args.stage)))
@@ -207,11 +207,11 @@ def run_train(args: argparse.Namespace) -> int:
     _show_training_logs()
     cfg = train_config_from_args(args).validate()
     if args.stage == 2:
-        from training.stage2 import train_stage2
+        from wsi_seg_training.stage2 import train_stage2
 
         result = train_stage2(cfg, overwrite=args.overwrite)
     else:
-        from training.stage1 import train_stage1
+        from wsi_seg_training.stage1 import train_stage1
 
         result = train_stage1(cfg, overwrite=args.overwrite)
     if result.checkpoint is not None:
@@ -224,7 +224,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _register_pretrain(sub: argparse._SubParsersAction) -> None:
-    from training.config import PretrainConfig
+    from wsi_seg_training.config import PretrainConfig
 
     p = sub.add_parser(
         "pretrain", help="unsupervised pre-training of the encoder on unlabelled patches (NT-Xent)",
@@ -238,13 +238,13 @@ def _register_pretrain(sub: argparse._SubParsersAction) -> None:
 
 def pretrain_config_from_args(args: argparse.Namespace) -> Any:
     """The PretrainConfig of parsed ``pretrain`` arguments: defaults ← --config ← flags."""
-    from training.config import PretrainConfig, load_config
+    from wsi_seg_training.config import PretrainConfig, load_config
 
     return load_config(PretrainConfig, args.config, config_overrides(args))
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from training.pretrain import train_pretrain
+    from wsi_seg_training.pretrain import train_pretrain
 
     _show_training_logs()
     cfg = pretrain_config_from_args(args).validate()
@@ -272,14 +272,14 @@ RUN = object()  # --gating not given: as the stage-1 run was trained
 
 
 def _gating(value: object) -> float | str | None:
-    from training.pseudo_labels import RUN_GATING
+    from wsi_seg_training.pseudo_labels import RUN_GATING
 
     return RUN_GATING if value is RUN else value  # type: ignore[return-value]
 
 
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     """The flags pseudo-labels and evaluate share, named and shown as in ``train``."""
-    from training.config import PsclConfig
+    from wsi_seg_training.config import PsclConfig
 
     p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default="auto",
                    help="dataset layout (default: %(default)s)")
@@ -297,7 +297,7 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run_pseudo_labels(args: argparse.Namespace) -> int:
-    from training.pseudo_labels import generate_pseudo_labels
+    from wsi_seg_training.pseudo_labels import generate_pseudo_labels
 
     result = generate_pseudo_labels(
         args.model, args.data, args.out, split=args.split, format=args.format, batch_size=args.batch_size,
@@ -329,7 +329,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate_checkpoint
+    from wsi_seg_training.evaluate import evaluate_checkpoint
     from wsi_seg.metrics import PROTOCOLS, format_table, write_json
 
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training``: the training commands with wsi-seg's logging and error handling."""
+    """``python -m wsi_seg_training``: the training commands with wsi-seg's logging and error handling."""
     from wsi_seg.cli.main import run
 
     return run(build_parser().parse_args(argv))

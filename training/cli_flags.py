@@ -1,11 +1,11 @@
 """Command-line flags generated from the config dataclasses' field metadata.
 
-A config field made with :func:`training.config.setting` and a ``flag`` becomes one
+A config field made with :func:`wsi_seg_training.config.setting` and a ``flag`` becomes one
 argparse option: its type from the annotation, its help ending in the default, its
 choices and metavar from the metadata. :func:`add_config_flags` adds the flags of one or
 more config classes to a parser (``wsi-seg train`` takes those of stage 1 and stage 2,
 each flag once); :func:`config_overrides` turns the flags given into the dotted keys
-:func:`training.config.load_config` applies over the config file, and refuses the flags
+:func:`wsi_seg_training.config.load_config` applies over the config file, and refuses the flags
 of another config class than the one run. Every generated flag defaults to None, so a
 flag left out keeps the config file's value.
 """

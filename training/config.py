@@ -56,7 +56,7 @@ def setting(
     """A config field that also describes its command-line flag, so a setting is written once.
 
     ``flag`` (e.g. ``--lr``) makes ``wsi-seg train``/``pretrain`` accept it (see
-    :mod:`training.cli_flags`); a bool field's flag sets the value it names (``--gating``
+    :mod:`wsi_seg_training.cli_flags`); a bool field's flag sets the value it names (``--gating``
     True, ``--no-pscl`` False) or, ``negatable``, both (``--x/--no-x``). ``help`` ends in
     the default, or ``default_text`` where the default needs words (None: "the format's").
     ``exclusive`` names a group of flags that exclude each other. ``result`` False: the
@@ -460,7 +460,7 @@ class PretrainConfig(RunConfig):
 
 @dataclass
 class MethodBenchmarkConfig:
-    """Sizes of the method benchmark (``wsi-seg benchmark-method``, :mod:`training.experiment`);
+    """Sizes of the method benchmark (``wsi-seg benchmark-method``, :mod:`wsi_seg_training.experiment`);
     the defaults finish in under an hour on 2 CPU cores."""
 
     work: str = ""

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from training.config import EncoderTraining
+from wsi_seg_training.config import EncoderTraining
 
 
 def _always_eval(module: nn.Module) -> None:

@@ -32,8 +32,8 @@ from wsi_seg.errors import ConfigError
 from wsi_seg.model import CamHead, PredictRules, PsclNet, load_checkpoint
 
 from wsi_seg.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
-from training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
-from training.pseudo_labels import RUN_GATING, resolve_rules
+from wsi_seg_training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
+from wsi_seg_training.pseudo_labels import RUN_GATING, resolve_rules
 
 log = logging.getLogger(__name__)
 IMAGE_LABEL_MODES = ("predicted", "gt")

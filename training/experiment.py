@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_seg.errors import OutputError
 
-from training.config import MethodBenchmarkConfig, PretrainConfig, Stage1Config, Stage2Config, load_config
+from wsi_seg_training.config import MethodBenchmarkConfig, PretrainConfig, Stage1Config, Stage2Config, load_config
 
 if TYPE_CHECKING:  # numpy: imported when scores are read, not when the CLI starts
     from wsi_seg.metrics import SegmentationScores
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def synthetic_data(root: Path, n_train: int, n_val: int, n_test: int, seed: int) -> Path:
     """A LUAD-HistoSeg-layout synthetic dataset in ``root`` (written once, then reused)."""
-    from training.synthetic_dataset import write_dataset
+    from wsi_seg_training.synthetic_dataset import write_dataset
 
     if not (root / "train").is_dir():
         write_dataset(root, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
@@ -41,7 +41,7 @@ def synthetic_data(root: Path, n_train: int, n_val: int, n_test: int, seed: int)
 def _train_or_reuse(train: Callable[[Any], Any], cfg: Any, result: Path, finished: Path | None = None) -> Path:
     """Run ``train(cfg)`` and give back its ``result``; a run that already finished with
     the same settings is reused (a different one still raises)."""
-    from training.loop import run_finished  # torch: only when training runs, not for --help
+    from wsi_seg_training.loop import run_finished  # torch: only when training runs, not for --help
 
     try:
         train(cfg)
@@ -55,7 +55,7 @@ def _train_or_reuse(train: Callable[[Any], Any], cfg: Any, result: Path, finishe
 def pretrain(data: Path, out: Path, preset: str, epochs: int, seed: int, device: str,
              batch_size: int | None = None) -> Path:
     """NT-Xent pre-training (thesis §4.2); the encoder weights file for ``--pretrained``."""
-    from training.pretrain import WEIGHTS_NAME, train_pretrain
+    from wsi_seg_training.pretrain import WEIGHTS_NAME, train_pretrain
 
     overrides: dict[str, Any] = {
         "data.path": str(data / "train"), "out": str(out), "model.preset": preset, "epochs": epochs,
@@ -71,7 +71,7 @@ def stage1(data: Path, out: Path, preset: str, epochs: int, seed: int, device: s
            pscl: bool = True, include_background: bool = True, pretrained: Path | None = None,
            batch_size: int | None = None) -> Path:
     """Stage 1 (MLSM, + λ·PSCL unless ``pscl`` is False); its checkpoint folder."""
-    from training.stage1 import train_stage1
+    from wsi_seg_training.stage1 import train_stage1
 
     overrides: dict[str, Any] = {
         "data.path": str(data), "out": str(out), "model.preset": preset, "epochs": epochs,
@@ -88,7 +88,7 @@ def stage1(data: Path, out: Path, preset: str, epochs: int, seed: int, device: s
 
 def pseudo_labels(model: Path, data: Path, out: Path, device: str) -> Path:
     """Eq. 4.9 pseudo-labels of the training split (written once, then reused)."""
-    from training.pseudo_labels import MANIFEST_NAME, generate_pseudo_labels
+    from wsi_seg_training.pseudo_labels import MANIFEST_NAME, generate_pseudo_labels
 
     if not (out / MANIFEST_NAME).is_file():
         generate_pseudo_labels(model, data, out, device=device, overwrite=True, progress=False)
@@ -98,7 +98,7 @@ def pseudo_labels(model: Path, data: Path, out: Path, device: str) -> Path:
 def stage2(data: Path, labels: Path, init: Path, out: Path, loss: str, epochs: int, seed: int,
            device: str, batch_size: int = 16) -> Path:
     """Stage 2 (encoder from ``init`` + pixel decoder, ``loss`` ce | nr); its checkpoint folder."""
-    from training.stage2 import train_stage2
+    from wsi_seg_training.stage2 import train_stage2
 
     cfg = load_config(Stage2Config, None, {
         "data.path": str(data), "data.pseudo_labels": str(labels), "init": str(init), "out": str(out),
@@ -112,7 +112,7 @@ def evaluate(model: Path, data: Path, device: str, split: str = "test",
              image_labels: str = "predicted") -> list[SegmentationScores]:
     """Scores of ``model`` on ``split`` under both protocols, cached next to the checkpoint
     (stage 1: ``image_labels`` predicted, the reference protocols, or gt, the oracle)."""
-    from training.evaluate import evaluate_checkpoint
+    from wsi_seg_training.evaluate import evaluate_checkpoint
     from wsi_seg.metrics import SegmentationScores
 
     cache = model.parent / f"{split}_{image_labels}_scores.json"

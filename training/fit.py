@@ -34,8 +34,8 @@ from typing import Any
 
 from wsi_seg.errors import ConfigError
 
-from training.config import PretrainConfig, Stage1Config, Stage2Config, load_config_file
-from training.reference import REFERENCE, reference_rows
+from wsi_seg_training.config import PretrainConfig, Stage1Config, Stage2Config, load_config_file
+from wsi_seg_training.reference import REFERENCE, reference_rows
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _train_step(name: str, train: Any, cfg: Any, finished_file: Path, report: An
     differs from what the step's run was made from (RUN/steps.json, written once the
     run's state or result is known to be made from it), that run is stale and the step
     trains again from scratch."""
-    from training.loop import epochs_done, run_finished
+    from wsi_seg_training.loop import epochs_done, run_finished
 
     from wsi_seg.errors import OutputError
 
@@ -183,7 +183,7 @@ def _train_step(name: str, train: Any, cfg: Any, finished_file: Path, report: An
 def _pseudo_labels_step(plan: FitPlan, report: Any) -> bool:
     from wsi_seg.model.checkpoint import file_sha256
 
-    from training.pseudo_labels import MANIFEST_NAME, generate_pseudo_labels
+    from wsi_seg_training.pseudo_labels import MANIFEST_NAME, generate_pseudo_labels
 
     out = plan.out / "pseudo_labels"
     ckpt = plan.out / "stage1" / "checkpoint"
@@ -205,7 +205,7 @@ def _evaluate(plan: FitPlan, model: Path, image_labels: str) -> tuple[str, dict[
     from wsi_seg.metrics import SegmentationScores
     from wsi_seg.model.checkpoint import file_sha256
 
-    from training.evaluate import evaluate_checkpoint
+    from wsi_seg_training.evaluate import evaluate_checkpoint
 
     cache_dir = plan.out / "eval"
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -233,9 +233,9 @@ class FitResult:
 
 def fit(plan: FitPlan, report: Any = log.info) -> FitResult:
     """Run every step of ``plan`` that is not finished; write RUN/report.md."""
-    from training.pretrain import WEIGHTS_NAME, train_pretrain
-    from training.stage1 import train_stage1
-    from training.stage2 import train_stage2
+    from wsi_seg_training.pretrain import WEIGHTS_NAME, train_pretrain
+    from wsi_seg_training.stage1 import train_stage1
+    from wsi_seg_training.stage2 import train_stage2
 
     plan.out.mkdir(parents=True, exist_ok=True)
     (plan.out / "fit.json").write_text(json.dumps(plan.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
@@ -276,7 +276,7 @@ def _pct(v: float) -> str:
 
 def format_report(plan: FitPlan, steps: list[StepScores]) -> str:
     """RUN/report.md: one table per protocol, the thesis' numbers beside ours where known."""
-    from training.datasets import open_dataset
+    from wsi_seg_training.datasets import open_dataset
 
     index = open_dataset(plan.data, plan.stage1.data.format, check_images=False)
     fmt = index.info.name

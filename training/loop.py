@@ -1,4 +1,4 @@
-"""The pieces :class:`training.trainer.Trainer` runs a training with: device and torchrun
+"""The pieces :class:`wsi_seg_training.trainer.Trainer` runs a training with: device and torchrun
 setup, autocast, the run directory (create, check the settings fingerprint, refuse a
 finished run, resume or continue its state), the seeded (distributed) train loader, the per-epoch
 ``metrics.csv`` and the one-line error of a DataLoader worker.
@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from wsi_seg.errors import ConfigError, OutputError, WsiSegError
 
-from training.distributed import DistInfo, barrier, init_distributed
-from training.reproducibility import seed_worker, set_rng_state
-from training.run_state import find_run_state, load_run_state
+from wsi_seg_training.distributed import DistInfo, barrier, init_distributed
+from wsi_seg_training.reproducibility import seed_worker, set_rng_state
+from wsi_seg_training.run_state import find_run_state, load_run_state
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def device_and_dist(device_name: str) -> tuple[torch.device, DistInfo]:
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
         torch.set_num_threads(max(1, available_cpus().cpus // max(1, local_ranks)))
     if not info.is_main:  # rank 0 reports for everyone
-        logging.getLogger("training").setLevel(logging.WARNING)
+        logging.getLogger("wsi_seg_training").setLevel(logging.WARNING)
     return device, info
 
 

@@ -13,7 +13,7 @@ The network is the wsi-seg encoder of the preset with two projection heads on th
 backbone's own last map (``backbone_features``: stride 32 for hierarchical backbones;
 for plain ViTs the last token map, stride 16, without the multi-scale adapter): a dense one (1×1 conv → ReLU → 1×1 conv) for the intra-image term and a
 global one (average pool → linear → ReLU → linear) for the inter-image term; which
-pairs are positives is defined in :class:`training.losses.IntraInterNTXentLoss`. The
+pairs are positives is defined in :class:`wsi_seg_training.losses.IntraInterNTXentLoss`. The
 heads are dropped at the end. Resuming, seeding and torchrun work as in stage 1 (under
 torchrun each process contrasts its own share of the batch).
 
@@ -43,10 +43,10 @@ from wsi_seg.model.backbones import build_encoder, resolve_hub_backbone
 from wsi_seg.model.hub import is_hub_name
 from wsi_seg.model.pretrained import PretrainedWeights, hub_backbone_weights, resolve_pretrained
 
-from training.config import ModelSettings, PretrainConfig
-from training.datasets.unlabelled import ContrastiveViews, check_image_sizes, pretrain_images
-from training.losses import IntraInterNTXentLoss
-from training.trainer import EpochCallback, LossValues, RunResult, Trainer, TrainingParts
+from wsi_seg_training.config import ModelSettings, PretrainConfig
+from wsi_seg_training.datasets.unlabelled import ContrastiveViews, check_image_sizes, pretrain_images
+from wsi_seg_training.losses import IntraInterNTXentLoss
+from wsi_seg_training.trainer import EpochCallback, LossValues, RunResult, Trainer, TrainingParts
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class PretrainTrainer(Trainer):
 def train_pretrain(cfg: PretrainConfig, overwrite: bool = False,
                    on_epoch_end: EpochCallback | None = None) -> RunResult:
     """Pre-train the encoder into ``cfg.out``, resuming an interrupted run
-    (:meth:`training.trainer.Trainer.run`)."""
+    (:meth:`wsi_seg_training.trainer.Trainer.run`)."""
     return PretrainTrainer(cfg).run(overwrite, on_epoch_end)
 
 

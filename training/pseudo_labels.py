@@ -29,7 +29,7 @@ from wsi_seg.errors import ConfigError, OutputError
 from wsi_seg.model import CamHead, PredictRules, load_checkpoint
 from wsi_seg.model.config import ModelConfig
 
-from training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
+from wsi_seg_training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
 
 log = logging.getLogger(__name__)
 

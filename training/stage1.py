@@ -34,14 +34,14 @@ from wsi_seg.model import PsclNet, cams_from_class_maps, preset_config, save_che
 from wsi_seg.model.backbones import resolve_hub_backbone
 from wsi_seg.model.config import ModelConfig
 
-from training.augment import flips
-from training.config import Stage1Config
-from training.datasets import DatasetIndex, PatchDataset, BackgroundSeedParams, open_checked_dataset
-from training.encoder_training import parameter_groups
-from training.evaluate import confusion_on_loader
-from training.losses import MLSMLoss, PSCLLoss, default_supcon
-from training.pretrain import initial_weights, resolve_run_weights
-from training.trainer import EpochCallback, LossValues, RunResult, TrainingParts, ValidatedTrainer
+from wsi_seg_training.augment import flips
+from wsi_seg_training.config import Stage1Config
+from wsi_seg_training.datasets import DatasetIndex, PatchDataset, BackgroundSeedParams, open_checked_dataset
+from wsi_seg_training.encoder_training import parameter_groups
+from wsi_seg_training.evaluate import confusion_on_loader
+from wsi_seg_training.losses import MLSMLoss, PSCLLoss, default_supcon
+from wsi_seg_training.pretrain import initial_weights, resolve_run_weights
+from wsi_seg_training.trainer import EpochCallback, LossValues, RunResult, TrainingParts, ValidatedTrainer
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def poly_decay(step: int, total_steps: int, power: float) -> float:
 def train_stage1(cfg: Stage1Config, overwrite: bool = False,
                  on_epoch_end: EpochCallback | None = None) -> RunResult:
     """Train stage 1 into ``cfg.out``, resuming an interrupted run
-    (:meth:`training.trainer.Trainer.run`)."""
+    (:meth:`wsi_seg_training.trainer.Trainer.run`)."""
     return Stage1Trainer(cfg).run(overwrite, on_epoch_end)
 
 

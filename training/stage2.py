@@ -17,11 +17,11 @@ inference — so thin structures of the full-resolution pseudo-labels count full
 
 * ``ce`` (default, the thesis' better result, table 5.23): cross-entropy over
   background + N classes;
-* ``nr``: the noise-reduced loss (eq. 4.10–4.11, :class:`training.losses.NRLoss`) with
+* ``nr``: the noise-reduced loss (eq. 4.10–4.11, :class:`wsi_seg_training.losses.NRLoss`) with
   the saved CAMs, Gumbel-softmax probabilities seeded per epoch.
 
 AdamW at a constant learning rate (table 5.1 lists no scheduler). Resuming, seeding
-and torchrun work as in stage 1 (:mod:`training.stage1`); the classifier is frozen so
+and torchrun work as in stage 1 (:mod:`wsi_seg_training.stage1`); the classifier is frozen so
 DistributedDataParallel sees only parameters that get gradients.
 
 Fine-tuning: without pseudo-labels the targets are the train split's own full masks
@@ -44,14 +44,14 @@ from torch import nn
 from wsi_seg.errors import CheckpointError, ConfigError, DatasetError
 from wsi_seg.model import LoadedModel, PsclNet, load_checkpoint, save_checkpoint
 
-from training.augment import flips
-from training.config import Stage2Config
-from training.datasets import BackgroundSeedParams, DatasetIndex, PatchDataset, PatchRecord, open_checked_dataset
-from training.datasets.pseudo import PseudoLabelDataset, PseudoLabels, open_pseudo_labels
-from training.encoder_training import parameter_groups
-from training.evaluate import confusion_on_loader
-from training.losses import GumbelSoftmax, NRLoss
-from training.trainer import EpochCallback, LossValues, RunResult, TrainingParts, ValidatedTrainer
+from wsi_seg_training.augment import flips
+from wsi_seg_training.config import Stage2Config
+from wsi_seg_training.datasets import BackgroundSeedParams, DatasetIndex, PatchDataset, PatchRecord, open_checked_dataset
+from wsi_seg_training.datasets.pseudo import PseudoLabelDataset, PseudoLabels, open_pseudo_labels
+from wsi_seg_training.encoder_training import parameter_groups
+from wsi_seg_training.evaluate import confusion_on_loader
+from wsi_seg_training.losses import GumbelSoftmax, NRLoss
+from wsi_seg_training.trainer import EpochCallback, LossValues, RunResult, TrainingParts, ValidatedTrainer
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class Stage2Trainer(ValidatedTrainer):
 def train_stage2(cfg: Stage2Config, overwrite: bool = False,
                  on_epoch_end: EpochCallback | None = None) -> RunResult:
     """Train stage 2 into ``cfg.out``, resuming an interrupted run
-    (:meth:`training.trainer.Trainer.run`)."""
+    (:meth:`wsi_seg_training.trainer.Trainer.run`)."""
     return Stage2Trainer(cfg).run(overwrite, on_epoch_end)
 
 

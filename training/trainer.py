@@ -36,10 +36,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsi_seg.errors import ConfigError, WsiSegError
 
-from training.config import RunConfig, SupervisedRunConfig, dump_yaml
-from training.datasets import DatasetIndex, PatchDataset, BackgroundSeedParams
-from training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
-from training.loop import (
+from wsi_seg_training.config import RunConfig, SupervisedRunConfig, dump_yaml
+from wsi_seg_training.datasets import DatasetIndex, PatchDataset, BackgroundSeedParams
+from wsi_seg_training.distributed import DistInfo, barrier, mean_across_ranks, shutdown
+from wsi_seg_training.loop import (
     SavedRun,
     autocast_for,
     device_and_dist,
@@ -52,9 +52,9 @@ from training.loop import (
     worker_error,
     write_metrics_csv,
 )
-from training.reproducibility import rng_state, seed_everything
-from training.run_info import git_state, software_versions, write_run_json
-from training.run_state import RunState, fingerprint, save_run_state
+from wsi_seg_training.reproducibility import rng_state, seed_everything
+from wsi_seg_training.run_info import git_state, software_versions, write_run_json
+from wsi_seg_training.run_state import RunState, fingerprint, save_run_state
 
 log = logging.getLogger(__name__)
 

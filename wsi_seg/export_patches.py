@@ -40,7 +40,7 @@ from wsi_seg.slide import Slide
 
 log = logging.getLogger(__name__)
 
-CSV_NAME = "labels.csv"  # as training.datasets.layout reads it
+CSV_NAME = "labels.csv"  # as wsi_seg_training.datasets.layout reads it
 DEFAULT_MIN_TISSUE = 0.05
 
 

@@ -3,7 +3,7 @@
 Convention: every label map given to :class:`ConfusionMatrix` uses the **internal**
 convention, ``0`` = background and ``1 .. N`` = tissue classes — predictions and
 pseudo-labels are produced that way, and dataset ground truth (``N`` = background on
-disk) is converted when read (``training.datasets.read_mask``). The matrix is
+disk) is converted when read (``wsi_seg_training.datasets.read_mask``). The matrix is
 (N+1)×(N+1), rows = ground truth, columns = prediction.
 
 Protocols (both derived from the same matrix):

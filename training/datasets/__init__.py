@@ -1,10 +1,10 @@
 """Patch datasets: LUAD-HistoSeg, BCSS-WSSS (as published) and labels.csv folders."""
 
-from training.datasets.check import DatasetReport, check_dataset, open_checked_dataset
-from training.datasets.formats import BCSS, FORMATS, LUAD, FormatInfo
-from training.datasets.io import read_mask, read_rgb, to_internal
-from training.datasets.layout import SPLITS, DatasetIndex, PatchRecord, detect_format, open_dataset, parse_label
-from training.datasets.patches import PatchDataset, BackgroundSeedParams, labels_from_mask
+from wsi_seg_training.datasets.check import DatasetReport, check_dataset, open_checked_dataset
+from wsi_seg_training.datasets.formats import BCSS, FORMATS, LUAD, FormatInfo
+from wsi_seg_training.datasets.io import read_mask, read_rgb, to_internal
+from wsi_seg_training.datasets.layout import SPLITS, DatasetIndex, PatchRecord, detect_format, open_dataset, parse_label
+from wsi_seg_training.datasets.patches import PatchDataset, BackgroundSeedParams, labels_from_mask
 
 __all__ = [
     "BCSS",

@@ -21,8 +21,8 @@ from PIL import Image, UnidentifiedImageError
 
 from wsi_seg.errors import DatasetError
 
-from training.datasets.io import MASK_MODES, read_rgb
-from training.datasets.layout import DatasetIndex, open_dataset, problems_error
+from wsi_seg_training.datasets.io import MASK_MODES, read_rgb
+from wsi_seg_training.datasets.layout import DatasetIndex, open_dataset, problems_error
 
 log = logging.getLogger(__name__)
 

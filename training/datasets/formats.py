@@ -7,7 +7,7 @@ Label conventions (one place, used everywhere in ``training``):
   BCSS) is background;
 * **internal label maps** (metrics, pseudo-labels, predictions, ``mask.zarr``):
   ``0`` = background and ``1 .. N`` = the tissue classes. Ground truth is converted at
-  the boundary by :func:`training.datasets.io.read_mask`.
+  the boundary by :func:`wsi_seg_training.datasets.io.read_mask`.
 """
 
 from __future__ import annotations

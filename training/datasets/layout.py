@@ -23,8 +23,8 @@ from pathlib import Path
 
 from wsi_seg.errors import DatasetError
 
-from training.datasets.formats import BCSS, FORMATS, LUAD, FormatInfo, csv_info
-from training.datasets.io import IMAGE_SUFFIXES, MASK_MODES, image_header
+from wsi_seg_training.datasets.formats import BCSS, FORMATS, LUAD, FormatInfo, csv_info
+from wsi_seg_training.datasets.io import IMAGE_SUFFIXES, MASK_MODES, image_header
 
 log = logging.getLogger(__name__)
 

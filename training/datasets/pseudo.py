@@ -1,14 +1,14 @@
 """Stage-2 training data: the train patches of a dataset with their stage-1 pseudo-labels.
 
 A pseudo-label folder is what ``wsi-seg pseudo-labels`` writes
-(:mod:`training.pseudo_labels`): ``PL/pseudo_labels.json`` and, per train patch,
+(:mod:`wsi_seg_training.pseudo_labels`): ``PL/pseudo_labels.json`` and, per train patch,
 ``PL/train/mask/<stem>.png`` (0 = background, 1..N) and ``PL/train/cams/<stem>.npz``.
 :func:`open_pseudo_labels` checks the folder against the dataset up front — every
 patch has its mask (and CAMs when the loss needs them), no mask is left over, masks
 have their patch's size, classes agree — so a wrong folder fails before training,
 with one line naming the path.
 
-Not exported from :mod:`training.datasets` (it builds on :mod:`training.pseudo_labels`,
+Not exported from :mod:`wsi_seg_training.datasets` (it builds on :mod:`wsi_seg_training.pseudo_labels`,
 which imports that package); import it from here.
 """
 
@@ -27,10 +27,10 @@ from torchvision.transforms import v2
 
 from wsi_seg.errors import DatasetError
 
-from training.augment import apply_joint_many
-from training.datasets.io import image_header, read_rgb
-from training.datasets.layout import DatasetIndex
-from training.pseudo_labels import MANIFEST_NAME, read_cams
+from wsi_seg_training.augment import apply_joint_many
+from wsi_seg_training.datasets.io import image_header, read_rgb
+from wsi_seg_training.datasets.layout import DatasetIndex
+from wsi_seg_training.pseudo_labels import MANIFEST_NAME, read_cams
 
 log = logging.getLogger(__name__)
 _HINT = "write it with: wsi-seg pseudo-labels --model STAGE1_CKPT --data DATA --out DIR"
@@ -120,7 +120,7 @@ class PseudoLabelDataset(Dataset):
 
     ``image`` (3, H, W) uint8; ``mask`` (H, W) uint8 (0 = background, 1..N); with
     ``with_cams`` ``cams`` (N, H, W) float32 in [0, 1]; ``index`` int64.
-    ``transform`` (e.g. :func:`training.augment.flips`) acts on all of them with one draw.
+    ``transform`` (e.g. :func:`wsi_seg_training.augment.flips`) acts on all of them with one draw.
     """
 
     def __init__(

@@ -17,10 +17,10 @@ from torchvision.transforms import v2
 
 from wsi_seg.errors import DatasetError
 
-from training.augment import apply_joint_many, flips, spatial_view, visual_view
-from training.datasets.formats import FORMATS
-from training.datasets.io import IMAGE_SUFFIXES, image_header, read_rgb
-from training.datasets.layout import detect_format, open_dataset
+from wsi_seg_training.augment import apply_joint_many, flips, spatial_view, visual_view
+from wsi_seg_training.datasets.formats import FORMATS
+from wsi_seg_training.datasets.io import IMAGE_SUFFIXES, image_header, read_rgb
+from wsi_seg_training.datasets.layout import detect_format, open_dataset
 
 log = logging.getLogger(__name__)
 PRETRAIN_FORMATS = ("auto", "folder", *FORMATS)
@@ -71,7 +71,7 @@ class ContrastiveViews(Dataset):
 
     x is a random P×P crop of the image (the whole image when it is P×P), randomly
     flipped (thesis §4.1.3); v = ``visual`` (x) and s = ``spatial`` (x), drawn independently
-    (defaults: :func:`training.augment.visual_view` and :func:`spatial_view`, appendix A.3).
+    (defaults: :func:`wsi_seg_training.augment.visual_view` and :func:`spatial_view`, appendix A.3).
     """
 
     def __init__(

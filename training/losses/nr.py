@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.losses.gumbel import GumbelSoftmax
+from wsi_seg_training.losses.gumbel import GumbelSoftmax
 
 
 class NRLoss(nn.Module):

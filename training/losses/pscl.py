@@ -9,8 +9,8 @@ from wsi_seg.errors import ConfigError
 
 from wsi_seg.model.heads import gate_cams, mask_absent_classes
 
-from training.cams import background_at, pixel_pseudo_labels
-from training.losses.sampling import sample_pixels
+from wsi_seg_training.cams import background_at, pixel_pseudo_labels
+from wsi_seg_training.losses.sampling import sample_pixels
 
 # SupCon keeps a handful of M×M float32 matrices alive for backward (similarities,
 # masks, log-probabilities, their gradients): peak RSS of forward + backward measured
