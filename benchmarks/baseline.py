@@ -32,6 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    slide_arguments,
     benchmark_model,
     demo_slide,
     engine_precision,
@@ -107,12 +108,7 @@ def owned_area(slide_path: Path, model: LoadedModel) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=None, help="folder for the slide (kept and reused)")
-    ap.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
-    ap.add_argument("--size", type=int, default=8192, help="demo slide side, px at 0.25 µm/px")
-    ap.add_argument("--tissue-fraction", type=float, default=0.6)
-    ap.add_argument("--preset", default="small")
-    ap.add_argument("--checkpoint", default="", help="a checkpoint instead of --preset; 'demo' = the bundled one")
+    slide_arguments(ap)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, default=None, help="engine reader workers (default: the engine's auto; the baseline has none)")

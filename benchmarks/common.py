@@ -8,6 +8,7 @@ peak RSS) says the slide is complete, so an interrupted generation is redone, no
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import resource
@@ -73,6 +74,17 @@ def ground_truth_tissue(slide: GeneratedSlide) -> float:
     """Share of the slide area that is tissue in the generator's ground-truth mask."""
     mask, _, _ = read_ground_truth(slide.mask_path)
     return float((mask > 0).mean())
+
+
+def slide_arguments(ap: argparse.ArgumentParser, size_px: int = 8192, model: bool = True) -> None:
+    """The demo-slide options (and the model's) that the segmenting benchmarks share."""
+    ap.add_argument("--work", type=Path, default=None, help="folder for the slide (kept and reused)")
+    ap.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
+    ap.add_argument("--size", type=int, default=size_px, help="demo slide side, px at 0.25 µm/px")
+    ap.add_argument("--tissue-fraction", type=float, default=0.6)
+    if model:
+        ap.add_argument("--preset", default="small")
+        ap.add_argument("--checkpoint", default="", help="a checkpoint instead of --preset; 'demo' = the bundled one")
 
 
 @contextlib.contextmanager

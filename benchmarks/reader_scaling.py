@@ -30,7 +30,7 @@ from PIL import Image
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import demo_slide, print_table, work_folder  # noqa: E402
+from common import demo_slide, print_table, slide_arguments, work_folder  # noqa: E402
 
 from wsi_seg.model import preset_config  # noqa: E402
 from wsi_seg.runtime import resolve_device  # noqa: E402
@@ -120,10 +120,7 @@ def cost_split(dataset: BlockDataset) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=None, help="folder for the slide (kept and reused)")
-    ap.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
-    ap.add_argument("--size", type=int, default=12288, help="demo slide side, px at 0.25 µm/px")
-    ap.add_argument("--tissue-fraction", type=float, default=0.6)
+    slide_arguments(ap, size_px=12288, model=False)
     ap.add_argument("--workers", default="0,1,2,4", help="reader process counts to compare")
     ap.add_argument("--readers", default="openslide,jpeg-cpu,jpeg-device", help="decoders to compare")
     ap.add_argument("--device", default="cpu", help="where jpeg-device decodes (cpu, cuda)")

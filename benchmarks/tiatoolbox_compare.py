@@ -45,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    slide_arguments,
     benchmark_model,
     demo_slide,
     engine_precision,
@@ -151,12 +152,7 @@ def run_tiatoolbox(slide_path: Path, model: LoadedModel, args: argparse.Namespac
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=None, help="folder for the slide (kept and reused)")
-    ap.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
-    ap.add_argument("--size", type=int, default=8192, help="demo slide side, px at 0.25 µm/px")
-    ap.add_argument("--tissue-fraction", type=float, default=0.6)
-    ap.add_argument("--preset", default="small")
-    ap.add_argument("--checkpoint", default="", help="a checkpoint instead of --preset; 'demo' = the bundled one")
+    slide_arguments(ap)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, default=0, help="reader workers, both engines (default: 0, the engine's CPU default)")
     ap.add_argument("--precision", default="auto", help="both engines (our autocast in the wrapped model)")

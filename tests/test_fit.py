@@ -25,13 +25,19 @@ RECIPE = {
 }
 
 
-def test_fit_runs_every_step_writes_the_report_and_reruns_as_a_no_op(tmp_path, capsys):
+def _fitted(tmp_path):
+    """A tiny dataset and a finished `fit` run of RECIPE on it: (data, run, argv)."""
     data = write_dataset(tmp_path / "luad", n_train=8, n_val=2, n_test=2, seed=4)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
     run = tmp_path / "run"
     argv = ["fit", "--data", str(data), "--out", str(run), "--config", str(recipe)]
     assert cli.main(argv) == 0
+    return data, run, argv
+
+
+def test_fit_runs_every_step_writes_the_report_and_reruns_as_a_no_op(tmp_path, capsys):
+    data, run, argv = _fitted(tmp_path)
     out = capsys.readouterr().out
     assert "ran: stage1, pseudo-labels, stage2, report" in out
     report = (run / "report.md").read_text()
@@ -57,12 +63,7 @@ def _mtime(path) -> int:
 
 
 def test_fit_with_more_epochs_continues_the_step_and_redoes_what_depends_on_it(tmp_path, capsys, monkeypatch):
-    data = write_dataset(tmp_path / "luad", n_train=8, n_val=2, n_test=2, seed=4)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(RECIPE))
-    run = tmp_path / "run"
-    argv = ["fit", "--data", str(data), "--out", str(run), "--config", str(recipe)]
-    assert cli.main(argv) == 0
+    data, run, argv = _fitted(tmp_path)
     s1, pl, s2 = (run / "stage1" / "checkpoint" / "model.safetensors", run / "pseudo_labels" / "pseudo_labels.json",
                   run / "stage2" / "checkpoint" / "model.safetensors")
     before = {p: _mtime(p) for p in (s1, pl)}
@@ -82,7 +83,7 @@ def test_fit_with_more_epochs_continues_the_step_and_redoes_what_depends_on_it(t
     # stage 2 has a constant LR: 1 + 1 continued epochs equal 2 uninterrupted ones, bit for bit
     from wsi_seg_training.stage2 import train_stage2
 
-    cfg = plan_fit(data, run, recipe, {"stage2": {"epochs": 2}}).stage2
+    cfg = plan_fit(data, run, tmp_path / "recipe.yaml", {"stage2": {"epochs": 2}}).stage2
     cfg.out = str(tmp_path / "stage2_uninterrupted")
     a, b = load_file(str(s2)), load_file(str(train_stage2(cfg).checkpoint / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
