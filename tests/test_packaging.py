@@ -90,3 +90,12 @@ def test_the_engine_imports_neither_training_nor_the_napari_plugin():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             assert not {n.split(".")[0] for n in names} & banned, f"{path.relative_to(ROOT)}:{node.lineno}"
+
+
+def test_napari_finds_the_plugin_through_its_entry_point():
+    npe2 = pytest.importorskip("npe2")
+
+    manager = npe2.PluginManager()
+    manager.discover()
+    commands = [c.python_name for c in manager.get_manifest("wsi-seg").contributions.commands]
+    assert commands and all(name.startswith("wsi_seg_napari.") for name in commands)
