@@ -132,3 +132,15 @@ def test_fewer_epochs_is_one_line_from_the_cli(data, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "already trained 2 epochs, more than --epochs 1" in err
     assert cli.main([*argv, "--epochs", "2"]) == 2
     assert "raise --epochs to continue it" in capsys.readouterr().err
+
+
+def test_a_corrupt_run_state_is_one_line_from_the_cli(data, tmp_path, capsys):
+    run = tmp_path / "pre"
+    argv = ["pretrain", "--data", str(data), "--out", str(run), "--preset", "tiny", "--batch-size", "2",
+            "--workers", "0", "--device", "cpu", "--no-progress", "--epochs", "1"]
+    assert cli.main(argv) == 0
+    (run / "state" / "trainer.json").write_text("{not json", encoding="utf-8")
+    capsys.readouterr()
+    assert cli.main([*argv[:-1], "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot read the run state" in err

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ from wsi_seg.errors import ConfigError, OutputError, WsiSegError
 
 from wsi_seg_training.distributed import DistInfo, barrier, init_distributed
 from wsi_seg_training.reproducibility import seed_worker, set_rng_state
-from wsi_seg_training.run_state import find_run_state, load_run_state
+from wsi_seg_training.run_state import find_run_state, load_run_state, read_trainer_json
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ def read_saved_run(run_dir: Path, finished: Path, legacy_fp: Callable[[int], str
     state_dir = find_run_state(run_dir)
     if state_dir is None:
         return None
-    saved = json.loads((state_dir / "trainer.json").read_text(encoding="utf-8"))
+    saved = read_trainer_json(state_dir)
     done, planned, fp = int(saved.get("epoch", 0)), int(saved.get("epochs") or 0), saved.get("fingerprint")
     history = list(saved.get("epochs_history") or [])
     if not planned:  # format 1
@@ -186,7 +185,7 @@ def epochs_done(run_dir: Path) -> int:
     state_dir = find_run_state(run_dir)
     if state_dir is None:
         return 0
-    return int(json.loads((state_dir / "trainer.json").read_text(encoding="utf-8")).get("epoch", 0))
+    return int(read_trainer_json(state_dir).get("epoch", 0))
 
 
 def resume_run(

@@ -105,6 +105,14 @@ def save_run_state(
     return final
 
 
+def read_trainer_json(path: Path) -> dict[str, Any]:
+    """The ``trainer.json`` of the state folder ``path`` (epoch, step, fingerprint, …)."""
+    try:
+        return json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read the run state to resume ({exc}); use --overwrite to start over") from exc
+
+
 def find_run_state(run_dir: Path) -> Path | None:
     """The state folder of a run (or the previous one a crash left behind), if any."""
     for name in (STATE_DIR, STATE_DIR + ".old"):
@@ -120,9 +128,9 @@ def load_run_state(
     """Load weights and optimizer state into ``net``/``optimizer``; (state, RNG tensors)."""
     from safetensors.torch import load_file
 
+    payload = read_trainer_json(path)
+    payload.pop("format_version", None)
     try:
-        payload = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
-        payload.pop("format_version", None)
         state = RunState(**payload)
         weights = load_file(str(path / "model.safetensors"))
         opt_tensors = load_file(str(path / "optimizer.safetensors"))
