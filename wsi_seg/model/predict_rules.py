@@ -49,7 +49,7 @@ class PredictRules:
     @classmethod
     def of_checkpoint(cls, cfg: ModelConfig) -> PredictRules:
         """The gating a stage-1 checkpoint's run made its pseudo-labels and val scores with
-        (its provenance ``wsi_seg_training.pseudo_labels``, written from :meth:`gating_record`);
+        (its provenance ``["training"]["pseudo_labels"]``, written from :meth:`gating_record`);
         no gating for checkpoints that do not record it."""
         recorded = cfg.provenance.get("training", {}).get("pseudo_labels", {})
         return cls(gating_threshold=recorded.get("gating_threshold"),
