@@ -159,7 +159,8 @@ def _train_step(name: str, train: Any, cfg: Any, finished_file: Path, report: An
             steps[out.name] = upstream
             steps_file.write_text(json.dumps(steps, indent=1) + "\n", encoding="utf-8")
 
-    stale = upstream is not None and recorded is not None and recorded != upstream and epochs_done(out) > 0
+    done = epochs_done(out)
+    stale = upstream is not None and recorded is not None and recorded != upstream and done > 0
     if not stale and run_finished(out, cfg.epochs, finished_file):
         try:  # the trainer checks the settings and inputs: the same → "already holds a finished run"
             train(cfg)
@@ -167,7 +168,6 @@ def _train_step(name: str, train: Any, cfg: Any, finished_file: Path, report: An
             record()
             report(f"{name}: finished ({cfg.epochs} epochs) — skipped")
             return False
-    done = epochs_done(out)
     if stale:
         report(f"{name}: what it was trained from changed ({', '.join(upstream)}) — training again "
                f"({cfg.epochs} epochs) → {out}")
