@@ -40,7 +40,7 @@ from reader_scaling import make_dataset, reader_throughput  # noqa: E402
 from segment_throughput import model_only  # noqa: E402
 
 from wsi_seg.result import read_provenance  # noqa: E402
-from wsi_seg.runtime import available_cpus, resolve_batch_size, resolve_device, resolve_precision  # noqa: E402
+from wsi_seg.runtime import available_cpus, resolve_batch_size, resolve_device, resolve_precision, resolve_runtime  # noqa: E402
 from wsi_seg.segment import SegmentOptions, segment_slide  # noqa: E402
 
 
@@ -125,10 +125,12 @@ def main() -> None:
             infer = res.patches_run / res.timings["inference"]
             return infer, res.patches_per_second, used["used"], res.patches_run, res.seconds
 
+        streams = resolve_runtime(str(device)).streams  # as segment runs the model: 1 on CUDA
         for precision in args.precisions.split(","):
             resolve_precision(device, precision)
             for batch in (int(b) for b in args.batches.split(",")):
-                mo = model_only(net, device, batch, max(4 * batch, 512 if device.type == "cuda" else 16), precision)
+                mo = model_only(net, device, batch, max(4 * batch, 512 if device.type == "cuda" else 16), precision,
+                                streams)
                 infer, wall, used, n, sec = e2e(precision, batch, "auto")
                 e2e_of[precision, batch, "auto"] = (infer, mo)
                 rows.append([precision, batch, used, n, mo, infer, wall, infer / mo])
@@ -137,7 +139,7 @@ def main() -> None:
         first_precision = args.precisions.split(",")[0]
         if device.type == "cuda" or args.quick:
             batch = default_batch if str(default_batch) in args.batches.split(",") else int(args.batches.split(",")[0])
-            mo = model_only(net, device, batch, max(4 * batch, 16), first_precision)
+            mo = model_only(net, device, batch, max(4 * batch, 16), first_precision, streams)
             for reader in ("openslide", "jpeg-cpu"):
                 infer, wall, used, n, sec = e2e(first_precision, batch, reader)
                 rows.append([first_precision, batch, used, n, mo, infer, wall, infer / mo])

@@ -1,13 +1,16 @@
 """End-to-end ``segment`` throughput next to model-only throughput, measured in one run.
 
-Model-only: the same network, batch size, device and precision on random uint8
-patches already in memory (normalisation and CAM/softmax post-processing included).
+Model-only: the same network, batch size, device, precision and inference streams on
+random uint8 patches already in memory (normalisation and CAM/softmax post-processing
+included). Also printed: the model alone on one stream of every thread (``1-stream``),
+the plain loop the engine ran before it had streams, and end-to-end against it.
 End-to-end: ``segment_slide`` on a generated demo slide (reading, tissue detection,
 inference, stitching, pyramid), patches run / wall seconds.
 
     python benchmarks/segment_throughput.py                     # small + swin-t presets
     python benchmarks/segment_throughput.py --presets small --size 4096
     python benchmarks/segment_throughput.py --readers openslide,auto   # decoders side by side
+    python benchmarks/segment_throughput.py --streams 1,auto           # one stream vs the default
 
 Each preset × reader runs ``--repeats`` times, end-to-end and model-only alternating;
 medians are reported. Ends with ``ratio end_to_end/model_only = X.XX`` for the last row.
@@ -25,26 +28,33 @@ import torch
 
 from wsi_seg.model import PsclNet, load_checkpoint, preset_config, save_checkpoint
 from wsi_seg.result import read_provenance
-from wsi_seg.runtime import autocast, available_cpus, resolve_batch_size, resolve_device, resolve_precision, resolve_workers
+from wsi_seg.runtime import resolve_runtime, torch_threads
 from wsi_seg.segment import SegmentOptions, segment_slide
+from wsi_seg.streams import InferenceStreams, run_batch
 from wsi_seg.synthetic import write_demo_slide
 
 
-def model_only(net: PsclNet, device: torch.device, batch_size: int, n_patches: int, precision: str) -> float:
-    """Patches/s of PsclNet.predict on in-memory random patches."""
+def model_only(net: PsclNet, device: torch.device, batch_size: int, n_patches: int, precision: str,
+               streams: int = 1, threads: int | None = None) -> float:
+    """Patches/s of the engine's batch step (``PsclNet.predict`` and the activations'
+    conversion) on in-memory random patches, on ``streams`` streams sharing ``threads``
+    CPU threads (None: the CPUs), as ``segment`` resolves them."""
+    rt = resolve_runtime(str(device), precision, 0, batch_size, threads, streams=streams)
     p = net.cfg.patch_size_px
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch_size, 3, p, p), dtype=torch.uint8, generator=gen).to(device)
     background = torch.zeros(batch_size, p, p, dtype=torch.bool, device=device)
-    n_batches = max(2, n_patches // batch_size)
-    with torch.inference_mode(), autocast(device, precision):
-        net.predict(images, background)  # warm-up
+    n_batches = max(2 * streams, n_patches // batch_size)
+    with torch_threads(rt.torch_threads), InferenceStreams(streams) as pool:
+        for k in range(streams):  # warm-up, every stream
+            pool.put(k, run_batch, net, rt, images, background)
+        pool.drain()
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        for _ in range(n_batches):
-            pred = net.predict(images, background)
-            pred.mask.cpu()
+        for k in range(n_batches):
+            pool.put(k, run_batch, net, rt, images, background)
+        pool.drain()
         if device.type == "cuda":
             torch.cuda.synchronize()
     return n_batches * batch_size / (time.perf_counter() - t)
@@ -60,13 +70,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="reader processes (default: the engine's auto)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--readers", default="auto", help="slide decoders to compare (--reader of segment)")
+    ap.add_argument("--streams", default="auto", help="inference streams to compare (auto or N, comma-separated)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per preset; medians are reported")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the CPUs)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    args.batch_size = resolve_batch_size(device, args.batch_size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -74,30 +81,43 @@ def main() -> None:
         for preset in args.presets.split(","):
             torch.manual_seed(0)
             ckpt = save_checkpoint(PsclNet(preset_config(preset, stage=args.stage)), tmp / f"ck_{preset}")
-            model = load_checkpoint(ckpt, device=device)
-            for reader in args.readers.split(","):
-                opts = SegmentOptions(device=str(device), batch_size=args.batch_size, workers=args.workers,
-                                      precision=args.precision, reader=reader, overwrite=True, progress=False)
-                runs = []  # e2e and model-only alternate, so a slow phase of a shared machine hits both
-                for _ in range(args.repeats):
-                    res = segment_slide(demo.path, tmp / f"out_{preset}.zarr", model, opts)
-                    mo = model_only(model.net, device, args.batch_size, res.patches_run, args.precision)
-                    runs.append((res, mo))
-                res, _ = sorted(runs, key=lambda r: r[0].patches_per_second)[len(runs) // 2]
-                e2e = statistics.median(r.patches_per_second for r, _ in runs)
-                mo = statistics.median(m for _, m in runs)
-                used = read_provenance(res.out)["inference"]["reader"]
-                name = used["used"] + (f" 1/{used['dct_reduction']}" if used.get("dct_reduction", 1) > 1 else "")
-                rows.append((preset, f"{reader}={name}", res.patches_run, res.seconds, e2e, mo, res.timings))
-    print(f"device {device}, batch {args.batch_size}, workers {resolve_workers(device, args.workers, available_cpus().cpus)}, "
-          f"precision {args.precision} = {resolve_precision(device, args.precision)}, "
-          f"threads {torch.get_num_threads()}, slide {args.size}² px @0.25 µm/px, median of {args.repeats}")
-    print(f"{'preset':>8} {'reader':>22} {'patches':>8} {'wall s':>8} {'e2e p/s':>9} {'model p/s':>10} "
-          f"{'ratio':>6}  split (s)")
-    for preset, reader, n, sec, e2e, mo, tm in rows:
+            for streams in args.streams.split(","):
+                n_streams = None if streams == "auto" else int(streams)
+                rt = resolve_runtime(args.device, args.precision, args.workers, args.batch_size, args.threads,
+                                     streams=n_streams)
+                model = load_checkpoint(ckpt, device=rt.device)
+                for reader in args.readers.split(","):
+                    opts = SegmentOptions(device=str(rt.device), batch_size=args.batch_size, workers=args.workers,
+                                          precision=args.precision, threads=args.threads, streams=n_streams,
+                                          reader=reader, overwrite=True, progress=False)
+                    runs = []  # e2e and model-only alternate, so a slow phase of a shared machine hits both
+                    for _ in range(args.repeats):
+                        res = segment_slide(demo.path, tmp / f"out_{preset}.zarr", model, opts)
+                        mo = model_only(model.net, rt.device, rt.batch_size, res.patches_run, args.precision,
+                                        rt.streams, args.threads)
+                        one = model_only(model.net, rt.device, rt.batch_size, res.patches_run, args.precision,
+                                         1, args.threads)
+                        runs.append((res, mo, one))
+                    res = sorted(runs, key=lambda r: r[0].patches_per_second)[len(runs) // 2][0]
+                    e2e = statistics.median(r.patches_per_second for r, _, _ in runs)
+                    ratio = statistics.median(r.patches_per_second / m for r, m, _ in runs)
+                    ratio_one = statistics.median(r.patches_per_second / o for r, _, o in runs)
+                    mo = statistics.median(m for _, m, _ in runs)
+                    one = statistics.median(o for _, _, o in runs)
+                    used = read_provenance(res.out)["inference"]["reader"]
+                    name = used["used"] + (f" 1/{used['dct_reduction']}" if used.get("dct_reduction", 1) > 1 else "")
+                    rows.append((preset, f"{reader}={name}", f"{rt.streams}×{rt.torch_threads}", res.patches_run,
+                                 res.seconds, e2e, mo, one, ratio, ratio_one, res.timings))
+    print(f"device {rt.device}, batch {rt.batch_size}, workers {rt.reader_workers}, "
+          f"precision {args.precision} = {rt.precision}, CPUs {rt.cpus.cpus} ({rt.cpus.source}), "
+          f"slide {args.size}² px @0.25 µm/px, median of {args.repeats} (ratios: median of per-run ratios)")
+    print(f"{'preset':>8} {'reader':>22} {'streams':>8} {'patches':>8} {'wall s':>7} {'e2e p/s':>8} {'model p/s':>10} "
+          f"{'1-stream':>9} {'ratio':>6} {'vs 1-str':>9}  split (s)")
+    for preset, reader, st, n, sec, e2e, mo, one, ratio, ratio_one, tm in rows:
         split = ", ".join(f"{k} {v:.1f}" for k, v in tm.items())
-        print(f"{preset:>8} {reader:>22} {n:>8} {sec:>8.1f} {e2e:>9.2f} {mo:>10.2f} {e2e / mo:>6.2f}  {split}")
-    print(f"ratio end_to_end/model_only = {rows[-1][4] / rows[-1][5]:.2f}")
+        print(f"{preset:>8} {reader:>22} {st:>8} {n:>8} {sec:>7.1f} {e2e:>8.2f} {mo:>10.2f} {one:>9.2f} {ratio:>6.2f} "
+              f"{ratio_one:>9.2f}  {split}")
+    print(f"ratio end_to_end/model_only = {rows[-1][8]:.2f}")
 
 
 if __name__ == "__main__":

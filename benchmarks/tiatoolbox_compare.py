@@ -56,6 +56,7 @@ from common import (  # noqa: E402
 
 from wsi_seg.model import LoadedModel, PsclNet  # noqa: E402
 from wsi_seg.runtime import autocast  # noqa: E402
+from wsi_seg.result import read_provenance  # noqa: E402
 from wsi_seg.segment import SegmentOptions, plan, segment_slide  # noqa: E402
 from wsi_seg.slide import Slide  # noqa: E402
 from wsi_seg.tiling import TileGrid  # noqa: E402
@@ -188,6 +189,7 @@ def main() -> None:
             print(f"  repeat {rep + 1}: TIAToolbox {n_t / sec:.1f} p/s, engine {res.patches_per_second:.1f} p/s",
                   flush=True)
         mask_e = read_result_mask(res.out)
+        inference = read_provenance(res.out)["inference"]
     h, w = min(pred_t.shape[0], mask_e.shape[0]), min(pred_t.shape[1], mask_e.shape[1])
     if pred_t.shape != mask_e.shape:
         print(f"note: output shapes differ (TIAToolbox {pred_t.shape}, ours {mask_e.shape}); compared on {h}×{w}")
@@ -198,7 +200,8 @@ def main() -> None:
           f"(tissue {args.tissue_fraction:g}), {what}, {model.config.patch_size_px}-px patches, stride "
           f"{grid.stride_px}, {model.config.mpp} µm/px, batch {args.batch_size}, {args.workers} reader worker(s), "
           f"precision {args.precision} = {engine_precision('cpu', args.precision)}, {torch.get_num_threads()} "
-          f"torch threads, best of {args.repeats}, mask {args.mask}")
+          f"torch threads (segment_slide: {inference['streams']} stream(s) of {inference['torch_threads']}), "
+          f"best of {args.repeats}, mask {args.mask}")
     print_table(["run", "patches", "wall s", "patches/s"], [
         ["TIAToolbox SemanticSegmentor", n_t, min(tia_s), t],
         ["segment_slide", res.patches_run, min(eng_s), e],

@@ -136,6 +136,8 @@ def test_bad_option_values(tmp_path, capsys, blob_slide, checkpoints):
     assert_one_line_error(code, err, "overlap")
     code, _, err = segment(capsys, blob_slide, tmp_path / "o.zarr", checkpoints[1], "--batch-size", "0")
     assert_one_line_error(code, err, "batch size")
+    code, _, err = segment(capsys, blob_slide, tmp_path / "o.zarr", checkpoints[1], "--streams", "0")
+    assert_one_line_error(code, err, "streams")
     code, _, err = run_cli(capsys, "segment", blob_slide, "--out", tmp_path / "o.zarr", "--model", checkpoints[1], "--device", "cuda:7")
     assert_one_line_error(code, err, "cuda")
 

@@ -59,11 +59,25 @@ def test_slurm_and_omp_limit_the_cpus_and_the_smallest_wins(tmp_path, eight_cpus
 def test_resolved_runtime_uses_the_budget_and_records_it(monkeypatch, eight_cpus):
     monkeypatch.setattr(runtime, "CGROUP_ROOT", runtime.Path("/nonexistent"))
     rt = runtime.resolve_runtime("cpu", "fp32", env={"SLURM_CPUS_PER_TASK": "3"})
-    assert rt.torch_threads == 3 and rt.reader_workers == 0 and rt.batch_size == 2
+    # three CPUs: three inference streams of one torch thread each
+    assert (rt.streams, rt.torch_threads, rt.reader_workers, rt.batch_size) == (3, 1, 0, 2)
     prov = rt.provenance()
     assert prov["cpus"] == 3 and prov["cpus_source"] == "slurm" and prov["precision"] == "fp32"
+    assert prov["streams"] == 3 and prov["torch_threads"] == 1
     assert runtime.resolve_workers(torch.device("cuda"), None, 3) == 2
-    assert runtime.resolve_runtime("cpu", "fp32", threads=1, env={}).torch_threads == 1
+    rt = runtime.resolve_runtime("cpu", "fp32", threads=1, env={})
+    assert (rt.streams, rt.torch_threads) == (1, 1)
+    rt = runtime.resolve_runtime("cpu", "fp32", threads=4, streams=2, env={})
+    assert (rt.streams, rt.torch_threads) == (2, 2)
+
+
+def test_streams_are_one_per_cpu_thread_up_to_eight_and_one_on_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert runtime.resolve_streams(cpu, None, 2) == 2
+    assert runtime.resolve_streams(cpu, None, 1) == 1
+    assert runtime.resolve_streams(cpu, None, 32) == 8
+    assert runtime.resolve_streams(cuda, None, 16) == 1
+    assert runtime.resolve_streams(cpu, 3, 2) == 3  # asked for: given, threads are then 1 each
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])

@@ -28,7 +28,8 @@ class SegmentOptions:
     overlap_px: int = 32
     mpp: float | None = None  # level-0 µm/px override for slides without metadata
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see wsi_seg.runtime)
-    threads: int | None = None  # torch threads; None: the CPUs this process may use
+    threads: int | None = None  # CPU threads for the model in all; None: the CPUs this process may use
+    streams: int | None = None  # batches the model runs at once; None: auto (see wsi_seg.runtime)
     reader: str = "auto"  # slide decoder, one of READERS
     tissue: TissueParams = field(default_factory=TissueParams)
     overwrite: bool = False
@@ -43,6 +44,8 @@ class SegmentOptions:
             raise ConfigError(f"workers must be ≥ 0, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be ≥ 1, got {self.threads}")
+        if self.streams is not None and self.streams < 1:
+            raise ConfigError(f"streams must be ≥ 1, got {self.streams}")
         if not 0.0 <= self.tissue.min_tissue_fraction <= 1.0:
             raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
         if self.reader not in READERS:

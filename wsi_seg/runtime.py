@@ -11,7 +11,9 @@ training), so ``--device``, ``--precision`` and ``--workers`` mean the same ever
 * CPUs: what this process may use, the smallest of its CPU affinity, the cgroup CPU
   quota (``cpu.max``), ``SLURM_CPUS_PER_TASK`` and ``OMP_NUM_THREADS`` — not the
   machine's core count, which oversubscribes a shared node or a container;
-* torch threads: those CPUs; reader processes: see :func:`resolve_workers`.
+* inference streams (batches run at once, each on its own thread): see
+  :func:`resolve_streams`; torch threads per stream: those CPUs shared by the streams;
+  reader processes: see :func:`resolve_workers`.
 
 :func:`resolve_runtime` returns all of it as a :class:`Runtime`, whose ``provenance()``
 is recorded with every result.
@@ -211,16 +213,37 @@ def resolve_workers(device: torch.device, workers: int | None, cpus: int) -> int
     return max(1, min(8, cpus - 1))
 
 
+MAX_CPU_STREAMS = 8
+
+
+def resolve_streams(device: torch.device, streams: int | None, threads: int) -> int:
+    """Batches the model runs at once for ``streams`` (None: auto), given ``threads`` CPU
+    threads for the model.
+
+    Auto is one stream per thread on the CPU (up to 8), each with one torch thread: two
+    streams of one thread ran swin-t 1.5–1.6× and the ``small`` preset 1.3–1.5× as fast as
+    one stream of two threads on 2 cores (``benchmarks/segment_throughput.py --streams``),
+    because a batch of small operators leaves a second intra-op thread waiting at every
+    barrier. 1 on CUDA, where the GPU queues the work.
+    """
+    if streams is not None:
+        return streams
+    if device.type != "cpu":
+        return 1
+    return max(1, min(MAX_CPU_STREAMS, threads))
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Everything resolved about where and how one run computes."""
 
     device: torch.device
     precision: str  # fp32 | bf16 | fp16, never auto
-    torch_threads: int
+    torch_threads: int  # per inference stream
     reader_workers: int
     batch_size: int
     cpus: CpuBudget
+    streams: int = 1  # batches in flight at once, each on its own thread
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)
@@ -233,6 +256,7 @@ class Runtime:
             "reader_workers": self.reader_workers,
             "batch_size": self.batch_size,
             "torch_threads": self.torch_threads,
+            "streams": self.streams,
             "cpus": self.cpus.cpus,
             "cpus_source": self.cpus.source,
         }
@@ -245,14 +269,20 @@ def resolve_runtime(
     batch_size: int | None = None,
     threads: int | None = None,
     env: Mapping[str, str] | None = None,
+    streams: int | None = None,
 ) -> Runtime:
-    """Resolve (and validate) device, precision, threads, readers and batch size once."""
+    """Resolve (and validate) device, precision, threads, streams, readers and batch size
+    once. ``threads``: CPU threads for the model in all (None: the CPUs), shared by the
+    streams."""
     dev = resolve_device(device)
     budget = available_cpus(env)
+    total = threads if threads is not None else budget.cpus
+    n_streams = resolve_streams(dev, streams, total)
     return Runtime(
         device=dev,
         precision=resolve_precision(dev, precision),
-        torch_threads=threads if threads is not None else budget.cpus,
+        torch_threads=max(1, total // n_streams),
+        streams=n_streams,
         reader_workers=resolve_workers(dev, workers, budget.cpus),
         batch_size=resolve_batch_size(dev, batch_size),
         cpus=budget,

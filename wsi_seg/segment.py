@@ -24,7 +24,8 @@ from wsi_seg.output import ResultStore
 from wsi_seg.ownership import check_output, output_lock
 from wsi_seg.reader import BlockReader, plan_reader
 from wsi_seg.result import partial_path, read_provenance
-from wsi_seg.runtime import Runtime, resolve_runtime, torch_threads
+from wsi_seg.runtime import resolve_runtime, torch_threads
+from wsi_seg.streams import InferenceStreams, run_batch, seconds_per_patch
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
 from wsi_seg.tissue import BackgroundSeedParams, tissue_mask
@@ -187,20 +188,6 @@ def _prepare_store(out: Path, grid: TileGrid, model: LoadedModel, provenance: di
             return ResultStore(tmp)
         raise OutputError(_mismatch(tmp, old, provenance))
     return ResultStore.create(tmp, grid.out_shape, model.config.num_classes, grid.block_px, provenance)
-
-
-def _seconds_per_patch(net: Any, rt: Runtime, patch_px: int, seeded: bool) -> float:
-    """Model time per patch, from the second of two batches of noise (the first warms up)."""
-    n, device = rt.batch_size, rt.device
-    x = torch.randint(0, 256, (n, 3, patch_px, patch_px), dtype=torch.uint8, device=device)
-    bkg = torch.zeros((n, patch_px, patch_px), dtype=torch.bool, device=device) if seeded else None
-    with torch_threads(rt.torch_threads), torch.inference_mode(), rt.autocast():
-        net.predict(x, bkg)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        net.predict(x, bkg).mask.cpu()
-    return (time.perf_counter() - t) / n
 
 
 def _batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]]:
@@ -387,44 +374,49 @@ def _locked_steps(
     reader = BlockReader(reader_plan, str(slide_path), info.mpp if options.mpp is None else options.mpp,
                          grid, todo, background_seed, device, workers)
     net = model.net.to(device).eval()
-    plan_ = SegmentPlan(
-        str(slide_path), grid.out_shape, cfg.mpp, info.mpp if options.mpp is None else options.mpp, n_total,
-        sum(len(b.patches) for b in todo), _seconds_per_patch(net, rt, cfg.patch_size_px, background_seed.enabled) if todo else 0.0,
-        str(device),
-    )
-    log.info("%s", plan_.describe())
-    if on_plan is not None:
-        on_plan(plan_)
-    store.open_for_writing(expected=[b.index for b in blocks])  # the store grows the pyramid as blocks come
-    writer = _BackgroundWriter(store)
-    assembler = _BlockAssembler(grid, todo, cfg.num_classes, writer)
-    n_run = 0
-    t_infer = time.perf_counter()
-    bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
-    try:
-        with torch_threads(rt.torch_threads):
-            for patches, backgrounds, owners in _batches(reader, rt.batch_size):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"{slide_path}: cancelled after {n_resumed + n_run} of {n_total} patches; "
-                                    "rerun to resume")
-                # the grad and autocast modes are thread state: entered per batch, never held across a yield
-                with torch.inference_mode(), rt.autocast():
-                    patches = patches.to(device, non_blocking=True)
-                    bkg = backgrounds.to(device, non_blocking=True) if background_seed.enabled else None
-                    pred = net.predict(patches, bkg)
-                    acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
-                    masks = pred.mask.cpu().numpy()
-                for k, (item, patch_idx) in enumerate(owners):
-                    assembler.add(item, patch_idx, acts[k], masks[k])
-                n_run += len(owners)
-                bar.update(len(owners))
-                yield SegmentProgress(n_resumed + n_run, n_total)
-    finally:
-        bar.close()
+    seeded = background_seed.enabled
+    with torch_threads(rt.torch_threads), InferenceStreams(rt.streams) as streams:
+        plan_ = SegmentPlan(
+            str(slide_path), grid.out_shape, cfg.mpp, info.mpp if options.mpp is None else options.mpp, n_total,
+            sum(len(b.patches) for b in todo), seconds_per_patch(net, rt, cfg.patch_size_px, seeded, streams) if todo else 0.0,
+            str(device),
+        )
+        log.info("%s", plan_.describe())
+        if on_plan is not None:
+            on_plan(plan_)
+        store.open_for_writing(expected=[b.index for b in blocks])  # the store grows the pyramid as blocks come
+        writer = _BackgroundWriter(store)
+        assembler = _BlockAssembler(grid, todo, cfg.num_classes, writer)
+        n_run = 0
+        t_infer = time.perf_counter()
+        bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
         try:
-            writer.close()  # finished blocks are kept and recorded, even on interrupt
+            batches = _batches(reader, rt.batch_size)
+            while True:
+                batch = next(batches, None)
+                if batch is not None:
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled(f"{slide_path}: cancelled after {n_resumed + n_run} of {n_total} patches; "
+                                        "rerun to resume")
+                    patches, backgrounds, owners = batch
+                    finished = streams.put(owners, run_batch, net, rt, patches, backgrounds if seeded else None)
+                else:
+                    finished = streams.drain()
+                for (acts, masks), done_owners in finished:
+                    for k, (item, patch_idx) in enumerate(done_owners):
+                        assembler.add(item, patch_idx, acts[k], masks[k])
+                    n_run += len(done_owners)
+                    bar.update(len(done_owners))
+                    yield SegmentProgress(n_resumed + n_run, n_total)
+                if batch is None:
+                    break
         finally:
-            store.close()
+            streams.close()  # batches in flight end before the writer does
+            bar.close()
+            try:
+                writer.close()  # finished blocks are kept and recorded, even on interrupt
+            finally:
+                store.close()
     timings["inference"] = time.perf_counter() - t_infer
     if assembler.pending:  # cannot happen unless a block's patches went missing
         raise OutputError(f"{store.root}: {len(assembler.pending)} blocks incomplete after inference")

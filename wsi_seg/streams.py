@@ -1,0 +1,89 @@
+"""Model batches on several threads at once ("streams"), results in order.
+
+On the CPU one stream of two intra-op threads leaves one thread waiting at every
+operator's barrier when batches are small; two streams of one thread each keep both
+cores busy (``wsi_seg.runtime.resolve_streams`` has the figures). Used by ``segment``
+and by the benchmarks that compare against the model alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsi_seg.runtime import Runtime
+
+
+def run_batch(net: Any, rt: Runtime, patches: torch.Tensor, backgrounds: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """(activations (n, C, P, P) uint8, masks (n, P, P)) of one batch, on the calling thread."""
+    # the grad and autocast modes are thread state: entered per batch, in the thread that runs it
+    with torch.inference_mode(), rt.autocast():
+        patches = patches.to(rt.device, non_blocking=True)
+        bkg = backgrounds.to(rt.device, non_blocking=True) if backgrounds is not None else None
+        pred = net.predict(patches, bkg)
+        acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        return acts, pred.mask.cpu().numpy()
+
+
+class InferenceStreams:
+    """Runs model batches ``n`` at a time, each on a thread of its own, and hands back the
+    results in the order the batches came; ``n = 1`` runs them on the caller's thread.
+    Leaving the context waits for the batches in flight and drops their results."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._pool = ThreadPoolExecutor(n, thread_name_prefix="wsi-seg-infer") if n > 1 else None
+        self._inflight: deque[tuple[Future, Any]] = deque()
+
+    def __enter__(self) -> InferenceStreams:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the batches in flight; their results are dropped."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._inflight.clear()
+
+    def put(self, tag: Any, fn: Callable[..., Any], *args: Any) -> list[tuple[Any, Any]]:
+        """Start ``fn(*args)``; returns the (result, tag) pairs finished in order, once
+        ``n`` are in flight."""
+        if self._pool is None:
+            return [(fn(*args), tag)]
+        self._inflight.append((self._pool.submit(fn, *args), tag))
+        return self._take(self.n - 1)
+
+    def drain(self) -> list[tuple[Any, Any]]:
+        """The results of every batch still in flight, in order."""
+        return self._take(0)
+
+    def _take(self, keep: int) -> list[tuple[Any, Any]]:
+        done = []
+        while len(self._inflight) > keep:
+            future, tag = self._inflight.popleft()
+            done.append((future.result(), tag))
+        return done
+
+
+def seconds_per_patch(net: Any, rt: Runtime, patch_px: int, seeded: bool, streams: InferenceStreams) -> float:
+    """Model time per patch with every stream busy, from the second of two rounds of noise
+    batches (the first warms each stream up)."""
+    n, device = rt.batch_size, rt.device
+    x = torch.randint(0, 256, (n, 3, patch_px, patch_px), dtype=torch.uint8, device=device)
+    bkg = torch.zeros((n, patch_px, patch_px), dtype=torch.bool, device=device) if seeded else None
+    for timed in (False, True):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        for k in range(streams.n):
+            streams.put(k, run_batch, net, rt, x, bkg)
+        streams.drain()
+    return (time.perf_counter() - t) / (n * streams.n)
