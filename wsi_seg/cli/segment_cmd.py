@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "every core; on CUDA one per spare CPU this process may use, up to 8)")
     p.add_argument("--streams", type=int, default=None, metavar="N",
                    help="batches the model runs at once, each on its own thread (default: on CPU one per CPU this "
-                        "process may use, up to 8, with one torch thread each: 1.3–1.6× the speed of one stream "
-                        "of every thread on 2 cores; 1 on CUDA)")
+                        "process may use, up to 8, with one torch thread each, where the model alone ran 1.3–1.6× "
+                        "as fast as on one stream of every thread on 2 cores; 1 on CUDA)")
     p.add_argument("--overlap", type=int, default=SegmentOptions.overlap_px, metavar="PX",
                    help="patch overlap in px at the model resolution; centre-cropped (default: %(default)s)")
     p.add_argument("--mpp", type=float, default=None, metavar="UM",
