@@ -60,9 +60,20 @@ def test_bad_stream_count_is_refused():
         SegmentOptions(streams=0)
 
 
-def test_several_streams_give_the_result_of_one(tmp_path, blob_slide, checkpoints):
-    """One torch thread per stream either way, so every batch computes the same numbers."""
-    model = load_checkpoint(checkpoints[2])
+@pytest.mark.parametrize("net", ["stage1", "stage2", "vit-tiny-reg"])
+def test_several_streams_give_the_result_of_one(tmp_path, blob_slide, checkpoints, net):
+    """One torch thread per stream either way, so every batch computes the same numbers;
+    the networks share nothing between concurrent calls (Swin and ViT encoders, both heads)."""
+    if net == "vit-tiny-reg":
+        import torch
+
+        from wsi_seg.model import PsclNet, preset_config, save_checkpoint
+
+        torch.manual_seed(0)
+        path = save_checkpoint(PsclNet(preset_config(net, stage=2)), tmp_path / "vit")
+    else:
+        path = checkpoints[int(net[-1])]
+    model = load_checkpoint(path)
     outs = {}
     for streams in (1, 3):
         opts = SegmentOptions(device="cpu", workers=0, progress=False, batch_size=1, threads=streams, streams=streams)
