@@ -27,15 +27,21 @@ FORMAT_VERSION = 1
 
 def _compressor() -> Any:
     """zstd level 1 with bit shuffling: the demo model's result is as small as at level 3
-    (5.3× vs 5.2×) for 0.6× the CPU (``benchmarks/write_cost.py``)."""
+    (5.61 vs 5.75 MB) for 0.6–0.7× the CPU (``benchmarks/write_cost.py``)."""
     import zarr
 
     return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
-# Blocks come from tissue only, so a chunk is rarely all zeros; zarr's check for one (to
-# skip writing it) took a third of a block's write time. Runtime setting, not stored.
+# Every chunk written, without zarr's check for an all-zero chunk (to skip it), which took
+# a sixth to a quarter of a block's write time; blocks come from tissue only, so such
+# chunks are rare. A runtime setting, not stored.
 _WRITE_CONFIG = {"write_empty_chunks": True}
+
+
+def _writable(array: Any) -> Any:
+    """``array`` opened as the store writes it (``_WRITE_CONFIG``)."""
+    return array.with_config(_WRITE_CONFIG)
 
 
 class ResultStore:
@@ -119,8 +125,7 @@ class ResultStore:
         from level 0 first. Without it, :meth:`finish` builds the pyramid from level 0.
         """
         group = self._group()
-        self._act = group["0"].with_config(_WRITE_CONFIG)
-        self._mask = group["labels"][LABEL_NAME]["0"].with_config(_WRITE_CONFIG)
+        self._act, self._mask = _writable(group["0"]), _writable(group["labels"][LABEL_NAME]["0"])
         chunk = self._mask.chunks[0]
         self._pyramid = None
         if expected is not None and chunk % 2 == 0:
@@ -157,7 +162,7 @@ class ResultStore:
         group = self._group()
         label_group = group["labels"][LABEL_NAME]
         c, chunk = group["0"].shape[0], group["0"].chunks[-1]
-        self._levels = {0: (group["0"].with_config(_WRITE_CONFIG), label_group["0"].with_config(_WRITE_CONFIG))}
+        self._levels = {0: (_writable(group["0"]), _writable(label_group["0"]))}
         for level, (h, w) in enumerate(shapes[1:], start=1):
             act = group.create_array(
                 str(level), shape=(c, h, w), dtype="uint8", chunks=(1, chunk, chunk),
@@ -167,7 +172,7 @@ class ResultStore:
                 str(level), shape=(h, w), dtype="uint8", chunks=(chunk, chunk),
                 compressors=_compressor(), fill_value=0, dimension_names=("y", "x"), overwrite=True,
             )
-            self._levels[level] = (act.with_config(_WRITE_CONFIG), mask.with_config(_WRITE_CONFIG))
+            self._levels[level] = (_writable(act), _writable(mask))
 
     def _write_level_chunk(self, level: int, y0: int, x0: int, activations: np.ndarray, mask: np.ndarray) -> None:
         act, msk = self._levels[level]
