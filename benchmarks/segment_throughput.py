@@ -14,7 +14,8 @@ inference, stitching, pyramid), patches run / wall seconds.
 
 Every configuration (streams × reader) of a preset runs once per repeat, end-to-end and
 model-only alternating; medians are reported, ratios as medians of per-repeat ratios
-(``e2e vs 1st``: end to end against the preset's first configuration in the same repeat). Ends with ``ratio end_to_end/model_only = X.XX`` for the last row.
+(``e2e vs 1st``: end to end against the preset's first configuration in the same
+repeat). Ends with ``ratio end_to_end/model_only = X.XX`` for the last row.
 """
 
 from __future__ import annotations

@@ -243,7 +243,7 @@ class Runtime:
     reader_workers: int
     batch_size: int
     cpus: CpuBudget
-    streams: int = 1  # batches in flight at once, each on its own thread
+    streams: int  # batches in flight at once, each on its own thread
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)
