@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from wsi_seg.allocator import pin_malloc_thresholds
 from wsi_seg.model import PsclNet, load_checkpoint, preset_config, save_checkpoint
 from wsi_seg.result import read_provenance
 from wsi_seg.runtime import resolve_runtime, torch_threads
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per preset; medians are reported")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the CPUs)")
     args = ap.parse_args()
+    malloc = pin_malloc_thresholds()  # as the wsi-seg CLI runs (wsi_seg.allocator)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -121,7 +123,8 @@ def main() -> None:
                              res.seconds, e2e, mo, one, ratio, ratio_one, vs_first, res.timings))
     print(f"device {rt.device}, batch {rt.batch_size}, workers {rt.reader_workers}, "
           f"precision {args.precision} = {rt.precision}, CPUs {rt.cpus.cpus} ({rt.cpus.source}), "
-          f"slide {args.size}² px @0.25 µm/px, median of {args.repeats} (ratios: median of per-run ratios)")
+          f"slide {args.size}² px @0.25 µm/px, median of {args.repeats} (ratios: median of per-run ratios); "
+          f"malloc {malloc}")
     print(f"{'preset':>8} {'reader':>22} {'streams':>8} {'patches':>8} {'wall s':>7} {'e2e p/s':>8} {'model p/s':>10} "
           f"{'1-stream':>9} {'ratio':>6} {'vs 1-str':>9} {'e2e vs 1st':>10}  split (s)")
     for preset, reader, st, n, sec, e2e, mo, one, ratio, ratio_one, vs_first, tm in rows:

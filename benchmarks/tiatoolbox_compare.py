@@ -54,6 +54,7 @@ from common import (  # noqa: E402
     work_folder,
 )
 
+from wsi_seg.allocator import pin_malloc_thresholds  # noqa: E402
 from wsi_seg.model import LoadedModel, PsclNet  # noqa: E402
 from wsi_seg.runtime import autocast  # noqa: E402
 from wsi_seg.result import read_provenance  # noqa: E402
@@ -161,6 +162,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    malloc = pin_malloc_thresholds()  # as the wsi-seg CLI runs (wsi_seg.allocator)
     args.overlap = SegmentOptions().overlap_px
     if args.quick:
         args.size, args.repeats = 3072, 1
@@ -201,7 +203,7 @@ def main() -> None:
           f"{grid.stride_px}, {model.config.mpp} µm/px, batch {args.batch_size}, {args.workers} reader worker(s), "
           f"precision {args.precision} = {engine_precision('cpu', args.precision)}, {torch.get_num_threads()} "
           f"torch threads (segment_slide: {inference['streams']} stream(s) of {inference['torch_threads']}), "
-          f"best of {args.repeats}, mask {args.mask}")
+          f"best of {args.repeats}, mask {args.mask}; malloc (both, one process) {malloc}")
     print_table(["run", "patches", "wall s", "patches/s"], [
         ["TIAToolbox SemanticSegmentor", n_t, min(tia_s), t],
         ["segment_slide", res.patches_run, min(eng_s), e],

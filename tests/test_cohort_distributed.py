@@ -14,6 +14,7 @@ import zarr
 from wsi_seg.cli.main import main
 from wsi_seg.errors import ConfigError
 from wsi_seg.output import is_complete, partial_path
+from wsi_seg.result import Result
 from wsi_seg.synthetic import write_demo_slide
 
 distributed = pytest.importorskip("distributed")
@@ -111,6 +112,8 @@ def test_local_cluster_end_to_end(tmp_path, capsys, cohort, sequential, checkpoi
     assert "2 slides: 2 done, 0 skipped, 0 failed" in out
     assert [r["status"] for r in rows(tmp_path)] == ["done", "done"]
     assert_same_masks(tmp_path, sequential, ["b slide.zarr", "a.zarr"])
+    # the workers are processes of ours: their malloc thresholds were set as the CLI's are
+    assert Result.open(tmp_path / "a.zarr").provenance.inference["malloc"] != "glibc default"
 
 
 def test_unreachable_scheduler_is_one_line(tmp_path, capsys, cohort, checkpoints, monkeypatch):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_seg.allocator import pin_malloc_thresholds
 from wsi_seg.cohort import CohortSummary, SlideOutcome, failed_outcome, output_path, segment_one, skipped_outcome
 from wsi_seg.errors import CheckpointError, ConfigError, WsiSegError
 from wsi_seg.model.checkpoint import LoadedModel, load_checkpoint
@@ -278,8 +279,10 @@ def _remote_placement(client: Client, address: str, kind: str, cancel_event: str
 
 def dask_setup(worker: Any) -> None:
     """Preload hook of ``--local-cluster`` workers: a Ctrl-C in the terminal reaches the
-    whole process group, but the client handles it (cancels, then stops the workers)."""
+    whole process group, but the client handles it (cancels, then stops the workers).
+    The workers are processes of ours, so their malloc thresholds are pinned too."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pin_malloc_thresholds()
 
 
 _MODELS: dict[tuple[str, str, str], LoadedModel] = {}

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_seg.allocator import malloc_state
 from wsi_seg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -259,6 +260,7 @@ class Runtime:
             "streams": self.streams,
             "cpus": self.cpus.cpus,
             "cpus_source": self.cpus.source,
+            "malloc": malloc_state(),
         }
 
 
