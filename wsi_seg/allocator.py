@@ -20,7 +20,6 @@ and ``WSI_SEG_MALLOC=default`` keeps glibc's moving thresholds.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 
@@ -66,6 +65,8 @@ def _pin() -> str:
         libc_version = ""
     if not libc_version.startswith("glibc"):
         return "not glibc: left as it is"
+    import ctypes  # here, not at the top: `wsi-seg --help` stays quick
+
     try:
         libc = ctypes.CDLL(None)  # the symbols the process has loaded: glibc's mallopt
         ok = (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
