@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from wsi_seg.allocator import OFF_VARIABLE, USER_VARIABLES
+from wsi_seg.allocator import OFF_VARIABLE, USER_VARIABLES, is_glibc
 
-glibc = pytest.mark.skipif(not (getattr(os, "confstr", None) and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")),
-                           reason="glibc's malloc only")
+glibc = pytest.mark.skipif(not is_glibc(), reason="glibc's malloc only")
 
 # a free that moves glibc's threshold to 20 MiB, then three 15 MiB buffers at a time: their
 # 45 MiB at the heap's top are over glibc's moving trim threshold (40 MiB), so by default

@@ -52,6 +52,14 @@ def malloc_state() -> str:
     return _state
 
 
+def is_glibc() -> bool:
+    """Whether this process's C library (and so its malloc) is glibc."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system with glibc
+        return False
+
+
 def _pin() -> str:
     user = [name for name in USER_VARIABLES
             if name in os.environ and (name != "GLIBC_TUNABLES" or "glibc.malloc." in os.environ[name])]
@@ -59,11 +67,7 @@ def _pin() -> str:
         return f"set by the user ({', '.join(user)})"
     if os.environ.get(OFF_VARIABLE) == "default":
         return f"glibc default ({OFF_VARIABLE}=default)"
-    try:
-        libc_version = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (AttributeError, ValueError, OSError):  # not a POSIX system with glibc
-        libc_version = ""
-    if not libc_version.startswith("glibc"):
+    if not is_glibc():
         return "not glibc: left as it is"
     import ctypes  # here, not at the top: `wsi-seg --help` stays quick
 
