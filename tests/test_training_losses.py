@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from wsi_seg.errors import ConfigError
 
 from wsi_seg.model.heads import gate_cams, mask_absent_classes
+from wsi_seg.model.predict_rules import PredictRules
 
 from wsi_seg_training.cams import background_at, pixel_pseudo_labels
 from wsi_seg_training.losses import MLSMLoss, PSCLLoss, sample_pixels, water_fill
@@ -88,10 +89,10 @@ def test_gating_eq_4_4_keeps_background():
     logits = torch.tensor([[math.log(0.9 / 0.1), math.log(0.7 / 0.3)]])  # sigmoid 0.9, 0.7
     gated = gate_cams(cams, logits, 0.8)
     assert torch.equal(gated[0, 0], cams[0, 0]) and gated[0, 1].abs().sum() == 0
-    labels = PSCLLoss(gating_threshold=0.8).pixel_labels(cams, bkg, logits=logits)
+    labels = PSCLLoss(gating=PredictRules(gating_threshold=0.8)).pixel_labels(cams, bkg, logits=logits)
     assert labels.tolist() == [[[0, 2]]]  # class 1 gated away; background still takes px 1
     with pytest.raises(ConfigError):
-        PSCLLoss(gating_threshold=0.8).pixel_labels(cams, bkg)
+        PSCLLoss(gating=PredictRules(gating_threshold=0.8)).pixel_labels(cams, bkg)
 
 
 def test_cams_are_detached_and_features_get_gradients():

@@ -73,7 +73,7 @@ def test_predict_rules_recorded_in_a_checkpoint_and_overridden():
     run = PredictRules(gating_threshold=0.7, gating_epsilon=0.2)
     recorded = cfg.replace(provenance={"training": {"pseudo_labels": run.gating_record()}})
     recorded = ModelConfig.from_dict(json.loads(json.dumps(recorded.to_dict())))  # as a checkpoint stores it
-    assert PredictRules.of_checkpoint(recorded) == run and run.gating_line() == "τ_g 0.7, ε 0.2"
+    assert PredictRules.of_checkpoint(recorded) == run and run.gating_line() == "τ_g 0.7, ε 0.2 (floor), fallback top"
     assert PredictRules().gating_line() == "off"
     assert resolve_rules(recorded, RUN_GATING, None) == run
     assert resolve_rules(recorded, None, None) == PredictRules(gating_epsilon=0.2)

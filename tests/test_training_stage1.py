@@ -46,8 +46,8 @@ def test_stage1_trains_and_writes_a_usable_checkpoint(pscl_run, luad):
     assert all(r["pscl"] > 0 and r["pscl_pixels"] > 0 for r in pscl_run.history)
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[-1]["val_miou"] != ""
-    assert set(rows[0]) >= {"loss", "mlsm", "pscl", "lr", "seconds", "val_miou"}
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[-1]["val_miou_oracle"] != ""
+    assert set(rows[0]) >= {"loss", "mlsm", "pscl", "lr", "seconds", "val_miou_oracle"}  # scored with true classes
     assert (run / "config.yaml").is_file() and json.loads((run / "run.json").read_text())["world_size"] == 1
     loaded = load_checkpoint(run / "checkpoint")
     cfg = loaded.config
@@ -78,6 +78,9 @@ def test_pseudo_labels_and_evaluate_from_the_cli(pscl_run, luad, tmp_path, capsy
     manifest = json.loads((out / "pseudo_labels.json").read_text())
     assert manifest["mask_convention"].startswith("0 = background") and manifest["splits"]["train"]["patches"] == 16
     assert (manifest["gating_threshold"], manifest["gating_epsilon"]) == (0.8, 0.0)  # as the run was trained
+    assert (manifest["gating_fallback"], manifest["epsilon_reading"]) == ("top", "floor")
+    assert 0 <= manifest["splits"]["train"]["fully_gated_patches"] <= 16
+    assert manifest["splits"]["train"]["ignored_pixels"] == 0
     # a second run into the same folder needs --overwrite
     assert cli.main(["pseudo-labels", "--model", str(ckpt), "--data", str(luad), "--out", str(out),
                      "--device", "cpu", "--no-progress"]) == 2
@@ -92,6 +95,18 @@ def test_pseudo_labels_and_evaluate_from_the_cli(pscl_run, luad, tmp_path, capsy
     # reference protocols by default: predicted classes at each protocol's threshold, the run's gating
     assert data["image_labels"] == "predicted" and not data["oracle"]
     assert data["score_thresholds"] == {"mlps": 0.25, "tpro": 0.15} and data["gating_threshold"] == 0.8
+    assert data["gating_counts"]["mlps"]["patches"] == 4 and data["gating_fallback"] == "top"
+    # a gate no class passes: every patch falls back to its top class, or (ignore) leaves the scores
+    counts = {}
+    for fallback in ("top", "ignore"):
+        assert cli.main(["evaluate", "--model", str(ckpt), "--data", str(luad), "--gating", "0.9999",
+                         "--gating-fallback", fallback, "--device", "cpu", "--json", str(js), "--no-progress"]) == 0
+        data = json.loads(js.read_text())
+        counts[fallback] = data["gating_counts"]["mlps"]
+        assert counts[fallback]["fully_gated_patches"] == 4 and data["gating_fallback"] == fallback
+        assert np.array(data["confusion_matrix"]["mlps"]).sum() + counts[fallback]["ignored_pixels"] == 4 * 224 * 224
+    assert counts["top"]["ignored_pixels"] == 0 < counts["ignore"]["ignored_pixels"]
+    assert "fully gated patches: mlps 4/4" in capsys.readouterr().out
     capsys.readouterr()
     for flag, value, problem in (("--score-threshold", "1.5", "score threshold must be in [0, 1], got 1.5"),
                                  ("--gating", "1.0", "gating threshold must be in [0, 1), got 1.0")):
@@ -137,7 +152,7 @@ def test_no_pscl_baseline_with_workers_and_gating(luad, tmp_path):
     assert load_checkpoint(base.checkpoint).config.provenance["training"]["method"].startswith("CAM baseline")
     gated = train_stage1(_cfg(luad, tmp_path / "gated", epochs=1, val_every=0,
                               **{"pscl.gating": True, "pscl.include_background": False}))
-    assert gated.history[0]["val_miou"] is None
+    assert gated.history[0]["val_miou_oracle"] is None
     assert load_checkpoint(gated.checkpoint).config.cam_score_threshold == 0.8
 
 

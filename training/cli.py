@@ -216,7 +216,10 @@ def run_train(args: argparse.Namespace) -> int:
         result = train_stage1(cfg, overwrite=args.overwrite)
     if result.checkpoint is not None:
         last = result.history[-1] if result.history else {}
-        val = f", val mIoU {100 * last['val_miou']:.2f} %" if last.get("val_miou") is not None else ""
+        from wsi_seg_training.trainer import val_score, val_words
+
+        score = val_score(last)
+        val = f", {val_words(score[0])} {100 * score[1]:.2f} %" if score is not None else ""
         loss = f" ({cfg.loss.name})" if args.stage == 2 else ""
         print(f"stage {args.stage}: {len(result.history)} epochs, loss{loss} {last.get('loss', float('nan')):.4f}{val} "
               f"→ {result.checkpoint}")
@@ -288,7 +291,13 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
                         "given; default: as the stage-1 run was trained, recorded in its checkpoint)")
     p.add_argument("--no-gating", dest="gating", action="store_const", const=None, help="no gating")
     p.add_argument("--gating-epsilon", type=float, default=None, metavar="EPS",
-                   help="ε of tables 5.16/5.17: a rejected class keeps ε × its CAM (default: the run's)")
+                   help="ε of tables 5.16/5.17, applied as --epsilon-reading says (default: the run's)")
+    p.add_argument("--epsilon-reading", choices=["logit", "floor"], default=None,
+                   help="floor: a class passes when sigmoid > τ_g, a rejected one keeps ε × its CAM; logit: a class "
+                        "passes when its logit > ε (default: the run's)")
+    p.add_argument("--gating-fallback", choices=["top", "ignore"], default=None,
+                   help="a patch whose every class the gate rejects: top: keeps its top-scoring class; ignore: its "
+                        "tissue is left out (of stage-2 targets, of the scores) (default: the run's)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="patches per model call (default: %(default)s)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
@@ -302,9 +311,11 @@ def run_pseudo_labels(args: argparse.Namespace) -> int:
     result = generate_pseudo_labels(
         args.model, args.data, args.out, split=args.split, format=args.format, batch_size=args.batch_size,
         device=args.device, workers=args.workers, gating_threshold=_gating(args.gating), overwrite=args.overwrite,
-        progress=not args.no_progress, gating_epsilon=args.gating_epsilon,
+        progress=not args.no_progress, gating_epsilon=args.gating_epsilon, gating_fallback=args.gating_fallback,
+        epsilon_reading=args.epsilon_reading,
     )
-    print(f"{result.patches} {result.split} pseudo-labels → {result.out}")
+    print(f"{result.patches} {result.split} pseudo-labels → {result.out} (gating {result.rules.gating_line()}; "
+          f"{result.fully_gated} patches fully gated)")
     return 0
 
 
@@ -338,9 +349,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, workers=args.workers,
         image_labels=args.image_labels, gating_threshold=_gating(args.gating), progress=not args.no_progress,
         score_threshold=args.score_threshold, gating_epsilon=args.gating_epsilon,
+        gating_fallback=args.gating_fallback, epsilon_reading=args.epsilon_reading,
     )
     print(f"{result.checkpoint} on {args.data} ({result.split}, {result.patches} patches)")
     print(result.mode_line())
+    if result.gating_counts:
+        print(result.gating_summary())
     print(format_table(result.scores))
     if args.json is not None:
         write_json(args.json, result.scores, extra={

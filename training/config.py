@@ -291,7 +291,14 @@ class PsclConfig:
                                 "5.16/5.17) in the run's pseudo-labels and val scores; TAU sets τ_g; --no-gating: off")
     gating_threshold: float = setting(0.8, flag="--gating-threshold", metavar="TAU", help="τ_g of gating (§4.3.2)")
     gating_epsilon: float = setting(0.0, flag="--gating-epsilon", metavar="EPS",
-                                    help="ε of tables 5.16/5.17: a rejected class keeps ε × its CAM (0: eq. 4.5)")
+                                    help="ε of tables 5.16/5.17, applied as --epsilon-reading says")
+    epsilon_reading: str = setting("floor", flag="--epsilon-reading", choices=("logit", "floor"),
+                                   help="how ε gates: floor: a class passes when sigmoid > τ_g and a rejected class "
+                                        "keeps ε × its CAM (ε 0: eq. 4.5); logit: a class passes when its logit > ε "
+                                        "(τ_g unused)")
+    gating_fallback: str = setting("top", flag="--gating-fallback", choices=("top", "ignore"),
+                                   help="a patch whose every class the gate rejects: top: keeps its top-scoring "
+                                        "class; ignore: its tissue is left out of stage-2 targets and scores")
     gate_pscl: bool = setting(False, flag="--gate-pscl",
                               help="also gate the CAMs PSCL labels its pixels with (patch labels already zero "
                                    "absent classes there)")
@@ -301,7 +308,8 @@ class PsclConfig:
         from wsi_seg.model.predict_rules import PredictRules  # torch-free CLI registration
 
         return PredictRules(gating_threshold=self.gating_threshold if self.gating else None,
-                            gating_epsilon=self.gating_epsilon)
+                            gating_epsilon=self.gating_epsilon, gating_fallback=self.gating_fallback,
+                            epsilon_reading=self.epsilon_reading)
 
     def checks(self) -> list[tuple[bool, str]]:
         return [

@@ -15,7 +15,10 @@ segmentation head upsampled to the patch. Which classes a stage-1 patch may take
   pseudo-label quality (training pseudo-labels know the patch labels), not what the
   model does on an unseen patch.
 
-Gating (eq. 4.4–4.5) is applied as the stage-1 run was trained unless told otherwise.
+Gating (eq. 4.4–4.5) is applied as the stage-1 run was trained unless told otherwise,
+with the same :class:`~wsi_seg.model.PredictRules` as ``pseudo-labels`` and ``segment``.
+How many patches the gate rejected entirely is counted (:class:`GatingCounts`); under
+fallback ``ignore`` their tissue pixels are left out of the scores and counted too.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from wsi_seg.errors import ConfigError
 from wsi_seg.model import CamHead, PredictRules, PsclNet, load_checkpoint
+from wsi_seg.model.predict_rules import IGNORE_LABEL
 
 from wsi_seg.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
 from wsi_seg_training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
@@ -48,21 +52,40 @@ def reference_threshold(protocol: str, dataset_format: str) -> float:
     return table.get(dataset_format, table["*"])
 
 
+@dataclass
+class GatingCounts:
+    """What gating did to the scored patches: how many it rejected every class of
+    (``fully_gated``), and the tissue pixels left out under fallback ``ignore``."""
+
+    patches: int = 0
+    fully_gated: int = 0
+    ignored_pixels: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"patches": self.patches, "fully_gated_patches": self.fully_gated, "ignored_pixels": self.ignored_pixels}
+
+
 def predict_label_maps(
     net: PsclNet,
     batch: dict[str, torch.Tensor],
     device: torch.device,
     image_labels: str = "gt",
     rules: PredictRules | None = None,
+    counts: GatingCounts | None = None,
 ) -> torch.Tensor:
-    """(B, H, W) uint8 label maps (0 = background, 1..N) of a batch from :class:`PatchDataset`.
+    """(B, H, W) uint8 label maps (0 = background, 1..N; :data:`IGNORE_LABEL` under gating
+    fallback ``ignore``) of a batch from :class:`PatchDataset`.
 
     Stage 1 with ``image_labels`` ``predicted``: the CAM head's classes, sigmoid ≥
     ``rules.score_threshold`` (None: the checkpoint's ``cam_score_threshold``), the top class kept."""
     images = batch["image"].to(device)
     background = batch["background"].to(device) if net.head.needs_background_seed else None
     labels = batch["labels"].to(device) if image_labels == "gt" else None
-    return net.predict(images, background, labels, rules).mask
+    pred = net.predict(images, background, labels, rules)
+    if counts is not None:
+        counts.patches += len(images)
+        counts.fully_gated += int(pred.fully_gated.sum()) if pred.fully_gated is not None else 0
+    return pred.mask
 
 
 def confusion_on_loader(
@@ -73,8 +96,10 @@ def confusion_on_loader(
     rules: PredictRules | None = None,
     max_batches: int | None = None,
     progress: bool = False,
+    counts: GatingCounts | None = None,
 ) -> ConfusionMatrix:
-    """Accumulate the confusion matrix of ``net`` over a loader of masked patches."""
+    """Accumulate the confusion matrix of ``net`` over a loader of masked patches; pixels
+    predicted :data:`IGNORE_LABEL` are left out (and added to ``counts``)."""
     from tqdm import tqdm
 
     if image_labels not in IMAGE_LABEL_MODES:
@@ -85,8 +110,14 @@ def confusion_on_loader(
     batches = itertools.islice(loader, max_batches) if max_batches is not None else loader
     with torch.inference_mode():
         for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
-            pred = predict_label_maps(net, batch, device, image_labels, rules)
-            cm.update(batch["mask"], pred.cpu())
+            pred = predict_label_maps(net, batch, device, image_labels, rules, counts).cpu()
+            gt = batch["mask"]
+            ignored = pred == IGNORE_LABEL
+            if bool(ignored.any()):
+                if counts is not None:
+                    counts.ignored_pixels += int(ignored.sum())
+                gt, pred = gt[~ignored], pred[~ignored]
+            cm.update(gt, pred)
     net.train(was_training)
     return cm
 
@@ -107,6 +138,7 @@ class EvaluationResult:
     image_labels: str | None = None
     score_thresholds: dict[str, float] = field(default_factory=dict)
     rules: PredictRules = field(default_factory=PredictRules)
+    gating_counts: dict[str, GatingCounts] = field(default_factory=dict)  # per protocol (stage 1)
 
     @property
     def oracle(self) -> bool:
@@ -128,7 +160,16 @@ class EvaluationResult:
         return {
             "stage": self.stage, "image_labels": self.image_labels, "oracle": self.oracle,
             "score_thresholds": self.score_thresholds, **self.rules.gating_record(), "mode": self.mode_line(),
+            "gating_counts": {p: c.to_dict() for p, c in self.gating_counts.items()},
         }
+
+    def gating_summary(self) -> str:
+        """One line: how many scored patches the gate rejected entirely, per protocol."""
+        if not self.gating_counts:
+            return ""
+        parts = [f"{p} {c.fully_gated}/{c.patches}" + (f" ({c.ignored_pixels} px ignored)" if c.ignored_pixels else "")
+                 for p, c in self.gating_counts.items()]
+        return "fully gated patches: " + ", ".join(parts)
 
 
 def evaluate_checkpoint(
@@ -145,6 +186,8 @@ def evaluate_checkpoint(
     progress: bool = True,
     score_threshold: float | None = None,
     gating_epsilon: float | None = None,
+    gating_fallback: str | None = None,
+    epsilon_reading: str | None = None,
 ) -> EvaluationResult:
     """Score a checkpoint on a split with ground-truth masks, under each protocol.
 
@@ -178,18 +221,21 @@ def evaluate_checkpoint(
         cm = confusion_on_loader(loaded.net, loader, dev, progress=progress)
         result.confusions = {p: cm for p in protocols}
     else:
-        result.image_labels, result.rules = image_labels, resolve_rules(loaded.config, gating_threshold, gating_epsilon)
+        result.image_labels = image_labels
+        result.rules = resolve_rules(loaded.config, gating_threshold, gating_epsilon, gating_fallback, epsilon_reading)
         if image_labels == "predicted":
             result.score_thresholds = {
                 p: score_threshold if score_threshold is not None else reference_threshold(p, index.info.name)
                 for p in protocols
             }
-        by_threshold: dict[float | None, ConfusionMatrix] = {}
+        by_threshold: dict[float | None, tuple[ConfusionMatrix, GatingCounts]] = {}
         for p in protocols:
             thr = result.score_thresholds.get(p)
             if thr not in by_threshold:
-                by_threshold[thr] = confusion_on_loader(loaded.net, loader, dev, image_labels,
-                                                        result.rules.replace(score_threshold=thr), progress=progress)
-            result.confusions[p] = by_threshold[thr]
+                counts = GatingCounts()
+                cm = confusion_on_loader(loaded.net, loader, dev, image_labels, result.rules.replace(score_threshold=thr),
+                                         progress=progress, counts=counts)
+                by_threshold[thr] = (cm, counts)
+            result.confusions[p], result.gating_counts[p] = by_threshold[thr]
     result.scores = [result.confusions[p].scores(p) for p in protocols]
     return result

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from wsi_seg.errors import ConfigError, OutputError
 from wsi_seg.model import CamHead, PredictRules, load_checkpoint
+from wsi_seg.model.predict_rules import IGNORE_LABEL
 from wsi_seg.model.config import ModelConfig
 
 from wsi_seg_training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
@@ -42,17 +43,20 @@ BACKGROUND_COLOR = (255, 255, 255)
 RUN_GATING = "run"  # gating as the stage-1 run was trained with (its checkpoint provenance)
 
 
-def resolve_rules(cfg: ModelConfig, gating_threshold: float | str | None, gating_epsilon: float | None) -> PredictRules:
+def resolve_rules(cfg: ModelConfig, gating_threshold: float | str | None, gating_epsilon: float | None,
+                  gating_fallback: str | None = None, epsilon_reading: str | None = None) -> PredictRules:
     """The rules to predict a checkpoint's patches with: the gating its stage-1 run used
-    (``gating_threshold`` ``"run"``), none (None) or τ_g given; ``gating_epsilon`` None
-    keeps the run's ε."""
+    (``gating_threshold`` ``"run"``), none (None) or τ_g given; ``gating_epsilon``,
+    ``gating_fallback`` and ``epsilon_reading`` None keep the run's."""
     run = PredictRules.of_checkpoint(cfg)
     if gating_threshold == RUN_GATING:
         gating_threshold = run.gating_threshold
     elif isinstance(gating_threshold, str):
         raise ConfigError(f"gating threshold must be a number, 'run' or None, got {gating_threshold!r}")
     return run.replace(gating_threshold=gating_threshold,
-                       gating_epsilon=run.gating_epsilon if gating_epsilon is None else gating_epsilon)
+                       gating_epsilon=run.gating_epsilon if gating_epsilon is None else gating_epsilon,
+                       gating_fallback=gating_fallback or run.gating_fallback,
+                       epsilon_reading=epsilon_reading or run.epsilon_reading)
 
 
 def palette_of(class_colors: tuple[tuple[int, int, int], ...]) -> list[int]:
@@ -89,6 +93,8 @@ class PseudoLabelResult:
     split: str
     patches: int
     manifest: Path
+    fully_gated: int = 0  # patches whose every class the gate rejected (see PredictRules.gating_fallback)
+    rules: PredictRules | None = None
 
 
 def generate_pseudo_labels(
@@ -104,6 +110,8 @@ def generate_pseudo_labels(
     overwrite: bool = False,
     progress: bool = True,
     gating_epsilon: float | None = None,
+    gating_fallback: str | None = None,
+    epsilon_reading: str | None = None,
 ) -> PseudoLabelResult:
     """Write eq. 4.9 pseudo-labels and CAMs of a stage-1 checkpoint for one split.
 
@@ -118,7 +126,7 @@ def generate_pseudo_labels(
     cfg = loaded.config
     if not isinstance(loaded.net.head, CamHead):
         raise ConfigError(f"{model}: pseudo-labels come from a stage-1 checkpoint; this one is stage {cfg.stage}")
-    rules = resolve_rules(cfg, gating_threshold, gating_epsilon)
+    rules = resolve_rules(cfg, gating_threshold, gating_epsilon, gating_fallback, epsilon_reading)
     index = open_dataset(data, format)
     if tuple(index.class_names) != tuple(cfg.class_names):
         raise ConfigError(
@@ -136,11 +144,15 @@ def generate_pseudo_labels(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     palette = palette_of(cfg.class_colors)
     net = loaded.net.eval()
+    fully_gated = ignored_pixels = 0
     with torch.inference_mode():
         for batch in tqdm(loader, desc=f"pseudo-labels {split}", unit="batch", disable=not progress):
             # the CAM head's predict, as ``wsi-seg segment``'s, with the patch labels known here
             labels = net.predict(batch["image"].to(dev), batch["background"], batch["labels"].to(dev), rules)
             masks = labels.mask.cpu().numpy()
+            if labels.fully_gated is not None:
+                fully_gated += int(labels.fully_gated.sum())
+            ignored_pixels += int((masks == IGNORE_LABEL).sum())
             cams = labels.activations.cpu().numpy()
             for j, i in enumerate(batch["index"].tolist()):
                 stem = records[i].image.stem
@@ -149,11 +161,13 @@ def generate_pseudo_labels(
     manifest = out / MANIFEST_NAME
     existing = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
     splits = dict(existing.get("splits", {}))
-    splits[split] = {"patches": len(records), "mask_dir": f"{split}/mask", "cam_dir": f"{split}/cams"}
+    splits[split] = {"patches": len(records), "fully_gated_patches": fully_gated, "ignored_pixels": ignored_pixels,
+                     "mask_dir": f"{split}/mask", "cam_dir": f"{split}/cams"}
     payload = {
         "format_version": PSEUDO_LABEL_FORMAT_VERSION,
         "rule": "thesis eq. 4.9: (argmax CAM + 1) * (1 - background seed); absent classes zeroed",
-        "mask_convention": "0 = background, 1..N = class_names",
+        "mask_convention": f"0 = background, 1..N = class_names, {IGNORE_LABEL} = ignore (a fully gated patch's "
+                           "tissue under gating fallback ignore)",
         "class_names": list(cfg.class_names),
         "class_colors": [list(c) for c in cfg.class_colors],
         "cams": {"key": "cams", "dtype": "uint8", "layout": "(N, H, W)", "scale": 1 / CAM_SCALE},
@@ -164,5 +178,7 @@ def generate_pseudo_labels(
         "splits": splits,
     }
     manifest.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    log.info("%d %s pseudo-labels written to %s", len(records), split, out)
-    return PseudoLabelResult(out=out, split=split, patches=len(records), manifest=manifest)
+    log.info("%d %s pseudo-labels written to %s; gating %s: %d patches fully gated", len(records), split, out,
+             rules.gating_line(), fully_gated)
+    return PseudoLabelResult(out=out, split=split, patches=len(records), manifest=manifest, fully_gated=fully_gated,
+                             rules=rules)

@@ -5,7 +5,9 @@
     RUN_DIR/config.yaml      the resolved Stage1Config
     RUN_DIR/run.json         software versions, git state, dataset facts, devices
     RUN_DIR/metrics.csv      one row per epoch: mean loss, mlsm, pscl; lr at the end; training
-                             seconds; val mIoU (mlps, CAM pseudo-labels) and its seconds;
+                             seconds; val_miou_oracle: mIoU (mlps) of the CAM pseudo-labels
+                             made with the patches' true classes (an oracle, as the
+                             pseudo-labels stage 2 learns from), and its seconds;
                              mean PSCL pixels per step
     RUN_DIR/state/           resumable state after the last finished epoch
     RUN_DIR/checkpoint/      the final network (wsi_seg checkpoint, stage 1)
@@ -110,7 +112,9 @@ class Stage1Trainer(ValidatedTrainer):
     """MLSM + λ·PSCL on patch-level labels; val mIoU of the CAM pseudo-labels (mlps)."""
 
     cfg: Stage1Config
-    metrics_columns = ("epoch", "loss", "mlsm", "pscl", "lr", "seconds", "val_miou", "val_seconds", "pscl_pixels")
+    # val: the CAM pseudo-labels with the patches' true classes (the oracle), as stage 2 will learn them
+    val_column = "val_miou_oracle"
+    metrics_columns = ("epoch", "loss", "mlsm", "pscl", "lr", "seconds", "val_miou_oracle", "val_seconds", "pscl_pixels")
     decimals = {"pscl_pixels": 1}
 
     def prepare(self) -> None:
@@ -134,8 +138,7 @@ class Stage1Trainer(ValidatedTrainer):
         self.pscl_loss = PSCLLoss(
             threshold=cfg.pscl.threshold,
             include_background=cfg.pscl.include_background,
-            gating_threshold=cfg.pscl.gating_threshold if cfg.pscl.gating and cfg.pscl.gate_pscl else None,
-            gating_floor=cfg.pscl.gating_epsilon,
+            gating=cfg.pscl.predict_rules() if cfg.pscl.gate_pscl else None,
             max_pixels_per_class_per_image=cfg.pscl.max_pixels_per_class_per_image,
             max_pixels_total=cfg.pscl.max_pixels_total,
             loss=default_supcon(cfg.pscl.temperature),

@@ -43,6 +43,7 @@ from torch import nn
 
 from wsi_seg.errors import CheckpointError, ConfigError, DatasetError
 from wsi_seg.model import LoadedModel, PsclNet, load_checkpoint, save_checkpoint
+from wsi_seg.model.predict_rules import IGNORE_LABEL
 
 from wsi_seg_training.augment import flips
 from wsi_seg_training.config import Stage2Config
@@ -114,12 +115,15 @@ def segmentation_loss(
 ) -> torch.Tensor:
     """The stage-2 loss of (B, N+1, h, w) logits against a batch of pseudo-labels.
 
-    Logits are upsampled bilinearly to the patch size (float32) before the loss.
+    Logits are upsampled bilinearly to the patch size (float32) before the loss. Pixels
+    labelled :data:`IGNORE_LABEL` (gating fallback ``ignore``) take no part.
     """
     mask = batch["mask"].to(device, non_blocking=True)
     logits = F.interpolate(logits.float(), size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
     if name == "ce":
-        return F.cross_entropy(logits, mask.long())
+        if bool((mask == IGNORE_LABEL).all()):  # cross_entropy's mean over no pixel is NaN
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, mask.long(), ignore_index=IGNORE_LABEL)
     if name != "nr" or nr is None:
         raise ConfigError(f"unknown stage-2 loss {name!r} (or nr without its NRLoss); use ce or nr")
     return nr(logits, mask, batch["cams"].to(device, non_blocking=True))

@@ -316,7 +316,8 @@ class Trainer(ABC):
 
     def _log_epoch(self, row: dict[str, Any], means: dict[str, float]) -> None:
         parts = ", ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
-        val = f", val mIoU {100 * row['val_miou']:.2f} %" if row.get("val_miou") is not None else ""
+        column = getattr(self, "val_column", "val_miou")
+        val = f", {val_words(column)} {100 * row[column]:.2f} %" if row.get(column) is not None else ""
         log.info("epoch %d/%d: loss %.4f%s, lr %.3g, %.1f s%s", row["epoch"], self.cfg.epochs, row["loss"],
                  f" ({parts})" if parts else "", row["lr"], row["seconds"], val)
 
@@ -347,12 +348,26 @@ class Trainer(ABC):
         }
 
 
+def val_words(column: str) -> str:
+    """A val column's name in log lines: stage 1 scores with the patches' true classes."""
+    return "val mIoU (oracle classes)" if column.endswith("_oracle") else "val mIoU"
+
+
+def val_score(row: dict[str, Any]) -> tuple[str, float] | None:
+    """(column, value) of a metrics row's val mIoU, whichever stage wrote it; None without one."""
+    for column in ("val_miou", "val_miou_oracle"):
+        if row.get(column) is not None:
+            return column, row[column]
+    return None
+
+
 class ValidatedTrainer(Trainer):
     """A trainer scored on the val split's masks as it trains (stages 1 and 2): mIoU
     (mlps protocol) every ``val_every`` epochs and after the last, on rank 0."""
 
     cfg: SupervisedRunConfig
     val_loader: DataLoader | None = None
+    val_column = "val_miou"  # its metrics.csv column
 
     def make_val_loader(self, index: DatasetIndex, background_seed: BackgroundSeedParams) -> DataLoader | None:
         """The val patches of ``index`` with their masks (background seeded by ``seed``),
@@ -371,7 +386,7 @@ class ValidatedTrainer(Trainer):
         max_batches = None
         if self.cfg.val_max_patches is not None:
             max_batches = max(1, math.ceil(self.cfg.val_max_patches / self.val_loader.batch_size))
-        return {"val_miou": round(self.val_confusion(max_batches).scores("mlps").miou, 6)}
+        return {self.val_column: round(self.val_confusion(max_batches).scores("mlps").miou, 6)}
 
     @abstractmethod
     def val_confusion(self, max_batches: int | None) -> Any:

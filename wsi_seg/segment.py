@@ -19,6 +19,7 @@ from wsi_seg import __version__
 from wsi_seg.errors import Cancelled, NoTissueError, OutputError, SlideError
 from wsi_seg.lock import RunLock
 from wsi_seg.model.checkpoint import LoadedModel
+from wsi_seg.model.predict_rules import PredictRules
 from wsi_seg.options import MAX_UPSAMPLING, SegmentOptions
 from wsi_seg.output import ResultStore
 from wsi_seg.ownership import check_output, output_lock
@@ -352,8 +353,9 @@ def _locked_steps(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     cfg = model.config
-    rt = resolve_runtime(options.device, options.precision, options.workers, options.batch_size,
-                         options.threads)  # validates before any work
+    rt = resolve_runtime(device=options.device, precision=options.precision, workers=options.workers,
+                         batch_size=options.batch_size, threads=options.threads,
+                         streams=options.streams)  # validates before any work
     device, workers = rt.device, rt.reader_workers
     with Slide(slide_path, mpp=options.mpp) as slide:
         t = time.perf_counter()
@@ -363,6 +365,9 @@ def _locked_steps(
         reader_plan = plan_reader(options.reader, slide, cfg.mpp, device)
     provenance = _provenance(info, model, grid, options)
     provenance["inference"] = {**rt.provenance(), "reader": reader_plan.provenance()}
+    rules = PredictRules.of_checkpoint(cfg)  # as evaluate and pseudo-labels predict this checkpoint
+    if model.net.head.needs_background_seed:  # the CAM head's rules; a segmentation head has none
+        provenance["predict_rules"] = rules.record()
     store = _prepare_store(out, grid, model, provenance, options.overwrite)
     blocks = grid.blocks(tissue_patches)
     done = store.done_blocks()
@@ -399,7 +404,7 @@ def _locked_steps(
                         raise Cancelled(f"{slide_path}: cancelled after {n_resumed + n_run} of {n_total} patches; "
                                         "rerun to resume")
                     patches, backgrounds, owners = batch
-                    finished = streams.put(owners, run_batch, net, rt, patches, backgrounds if seeded else None)
+                    finished = streams.put(owners, run_batch, net, rt, patches, backgrounds if seeded else None, rules)
                 else:
                     finished = streams.drain()
                 for (acts, masks), done_owners in finished:

@@ -17,18 +17,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsi_seg.model.predict_rules import IGNORE_LABEL, PredictRules
 from wsi_seg.runtime import Runtime
 
 
-def run_batch(net: Any, rt: Runtime, patches: torch.Tensor, backgrounds: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-    """(activations (n, C, P, P) uint8, masks (n, P, P)) of one batch, on the calling thread."""
+def run_batch(net: Any, rt: Runtime, patches: torch.Tensor, backgrounds: torch.Tensor | None,
+              rules: PredictRules | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(activations (n, C, P, P) uint8, masks (n, P, P)) of one batch, on the calling thread.
+
+    ``rules``: how a stage-1 model chooses and gates a patch's classes, as ``evaluate`` and
+    ``pseudo-labels`` do (None: :class:`PredictRules` defaults). A patch left without a
+    class (gating fallback ``ignore``) is written as 0: a slide map has no "ignore"."""
     # the grad and autocast modes are thread state: entered per batch, in the thread that runs it
     with torch.inference_mode(), rt.autocast():
         patches = patches.to(rt.device, non_blocking=True)
         bkg = backgrounds.to(rt.device, non_blocking=True) if backgrounds is not None else None
-        pred = net.predict(patches, bkg)
+        pred = net.predict(patches, bkg, None, rules)
         acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
-        return acts, pred.mask.cpu().numpy()
+        mask = pred.mask
+        if pred.fully_gated is not None and rules is not None and rules.gating_fallback == "ignore":
+            mask = mask.masked_fill(mask == IGNORE_LABEL, 0)
+        return acts, mask.cpu().numpy()
 
 
 class InferenceStreams:

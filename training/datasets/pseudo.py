@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from wsi_seg.errors import DatasetError
+from wsi_seg.model.predict_rules import IGNORE_LABEL
 
 from wsi_seg_training.augment import apply_joint_many
 from wsi_seg_training.datasets.io import image_header, read_rgb
@@ -141,10 +142,12 @@ class PseudoLabelDataset(Dataset):
                 mask = np.array(im)
         except OSError as exc:
             raise DatasetError(f"{rec.mask}: cannot read pseudo-label ({exc})") from exc
-        if mask.shape != hw or mask.max(initial=0) > self.num_classes:
+        labelled = mask[mask != IGNORE_LABEL]
+        if mask.shape != hw or labelled.max(initial=0) > self.num_classes:
             raise DatasetError(
                 f"{rec.mask}: pseudo-label {mask.shape[1]}×{mask.shape[0]} px with values up to "
-                f"{int(mask.max(initial=0))}; expected {hw[1]}×{hw[0]} px, 0 (background) – {self.num_classes}"
+                f"{int(labelled.max(initial=0))}; expected {hw[1]}×{hw[0]} px, 0 (background) – {self.num_classes} "
+                f"or {IGNORE_LABEL} (ignore)"
             )
         return mask
 

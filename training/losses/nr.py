@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsi_seg.model.predict_rules import IGNORE_LABEL
+
 from wsi_seg_training.losses.gumbel import GumbelSoftmax
 
 
@@ -50,7 +52,9 @@ class NRLoss(nn.Module):
                 f"{tuple(cams.shape)} do not fit (B, N+1, H, W), (B, H, W), (B, N, H, W)"
             )
         probs = self.probabilities(logits.float())
+        ignored = mask == IGNORE_LABEL  # gating fallback "ignore": no target there
+        mask = mask.masked_fill(ignored, 0)
         target = F.one_hot(mask.long(), c).permute(0, 3, 1, 2).to(probs.dtype)
-        weight = self.confidence(cams, mask)
+        weight = self.confidence(cams, mask) * (~ignored)[:, None].to(probs.dtype)
         bce = F.binary_cross_entropy(probs, target, weight=weight, reduction="none")
         return bce.sum(dim=1).mean()

@@ -7,7 +7,8 @@ from torch import nn
 
 from wsi_seg.errors import ConfigError
 
-from wsi_seg.model.heads import gate_cams, mask_absent_classes
+from wsi_seg.model.heads import gate_weights, mask_absent_classes
+from wsi_seg.model.predict_rules import PredictRules
 
 from wsi_seg_training.cams import background_at, pixel_pseudo_labels
 from wsi_seg_training.losses.sampling import sample_pixels
@@ -37,8 +38,14 @@ class PSCLLoss(nn.Module):
     through ``features``.
 
     Options: ``include_background`` (thesis table 5.9: whether background pixels take
-    part); ``gating_threshold`` (eq. 4.4–4.5, None = off); absent classes are zeroed
-    whenever image labels are passed. Budget: at most ``max_pixels_per_class_per_image``
+    part); ``gating`` (eq. 4.4–4.5 as ``wsi-seg pseudo-labels`` applies them, None = off).
+
+    Absent classes are zeroed whenever image labels are passed: the thesis does this for
+    its pseudo-labels (§4.3.2, "setting any non-present class to 0, using the patch one-hot
+    labels"), and in training, where PSCL runs, those labels are known. Gating is off here
+    by default (``pscl.gate_pscl``): §4.3.2 introduces it "to improve the quality of the
+    generated pseudo-labels", i.e. eq. 4.9, and an untrained classifier's scores (all
+    < τ_g) would leave PSCL only its fallback class per image in the first epochs. Budget: at most ``max_pixels_per_class_per_image``
     pixels of each (image, class) and ``max_pixels_total`` in all, sampled with a
     seeded generator, so SupCon memory stays below ``memory_budget_bytes``.
     """
@@ -47,8 +54,7 @@ class PSCLLoss(nn.Module):
         self,
         threshold: float = 0.25,
         include_background: bool = True,
-        gating_threshold: float | None = None,
-        gating_floor: float = 0.0,
+        gating: PredictRules | None = None,
         max_pixels_per_class_per_image: int | None = 100,
         max_pixels_total: int | None = 2048,
         loss: nn.Module | None = None,
@@ -63,8 +69,7 @@ class PSCLLoss(nn.Module):
                 raise ConfigError(f"PSCL {name} must be at least 2 (or None), got {value}")
         self.threshold = threshold
         self.include_background = include_background
-        self.gating_threshold = gating_threshold
-        self.gating_floor = gating_floor
+        self.gating = gating if gating is not None and gating.gate_threshold is not None else None
         self.max_pixels_per_class_per_image = max_pixels_per_class_per_image
         self.max_pixels_total = max_pixels_total
         self.loss = loss if loss is not None else default_supcon()
@@ -93,10 +98,13 @@ class PSCLLoss(nn.Module):
         cams = cams.detach().float()
         if image_labels is not None:
             cams = mask_absent_classes(cams, image_labels)
-        if self.gating_threshold is not None:
+        if self.gating is not None:
             if logits is None:
                 raise ConfigError("PSCL gating needs the classification logits")
-            cams = gate_cams(cams, logits, self.gating_threshold, self.gating_floor)
+            allowed = (image_labels > 0) if image_labels is not None else torch.ones_like(logits, dtype=torch.bool)
+            weights, _ = gate_weights(logits, allowed, self.gating.gate_threshold, self.gating.gate_floor,
+                                      self.gating.gating_fallback)
+            cams = cams * weights.to(cams.dtype)[:, :, None, None]
         bkg = None if background is None else background_at(background, tuple(cams.shape[-2:]))
         labels = pixel_pseudo_labels(cams, bkg, self.threshold)
         if bkg is not None and not self.include_background:

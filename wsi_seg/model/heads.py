@@ -23,7 +23,7 @@ from torch import nn
 
 from wsi_seg.errors import ConfigError
 from wsi_seg.model.config import ModelConfig
-from wsi_seg.model.predict_rules import PredictRules
+from wsi_seg.model.predict_rules import IGNORE_LABEL, PredictRules
 
 
 @dataclass
@@ -41,10 +41,14 @@ class Stage1Output:
 
 @dataclass
 class PatchPrediction:
-    """activations: (B, N, P, P) in [0, 1]; mask: (B, P, P) uint8, 0 = background, 1..N."""
+    """activations: (B, N, P, P) in [0, 1]; mask: (B, P, P) uint8, 0 = background, 1..N
+    (:data:`IGNORE_LABEL` where gating with fallback ``ignore`` left a patch no class);
+    fully_gated: (B,) bool, the patches whose every allowed class the gate rejected (None
+    without gating)."""
 
     activations: torch.Tensor
     mask: torch.Tensor
+    fully_gated: torch.Tensor | None = None
 
 
 def cams_from_class_maps(class_maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -60,25 +64,53 @@ def mask_absent_classes(cams: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def keep_predicted_classes(cams: torch.Tensor, logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Zero the CAMs of classes the classifier rejects: sigmoid score below ``threshold``,
-    except each image's top class, which is always kept (inference without patch labels)."""
+    """Zero the CAMs of classes the classifier rejects (see :func:`predicted_classes`)."""
+    return cams * predicted_classes(logits, threshold).to(cams.dtype)[:, :, None, None]
+
+
+def predicted_classes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, N) bool: the classes the classifier keeps, sigmoid score ≥ ``threshold``, and
+    each image's top class, which is always kept (inference without patch labels)."""
     scores = torch.sigmoid(logits.detach().float())
     keep = scores >= threshold
     keep[torch.arange(len(scores)), scores.argmax(dim=1)] = True
-    return cams * keep.to(cams.dtype)[:, :, None, None]
+    return keep
 
 
-def gate_cams(cams: torch.Tensor, logits: torch.Tensor, threshold: float = 0.8, floor: float = 0.0) -> torch.Tensor:
-    """Eq. 4.4–4.5: CAM_n ← CAM_n · g_n, g_n = 1 if sigmoid(score_n) > τ_g else ε.
+def gate_weights(
+    logits: torch.Tensor, allowed: torch.Tensor, threshold: float = 0.8, floor: float = 0.0, fallback: str = "top"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 4.4: g_n = 1 if sigmoid(score_n) > τ_g else ε, over the ``allowed`` (B, N) classes
+    (0 for the others); and (B,) bool, the images whose every allowed class was rejected.
 
-    ``floor`` ε = 0 is eq. 4.5 (the "Gating (ε = 0)" rows of tables 5.16/5.17); ε > 0
-    keeps that fraction of a rejected class' CAM (our reading of the tables' other ε
-    rows, see docs/method.md). Only tissue classes are gated; the background channel,
-    concatenated later, is always kept (the thesis' constant background score of 1).
+    ``floor`` ε = 0 is eq. 4.5. ``fallback`` ``top``: such an image keeps its
+    highest-scoring allowed class (g = 1), because eq. 4.5 alone leaves it no CAM and
+    eq. 4.9's argmax would then make every pixel class 1; ``ignore``: the weights stay as
+    they are and the caller leaves the image out. Only tissue classes are gated; the
+    background channel, concatenated later, is always kept (the thesis' constant
+    background score of 1).
     """
-    keep = (torch.sigmoid(logits.detach().float()) > threshold).to(cams.dtype)
-    gate = keep + floor * (1 - keep) if floor else keep
-    return cams * gate[:, :, None, None]
+    scores = torch.sigmoid(logits.detach().float())
+    allowed = allowed.to(scores.device, torch.bool)
+    passed = (scores > threshold) & allowed
+    fully_gated = ~passed.any(dim=1)
+    if fallback == "top" and bool(fully_gated.any()):
+        top = scores.masked_fill(~allowed, -1.0).argmax(dim=1)
+        rows = torch.nonzero(fully_gated).squeeze(1)
+        passed[rows, top[rows]] = True
+    weights = passed.to(scores.dtype)
+    if floor:
+        weights = weights + floor * (allowed & ~passed).to(scores.dtype)
+    return weights, fully_gated
+
+
+def gate_cams(cams: torch.Tensor, logits: torch.Tensor, threshold: float = 0.8, floor: float = 0.0,
+              fallback: str = "top") -> torch.Tensor:
+    """Eq. 4.4–4.5 on (B, N, h, w) CAMs: CAM_n ← CAM_n · g_n (:func:`gate_weights`; the
+    allowed classes are those with any activation left, e.g. after absent-class zeroing)."""
+    allowed = cams.flatten(2).amax(dim=2) > 0
+    weights, _ = gate_weights(logits, allowed, threshold, floor, fallback)
+    return cams * weights.to(cams.dtype)[:, :, None, None]
 
 
 def upsample_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -156,14 +188,22 @@ class CamHead(nn.Module):
         rules = rules or PredictRules()
         cams = cams_from_class_maps(out.class_maps.float())
         if image_labels is not None:
-            cams = mask_absent_classes(cams, image_labels.to(cams.device))
+            allowed = image_labels.to(cams.device) > 0
         else:
-            threshold = self.score_threshold if rules.score_threshold is None else rules.score_threshold
-            cams = keep_predicted_classes(cams, out.logits, threshold)
-        if rules.gating_threshold is not None:
-            cams = gate_cams(cams, out.logits, rules.gating_threshold, rules.gating_epsilon)
-        cams = upsample_cams(cams, size)
-        return PatchPrediction(activations=cams, mask=pseudo_label_mask(cams, background))
+            allowed = predicted_classes(out.logits, self.score_threshold if rules.score_threshold is None
+                                        else rules.score_threshold)
+        fully_gated = None
+        if rules.gate_threshold is not None:
+            weights, fully_gated = gate_weights(out.logits, allowed, rules.gate_threshold, rules.gate_floor,
+                                                rules.gating_fallback)
+        else:
+            weights = allowed.to(cams.dtype)
+        cams = upsample_cams(cams * weights.to(cams.dtype)[:, :, None, None], size)
+        mask = pseudo_label_mask(cams, background)
+        if fully_gated is not None and rules.gating_fallback == "ignore" and bool(fully_gated.any()):
+            ignored = fully_gated.to(mask.device)[:, None, None] & (mask > 0)
+            mask = mask.masked_fill(ignored, IGNORE_LABEL)
+        return PatchPrediction(activations=cams, mask=mask, fully_gated=fully_gated)
 
 
 def build_pixel_decoder(cfg: ModelConfig, channels: list[int]) -> nn.Module:
