@@ -154,3 +154,29 @@ def test_segment_predicts_with_the_checkpoint_rules_and_records_them(tmp_path, b
         masks[fallback] = group["labels/mask/0"][:]
     assert masks["top"].max() > 0  # every patch fell back to its top class
     assert masks["ignore"].max() == 0  # every patch was left without a class: 0 in a slide map
+
+
+def test_gating_given_on_the_command_line_means_what_it_says():
+    from wsi_seg.model import preset_config
+    from wsi_seg_training.config import PsclConfig
+    from wsi_seg_training.pseudo_labels import DEFAULT_GATING, RUN_GATING, resolve_rules
+
+    run = PsclConfig().predict_rules()  # today's default: logit > ε 0, fallback top
+    assert (run.epsilon_reading, run.gate_threshold, run.gating_fallback) == ("logit", 0.5, "top")
+    cfg = preset_config("tiny", stage=1).replace(provenance={"training": {"pseudo_labels": run.gating_record()}})
+    assert resolve_rules(cfg, RUN_GATING, None) == run
+    assert resolve_rules(cfg, DEFAULT_GATING, None) == run  # --gating without TAU
+    tau = resolve_rules(cfg, 0.9, None)  # --gating 0.9: a τ_g is used, so the floor reading
+    assert (tau.epsilon_reading, tau.gate_threshold) == ("floor", 0.9)
+    ungated = preset_config("tiny", stage=1)  # a run trained without gating, gated afterwards
+    assert resolve_rules(ungated, DEFAULT_GATING, None) == run
+
+
+def test_train_refuses_a_tau_the_logit_reading_would_not_use():
+    from wsi_seg_training.config import Stage1Config, load_config
+
+    with pytest.raises(ConfigError, match="gating threshold τ_g 0.9 applies to --epsilon-reading floor"):
+        load_config(Stage1Config, None, {"data.path": "d", "out": "o", "pscl.gating_threshold": 0.9}).validate()
+    cfg = load_config(Stage1Config, None, {"data.path": "d", "out": "o", "pscl.gating_threshold": 0.9,
+                                           "pscl.epsilon_reading": "floor"}).validate()
+    assert cfg.pscl.predict_rules().gate_threshold == 0.9

@@ -23,9 +23,12 @@ def test_thesis_defaults():
     cfg = Stage1Config()
     assert (cfg.epochs, cfg.batch_size, cfg.optim.lr, cfg.optim.poly_power) == (5, 16, 0.1, 0.9)
     assert (cfg.pscl.weight, cfg.pscl.threshold, cfg.pscl.temperature) == (0.1, 0.25, 0.1)
-    # gating on, τ_g 0.8, ε 0: the headline (gated) rows of tables 5.16/5.17
+    # gating on, ε 0 read as a logit threshold: the headline (gated) rows of tables 5.16/5.17
     assert cfg.pscl.include_background and cfg.pscl.gating and cfg.pscl.gating_threshold == 0.8
     assert cfg.pscl.gating_epsilon == 0.0 and not cfg.pscl.gate_pscl
+    assert (cfg.pscl.gating_fallback, cfg.pscl.epsilon_reading) == ("top", "logit")
+    # the reference code's SGD: WSSS-Tissue's PolyOptimizer puts its weight decay into SGD's momentum slot
+    assert (cfg.optim.momentum, cfg.optim.weight_decay) == (5e-4, 5e-4)
     assert cfg.model.preset == "swin-t"
 
 

@@ -153,7 +153,7 @@ def test_no_pscl_baseline_with_workers_and_gating(luad, tmp_path):
     gated = train_stage1(_cfg(luad, tmp_path / "gated", epochs=1, val_every=0,
                               **{"pscl.gating": True, "pscl.include_background": False}))
     assert gated.history[0]["val_miou_oracle"] is None
-    assert load_checkpoint(gated.checkpoint).config.cam_score_threshold == 0.8
+    assert load_checkpoint(gated.checkpoint).config.cam_score_threshold == 0.5  # its gate: logit > ε = 0
 
 
 def test_a_patch_that_fails_to_decode_in_a_worker_is_one_line(luad, tmp_path):

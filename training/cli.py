@@ -282,13 +282,14 @@ def _gating(value: object) -> float | str | None:
 
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     """The flags pseudo-labels and evaluate share, named and shown as in ``train``."""
-    from wsi_seg_training.config import PsclConfig
+    from wsi_seg_training.config import DEFAULT_GATING
 
     p.add_argument("--format", choices=["auto", "luad", "bcss", "csv"], default="auto",
                    help="dataset layout (default: %(default)s)")
-    p.add_argument("--gating", nargs="?", type=float, const=PsclConfig.gating_threshold, default=RUN, metavar="TAU",
-                   help="gate CAMs by classification score (eq. 4.4–4.5); TAU sets τ_g (TAU %(const)s when not "
-                        "given; default: as the stage-1 run was trained, recorded in its checkpoint)")
+    p.add_argument("--gating", nargs="?", type=float, const=DEFAULT_GATING, default=RUN, metavar="TAU",
+                   help="gate CAMs by classification score (eq. 4.4–4.5): without TAU as `train` does by default "
+                        "(logit > ε); TAU: a class passes when sigmoid > TAU (the floor reading) (default: as the "
+                        "stage-1 run was trained, recorded in its checkpoint)")
     p.add_argument("--no-gating", dest="gating", action="store_const", const=None, help="no gating")
     p.add_argument("--gating-epsilon", type=float, default=None, metavar="EPS",
                    help="ε of tables 5.16/5.17, applied as --epsilon-reading says (default: the run's)")

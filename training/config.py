@@ -6,17 +6,19 @@ pre-training of the encoder); :func:`load_config` reads any of them.
 
 Defaults are the thesis' (table 5.1). Stage 1 (§4.3): SGD lr 0.1 with polynomial decay
 (power 0.9), 5 epochs, batch 16, λ_PSCL = 0.1, τ = 0.25, SupCon temperature 0.1,
-background in PSCL, no gating (τ_g = 0.8 when on); the thesis does not state SGD
-momentum or weight decay, 0.9 and 1e-4 are the usual values for this recipe. Stage 2
-(§4.4): AdamW lr 1e-4, 20 epochs, batch 32, cross-entropy. Pre-training (§4.2): AdamW
-lr 1e-4, 20 epochs, batch 6, L_intra + 0.5·L_inter. Values the thesis leaves open are
-named in each dataclass' docstring.
+background in PSCL, gating on (eq. 4.4–4.5 as tables 5.16/5.17 set it: a class passes
+when its logit > ε = 0; a patch the gate rejects entirely keeps its top class). The thesis does not state SGD momentum or weight decay;
+the defaults are what the reference code (WSSS-Tissue / MLPS ``PolyOptimizer``) ran:
+momentum 5e-4 and weight decay 5e-4 (docs/method.md). Stage 2 (§4.4): AdamW lr 1e-4, 20
+epochs, batch 32, cross-entropy. Pre-training (§4.2): AdamW lr 1e-4, 20 epochs, batch 6,
+L_intra + 0.5·L_inter. Values the thesis leaves open are named in each dataclass'
+docstring.
 
 A config file holds any subset of the fields, nested like the dataclasses::
 
     epochs: 5
     batch_size: 16
-    optim: {lr: 0.1, momentum: 0.9, weight_decay: 1.0e-4, poly_power: 0.9}
+    optim: {lr: 0.1, momentum: 5.0e-4, weight_decay: 5.0e-4, poly_power: 0.9}
     pscl: {enabled: true, weight: 0.1, threshold: 0.25, include_background: true}
 """
 
@@ -36,6 +38,10 @@ if typing.TYPE_CHECKING:
     from wsi_seg.model.predict_rules import PredictRules
 
 CONFIG_FORMAT_VERSION = 1
+# what `pseudo-labels` / `evaluate` gate with when told: as the stage-1 run was trained (its
+# checkpoint provenance), or as a run with today's defaults would (`--gating` without TAU)
+RUN_GATING = "run"
+DEFAULT_GATING = "default"
 
 
 def setting(
@@ -266,8 +272,9 @@ class OptimConfig:
     """SGD with polynomial learning-rate decay per step: lr · (1 − t/T)^power."""
 
     lr: float = setting(0.1, flag="--lr", metavar="LR", help="SGD learning rate, decayed polynomially per step")
-    momentum: float = setting(0.9, flag="--momentum", metavar="M", help="SGD momentum")
-    weight_decay: float = setting(1e-4, flag="--weight-decay", metavar="WD", help="weight decay")
+    momentum: float = setting(5e-4, flag="--momentum", metavar="M",
+                              help="SGD momentum (5e-4: what the reference code ran, docs/method.md)")
+    weight_decay: float = setting(5e-4, flag="--weight-decay", metavar="WD", help="weight decay")
     poly_power: float = setting(0.9, help="power of the polynomial decay")
 
     def checks(self) -> list[tuple[bool, str]]:
@@ -288,14 +295,15 @@ class PsclConfig:
     max_pixels_total: int | None = setting(2048, help="PSCL pixels sampled per step")
     gating: bool = setting(True, flag="--gating", metavar="TAU", value_of="gating_threshold", negatable=True,
                            help="gate CAMs by classification score (eq. 4.4–4.5; the headline rows of tables "
-                                "5.16/5.17) in the run's pseudo-labels and val scores; TAU sets τ_g; --no-gating: off")
+                                "5.16/5.17) in the run's pseudo-labels and val scores; TAU sets τ_g (with --epsilon-reading "
+                                "floor); --no-gating: off")
     gating_threshold: float = setting(0.8, flag="--gating-threshold", metavar="TAU", help="τ_g of gating (§4.3.2)")
     gating_epsilon: float = setting(0.0, flag="--gating-epsilon", metavar="EPS",
                                     help="ε of tables 5.16/5.17, applied as --epsilon-reading says")
-    epsilon_reading: str = setting("floor", flag="--epsilon-reading", choices=("logit", "floor"),
-                                   help="how ε gates: floor: a class passes when sigmoid > τ_g and a rejected class "
-                                        "keeps ε × its CAM (ε 0: eq. 4.5); logit: a class passes when its logit > ε "
-                                        "(τ_g unused)")
+    epsilon_reading: str = setting("logit", flag="--epsilon-reading", choices=("logit", "floor"),
+                                   help="how ε gates (docs/method.md): logit: a class passes when its logit > ε, "
+                                        "sigmoid > 0.5 at ε 0 (τ_g unused); floor: a class passes when sigmoid > "
+                                        "τ_g and a rejected class keeps ε × its CAM (ε 0: eq. 4.5)")
     gating_fallback: str = setting("top", flag="--gating-fallback", choices=("top", "ignore"),
                                    help="a patch whose every class the gate rejects: top: keeps its top-scoring "
                                         "class; ignore: its tissue is left out of stage-2 targets and scores")
@@ -317,6 +325,9 @@ class PsclConfig:
             (0 <= self.threshold < 1, f"pscl threshold must be in [0, 1), got {self.threshold}"),
             (0 <= self.gating_threshold < 1, f"gating threshold must be in [0, 1), got {self.gating_threshold}"),
             (0 <= self.gating_epsilon < 1, f"gating epsilon must be in [0, 1), got {self.gating_epsilon}"),
+            (self.epsilon_reading == "floor" or self.gating_threshold == 0.8,
+             f"gating threshold τ_g {self.gating_threshold} applies to --epsilon-reading floor; under the logit "
+             "reading a class passes when its logit > ε (--gating-epsilon)"),
             (self.temperature > 0, f"pscl temperature must be positive, got {self.temperature}"),
         ]
 

@@ -69,8 +69,9 @@ def pretrain(data: Path, out: Path, preset: str, epochs: int, seed: int, device:
 
 def stage1(data: Path, out: Path, preset: str, epochs: int, seed: int, device: str, *,
            pscl: bool = True, include_background: bool = True, pretrained: Path | None = None,
-           batch_size: int | None = None) -> Path:
-    """Stage 1 (MLSM, + λ·PSCL unless ``pscl`` is False); its checkpoint folder."""
+           batch_size: int | None = None, settings: dict[str, Any] | None = None) -> Path:
+    """Stage 1 (MLSM, + λ·PSCL unless ``pscl`` is False; ``settings``: other config keys,
+    e.g. ``{"optim.momentum": 0.9}``); its checkpoint folder."""
     from wsi_seg_training.stage1 import train_stage1
 
     overrides: dict[str, Any] = {
@@ -82,6 +83,7 @@ def stage1(data: Path, out: Path, preset: str, epochs: int, seed: int, device: s
         overrides["model.pretrained"] = str(pretrained)
     if batch_size is not None:
         overrides["batch_size"] = batch_size
+    overrides.update(settings or {})
     cfg = load_config(Stage1Config, None, overrides)
     return _train_or_reuse(train_stage1, cfg, out / "checkpoint", out / "checkpoint" / "model.safetensors")
 

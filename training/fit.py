@@ -218,9 +218,10 @@ def _evaluate(plan: FitPlan, model: Path, image_labels: str) -> tuple[str, dict[
     result = evaluate_checkpoint(model, plan.data, split=plan.split, format=plan.stage1.data.format,
                                  batch_size=plan.eval_batch_size, device=plan.device, workers=plan.workers,
                                  image_labels=image_labels, progress=plan.stage1.progress)
-    payload = {"sha256": result.sha256, **result.to_extra(), "scores": [asdict(s) for s in result.scores]}
+    mode = result.mode_line() + (f"; {result.gating_summary()}" if result.gating_counts else "")
+    payload = {"sha256": result.sha256, **result.to_extra(), "mode": mode, "scores": [asdict(s) for s in result.scores]}
     cache.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    return result.mode_line(), {s.protocol: s for s in result.scores}
+    return mode, {s.protocol: s for s in result.scores}
 
 
 @dataclass
@@ -290,7 +291,7 @@ def format_report(plan: FitPlan, steps: list[StepScores]) -> str:
         f"- pre-training: {'NT-Xent, ' + str(plan.pretrain.epochs) + ' epochs' if plan.pretrain else 'none'}",
         f"- stage 1: preset {s1.model.backbone or s1.model.preset}, weights {s1.model.pretrained} "
         f"(sha256 {(s1.model.pretrained_sha256 or '-')[:12]}), {s1.epochs} epochs, batch {s1.batch_size}, "
-        f"lr {s1.optim.lr}, PSCL {'on (λ ' + str(s1.pscl.weight) + ')' if s1.pscl.enabled else 'off'}, "
+        f"SGD lr {s1.optim.lr} momentum {s1.optim.momentum:g} wd {s1.optim.weight_decay:g}, PSCL {'on (λ ' + str(s1.pscl.weight) + ')' if s1.pscl.enabled else 'off'}, "
         f"gating {s1.pscl.predict_rules().gating_line()}",
         f"- stage 2: {plan.stage2.loss.name} loss, {plan.stage2.epochs} epochs, batch {plan.stage2.batch_size}",
         "",

@@ -30,6 +30,7 @@ from wsi_seg.model import CamHead, PredictRules, load_checkpoint
 from wsi_seg.model.predict_rules import IGNORE_LABEL
 from wsi_seg.model.config import ModelConfig
 
+from wsi_seg_training.config import DEFAULT_GATING, RUN_GATING, PsclConfig
 from wsi_seg_training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
 
 log = logging.getLogger(__name__)
@@ -40,19 +41,26 @@ CAM_SCALE = 255
 BACKGROUND_COLOR = (255, 255, 255)
 
 
-RUN_GATING = "run"  # gating as the stage-1 run was trained with (its checkpoint provenance)
 
 
 def resolve_rules(cfg: ModelConfig, gating_threshold: float | str | None, gating_epsilon: float | None,
                   gating_fallback: str | None = None, epsilon_reading: str | None = None) -> PredictRules:
     """The rules to predict a checkpoint's patches with: the gating its stage-1 run used
-    (``gating_threshold`` ``"run"``), none (None) or τ_g given; ``gating_epsilon``,
+    (``gating_threshold`` ``"run"``), none (None) or τ_g given (a τ_g means the floor
+    reading of ε unless ``epsilon_reading`` says otherwise); ``gating_epsilon``,
     ``gating_fallback`` and ``epsilon_reading`` None keep the run's."""
     run = PredictRules.of_checkpoint(cfg)
     if gating_threshold == RUN_GATING:
         gating_threshold = run.gating_threshold
+    elif gating_threshold == DEFAULT_GATING:
+        default = PsclConfig().predict_rules()
+        gating_threshold = default.gating_threshold
+        epsilon_reading = epsilon_reading or default.epsilon_reading
+        gating_epsilon = default.gating_epsilon if gating_epsilon is None else gating_epsilon
+    elif isinstance(gating_threshold, float | int) and epsilon_reading is None:
+        epsilon_reading = "floor"  # a τ_g given is a τ_g used
     elif isinstance(gating_threshold, str):
-        raise ConfigError(f"gating threshold must be a number, 'run' or None, got {gating_threshold!r}")
+        raise ConfigError(f"gating threshold must be a number, 'run', 'default' or None, got {gating_threshold!r}")
     return run.replace(gating_threshold=gating_threshold,
                        gating_epsilon=run.gating_epsilon if gating_epsilon is None else gating_epsilon,
                        gating_fallback=gating_fallback or run.gating_fallback,

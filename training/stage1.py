@@ -101,8 +101,8 @@ def build_model_config(cfg: Stage1Config, data: ResolvedData) -> ModelConfig:
         bkg_gray_threshold=int(round(cfg.data.bkg_gray_threshold)),
         bkg_min_size_px=data.background_seed.min_size_px,
     )
-    if cfg.pscl.gating:
-        overrides["cam_score_threshold"] = cfg.pscl.gating_threshold
+    if cfg.pscl.gating:  # the classes a patch keeps without labels: those its gate passes
+        overrides["cam_score_threshold"] = cfg.pscl.predict_rules().gate_threshold
     if cfg.model.backbone:
         overrides.update(backbone=cfg.model.backbone, backbone_kwargs={}, preset="")
     return resolve_hub_backbone(preset_config(cfg.model.preset, **overrides))[0]
