@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from wsi_seg import __version__
-from wsi_seg.errors import Cancelled, NoTissueError, OutputError, SlideError
+from wsi_seg.errors import Cancelled, CheckpointError, NoTissueError, OutputError, SlideError
 from wsi_seg.lock import RunLock
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.model.predict_rules import PredictRules
@@ -26,7 +26,7 @@ from wsi_seg.ownership import check_output, output_lock
 from wsi_seg.reader import BlockReader, plan_reader
 from wsi_seg.result import partial_path, read_provenance
 from wsi_seg.runtime import resolve_runtime, torch_threads
-from wsi_seg.streams import InferenceStreams, run_batch, seconds_per_patch
+from wsi_seg.streams import InferenceStreams, NonFiniteOutput, run_batch, seconds_per_patch
 from wsi_seg.slide import Slide, SlideInfo
 from wsi_seg.tiling import Block, TileGrid, make_grid
 from wsi_seg.tissue import BackgroundSeedParams, tissue_mask
@@ -336,7 +336,11 @@ def segment_steps(
     out = Path(out)
     check_output(out, options.overwrite)
     with output_lock(out) as lock:
-        return (yield from _locked_steps(Path(slide_path), out, model, options, cancel, on_plan, lock))
+        try:
+            return (yield from _locked_steps(Path(slide_path), out, model, options, cancel, on_plan, lock))
+        except NonFiniteOutput as exc:  # in the plan's estimate or in the loop: nothing is marked complete
+            raise CheckpointError(f"{model.path}: {exc} on {slide_path}; the result is left incomplete (the "
+                                  "checkpoint's weights overflow at this precision or are damaged)") from exc
 
 
 def _locked_steps(

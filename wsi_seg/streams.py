@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsi_seg.errors import WsiSegError
 from wsi_seg.model.predict_rules import IGNORE_LABEL, PredictRules
 from wsi_seg.runtime import Runtime
 
@@ -33,11 +34,17 @@ def run_batch(net: Any, rt: Runtime, patches: torch.Tensor, backgrounds: torch.T
         patches = patches.to(rt.device, non_blocking=True)
         bkg = backgrounds.to(rt.device, non_blocking=True) if backgrounds is not None else None
         pred = net.predict(patches, bkg, None, rules)
+        if not bool(torch.isfinite(pred.activations).all()):  # would be stored as class 0 everywhere
+            raise NonFiniteOutput(f"the model gave NaN or infinite activations ({rt.precision})")
         acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
         mask = pred.mask
         if pred.fully_gated is not None and rules is not None and rules.gating_fallback == "ignore":
             mask = mask.masked_fill(mask == IGNORE_LABEL, 0)
         return acts, mask.cpu().numpy()
+
+
+class NonFiniteOutput(WsiSegError):
+    """A batch's activations hold NaN or infinite values (``segment`` names the checkpoint)."""
 
 
 class InferenceStreams:

@@ -119,6 +119,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         state = load_file(str(weights), device="cpu")
     except Exception as exc:  # corrupt or truncated file: safetensors' own error types
         raise CheckpointError(f"{weights}: corrupt or truncated safetensors file ({exc})") from exc
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # a diverged training or a damaged file: it would segment every slide as background
+        raise CheckpointError(f"{weights}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); "
+                              "the training that wrote it diverged or the file is damaged")
     try:
         net = PsclNet(cfg)
     except ConfigError as exc:

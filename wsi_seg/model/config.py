@@ -15,6 +15,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LUAD_CLASS_NAMES = ("TE", "NEC", "LYM", "TAS")
 LUAD_CLASS_COLORS = ((205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0))
 CONFIG_FORMAT_VERSION = 1
+# label maps are uint8: 0 = background, 1..N = classes, 255 = ignore (predict_rules.IGNORE_LABEL)
+MAX_CLASSES = 254
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class ModelConfig:
             raise ConfigError(f"stage must be 1 or 2, got {self.stage!r}")
         if not self.class_names:
             raise ConfigError("class_names must name at least one class")
+        if len(self.class_names) > MAX_CLASSES:
+            raise ConfigError(f"{len(self.class_names)} classes; label maps are 8-bit (0 = background, 255 = "
+                              f"ignore), so a model has at most {MAX_CLASSES}")
         if len(self.class_colors) != len(self.class_names):
             raise ConfigError(
                 f"{len(self.class_names)} class names but {len(self.class_colors)} colours"
