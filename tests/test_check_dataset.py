@@ -123,3 +123,35 @@ def test_cli_reports_and_training_refuses_with_the_same_findings(tmp_path, capsy
     assert not (tmp_path / "run").exists()
     clean = _tree(tmp_path / "clean", LUAD_NAMES)
     assert cli.main(["check-dataset", str(clean), "--no-progress"]) == 0
+
+
+def test_a_16_bit_image_and_a_patch_listed_twice_are_problems(tmp_path):
+    from wsi_seg.errors import DatasetError
+    from wsi_seg_training.datasets.io import read_rgb
+
+    root = tmp_path / "csv"
+    (root / "img").mkdir(parents=True)
+    for i in range(3):
+        _rgb(root / "img" / f"p{i}.png", i)
+    grey16 = root / "img" / "grey16.png"
+    Image.fromarray(np.full((SIZE, SIZE), 40000, np.uint16)).save(grey16)  # would read as all white
+    (root / "labels.csv").write_text(
+        "filename,TE,NEC\n"
+        "img/p0.png,1,0\n"
+        "img/p1.png,0,1\n"
+        "img/p0.png,0,1\n"  # the same patch again, with the opposite label
+        "img/p2.png,1,1\n"
+        "img/p2.png,1,1\n"  # an exact repeat: trained twice
+        "img/grey16.png,1,0\n"
+    )
+    problems = check_dataset(root).problems
+    expect = [
+        "labels.csv:4: img/p0.png is listed again (first on line 2) with other labels or split",
+        "labels.csv:6: img/p2.png is listed again (first on line 5)",
+        "grey16.png: I;16 image (16-bit or floating point); patches must be 8-bit RGB or grey",
+    ]
+    for e in expect:
+        assert sum(e in p for p in problems) == 1, (e, problems)
+    assert len(problems) == len(expect)
+    with pytest.raises(DatasetError, match="grey16.png: I;16 image"):
+        read_rgb(grey16)

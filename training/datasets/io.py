@@ -11,6 +11,15 @@ from wsi_seg.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_MODES = ("L", "P", "I", "I;16", "1")
+# PIL modes of 8-bit images; 16-bit and float ones (I;16, I, F) would be clipped to white by a
+# conversion to RGB, so they are refused rather than trained on
+IMAGE_MODES = ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", "La")
+
+
+def not_8_bit(path: Path, mode: str) -> str:
+    """The problem line of an image that is not 8-bit."""
+    return (f"{path}: {mode} image (16-bit or floating point); patches must be 8-bit RGB or grey, "
+            "convert it first (e.g. scale 16-bit values by 1/257)")
 
 
 def image_header(path: Path) -> tuple[tuple[int, int], str]:
@@ -28,10 +37,14 @@ def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB pixels of an image (alpha dropped, grey expanded)."""
     try:
         with Image.open(path) as im:
+            if im.mode not in IMAGE_MODES:
+                raise DatasetError(not_8_bit(path, im.mode))
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as exc:
         raise DatasetError(f"{path}: file not found") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
+        if isinstance(exc, DatasetError):
+            raise
         raise DatasetError(f"{path}: cannot read image ({exc})") from exc
 
 

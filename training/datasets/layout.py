@@ -24,7 +24,7 @@ from pathlib import Path
 from wsi_seg.errors import DatasetError
 
 from wsi_seg_training.datasets.formats import BCSS, FORMATS, LUAD, FormatInfo, csv_info
-from wsi_seg_training.datasets.io import IMAGE_SUFFIXES, MASK_MODES, image_header
+from wsi_seg_training.datasets.io import IMAGE_MODES, IMAGE_SUFFIXES, MASK_MODES, image_header, not_8_bit
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,7 @@ def _read_csv(root: Path, problems: list[str]) -> tuple[FormatInfo, dict[str, li
         raise DatasetError(f"{path}: header {','.join(header)} names no class columns after the file name")
     info = csv_info(tuple(header[i] for i in class_cols))
     splits: dict[str, list[PatchRecord]] = {s: [] for s in SPLITS}
+    seen: dict[Path, tuple[int, str, tuple[str, ...]]] = {}  # image → (line, split, labels) of its first row
     for line_no, row in enumerate(rows[1:], start=2):
         if not row or not "".join(row).strip():
             continue
@@ -184,6 +185,13 @@ def _read_csv(root: Path, problems: list[str]) -> tuple[FormatInfo, dict[str, li
         values = [row[i].strip() for i in class_cols]
         mask_name = row[cols["mask"]].strip() if "mask" in cols else ""
         mask = root / mask_name if mask_name else None
+        first = seen.setdefault(image.resolve(), (line_no, split, tuple(values)))
+        if first[0] != line_no:  # a patch listed twice: trained twice, or with two answers
+            same = first[1:] == (split, tuple(values))
+            problems.append(f"{path}:{line_no}: {row[0].strip()} is listed again (first on line {first[0]})"
+                            + ("" if same else f" with other labels or split ({first[1]} {','.join(first[2])} vs "
+                                               f"{split} {','.join(values)})"))
+            continue
         if split not in SPLITS:
             problems.append(f"{path}:{line_no}: split {split!r}; expected train, val or test")
         elif any(v not in ("0", "1") for v in values):
@@ -214,6 +222,8 @@ def _check_split(index: DatasetIndex, name: str, records: list[PatchRecord]) -> 
             continue
         sizes[f"{hw[1]}×{hw[0]}"] += 1
         modes[mode] += 1
+        if mode not in IMAGE_MODES:
+            index.problems.append(not_8_bit(rec.image, mode))
         if first_hw is None:
             first_hw = hw
         elif hw != first_hw:
