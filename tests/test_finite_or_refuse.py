@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_cli import assert_one_line_error, segment
+from test_cli import assert_one_line_error, run_cli, segment
 
 from wsi_seg.errors import ConfigError
 from wsi_seg.model import PsclNet, preset_config, save_checkpoint
@@ -48,3 +48,20 @@ def test_more_classes_than_an_8_bit_label_map_holds_are_refused():
     with pytest.raises(ConfigError, match=f"{MAX_CLASSES + 1} classes; label maps are 8-bit"):
         preset_config("tiny", stage=1, class_names=names, class_colors=((0, 0, 0),) * len(names))
     preset_config("tiny", stage=1, class_names=names[:-1], class_colors=((0, 0, 0),) * MAX_CLASSES)
+
+
+def test_batch_size_and_workers_have_upper_bounds(tmp_path, capsys, blob_slide, checkpoints):
+    from wsi_seg.runtime import MAX_BATCH_SIZE, MAX_WORKERS_PER_CPU, available_cpus
+
+    out = tmp_path / "s.zarr"
+    code, _, err = segment(capsys, blob_slide, out, checkpoints[2], "--batch-size", MAX_BATCH_SIZE + 1)
+    assert_one_line_error(code, err, f"--batch-size {MAX_BATCH_SIZE + 1}: at most {MAX_BATCH_SIZE}")
+    cpus = available_cpus().cpus
+    code, _, err = run_cli(capsys, "segment", blob_slide, "--out", out, "--model", checkpoints[2], "--device", "cpu",
+                           "--workers", 1000, "--no-progress")
+    assert_one_line_error(code, err, f"--workers 1000: this process may use {cpus} CPUs",
+                          f"at most {MAX_WORKERS_PER_CPU * cpus}")
+    assert not out.exists()
+    # the largest batch runs a small slide: the plan's noise batch is the slide's patches, not 1024
+    code, _, err = segment(capsys, blob_slide, out, checkpoints[2], "--batch-size", MAX_BATCH_SIZE)
+    assert code == 0, err

@@ -187,6 +187,10 @@ def available_cpus(
     return CpuBudget(cpus=limits[source], source=source, limits=limits)
 
 
+MAX_BATCH_SIZE = 1024  # patches per model call a user may ask for
+MAX_WORKERS_PER_CPU = 4  # reader processes per CPU: more only queue for the same cores
+
+
 def resolve_batch_size(device: torch.device, batch_size: int | None) -> int:
     """Patches per model call for ``batch_size`` (None: auto).
 
@@ -195,6 +199,9 @@ def resolve_batch_size(device: torch.device, batch_size: int | None) -> int:
     10 % slower. 32 on CUDA.
     """
     if batch_size is not None:
+        if batch_size > MAX_BATCH_SIZE:
+            raise ConfigError(f"--batch-size {batch_size}: at most {MAX_BATCH_SIZE} patches per model call (a batch "
+                              f"of 224-px patches that size already holds gigabytes of activations)")
         return batch_size
     return 2 if device.type == "cpu" else 32
 
@@ -208,6 +215,9 @@ def resolve_workers(device: torch.device, workers: int | None, cpus: int) -> int
     On CUDA, where decoding is the limit, one reader per spare CPU, up to 8.
     """
     if workers is not None:
+        if workers > MAX_WORKERS_PER_CPU * cpus:
+            raise ConfigError(f"--workers {workers}: this process may use {cpus} CPUs; at most "
+                              f"{MAX_WORKERS_PER_CPU * cpus} reader processes ({MAX_WORKERS_PER_CPU} per CPU)")
         return workers
     if device.type == "cpu":
         return 0

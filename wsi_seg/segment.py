@@ -387,7 +387,8 @@ def _locked_steps(
     with torch_threads(rt.torch_threads), InferenceStreams(rt.streams) as streams:
         plan_ = SegmentPlan(
             str(slide_path), grid.out_shape, cfg.mpp, info.mpp if options.mpp is None else options.mpp, n_total,
-            sum(len(b.patches) for b in todo), seconds_per_patch(net, rt, cfg.patch_size_px, seeded, streams) if todo else 0.0,
+            sum(len(b.patches) for b in todo), seconds_per_patch(net, rt, cfg.patch_size_px, seeded, streams,
+                                                max_patches=sum(len(b.patches) for b in todo)) if todo else 0.0,
             str(device),
         )
         log.info("%s", plan_.describe())

@@ -89,14 +89,17 @@ class InferenceStreams:
         return done
 
 
-def seconds_per_patch(net: Any, rt: Runtime, patch_px: int, seeded: bool, streams: InferenceStreams) -> float:
-    """Model time per patch with every stream busy, from one round of noise batches.
+def seconds_per_patch(net: Any, rt: Runtime, patch_px: int, seeded: bool, streams: InferenceStreams,
+                      max_patches: int | None = None) -> float:
+    """Model time per patch with every stream busy, from one round of noise batches of at
+    most ``max_patches`` (a slide's patches: a large ``--batch-size`` on a small slide
+    allocates no more than the slide needs).
 
     On the CPU the round's first calls are included: a second round cost swin-t 0.8 s per
     slide for an estimate within 2 % of the first (``small``: the first is 1.4–1.6× high).
     On CUDA the first round (context, kernels, autotuning) only warms up.
     """
-    n, device = rt.batch_size, rt.device
+    n, device = max(1, min(rt.batch_size, max_patches or rt.batch_size)), rt.device
     x = torch.randint(0, 256, (n, 3, patch_px, patch_px), dtype=torch.uint8, device=device)
     bkg = torch.zeros((n, patch_px, patch_px), dtype=torch.bool, device=device) if seeded else None
     for _ in range(2 if device.type == "cuda" else 1):
