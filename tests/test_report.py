@@ -85,11 +85,18 @@ def test_a_mask_goes_onto_another_grid_cropped_or_padded_in_micrometres():
     assert mask_on_grid(mask, 2.0, 4.0, (1, 2)).tolist() == [[6, 8]]  # coarser: the pixel under each centre
 
 
-def test_incomplete_result_says_so(tmp_path, slide):
+def test_incomplete_result_is_refused_unless_partial_and_then_says_so(tmp_path, slide, capsys):
+    from test_cli import assert_one_line_error, run_cli
+
     partial = write_result(tmp_path / "p.zarr", known_mask(), slide, SLIDE_MPP, MPP, complete=False)
-    report = build_report(partial)
+    code, out, err = run_cli(capsys, "report", partial, "--out", tmp_path / "r.png")
+    assert_one_line_error(code, err, "result is incomplete (segmentation was interrupted)")
+    assert not (tmp_path / "r.png").exists() and "mm²" not in out
+    report = build_report(partial, partial=True)
     assert report.notes and "incomplete" in report.notes[0]
     assert sum(a.area_um2 for a in report.areas) == 2400
+    code, out, err = run_cli(capsys, "report", partial, "--out", tmp_path / "r.png", "--partial")
+    assert code == 0 and (tmp_path / "r.png").is_file(), err
 
 
 def test_moved_slide_needs_slide_flag(tmp_path, result, slide, capsys):

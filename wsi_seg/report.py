@@ -168,8 +168,10 @@ def build_report(
     slide: str | Path | None = None,
     ground_truth: str | Path | None = None,
     panel_px: int = PANEL_PX,
+    partial: bool = False,
 ) -> SlideReport:
-    """The report of a result.
+    """The report of a result; an incomplete one (an interrupted run) only with ``partial``,
+    and then marked so.
 
     ``slide`` replaces the slide path recorded in the result (a moved slide);
     ``ground_truth``: a class-mask PNG with its JSON (``wsi_seg.synthetic`` layout);
@@ -177,7 +179,7 @@ def build_report(
     """
     from wsi_seg.synthetic import mask_paths
 
-    result = Result.open(result_path, allow_incomplete=True)
+    result = Result.open(result_path, allow_incomplete=partial)
     rgb, overlay, mask, mask_mpp = result_panels(result, slide, panel_px)
     size = _panel_size(mask.shape, panel_px)
     corrected = result.current_labels == CORRECTED_NAME
@@ -341,13 +343,15 @@ def write_report(
     out: str | Path,
     slide: str | Path | None = None,
     ground_truth: str | Path | None = None,
+    partial: bool = False,
 ) -> SlideReport:
-    """Build the report of ``result_path`` and write it to ``out`` (.png or .html).
+    """Build the report of ``result_path`` and write it to ``out`` (.png or .html);
+    ``partial``: also of an incomplete result.
 
     Written to a temporary name and renamed, so ``out`` is either the old file or the new.
     """
     out = check_report_path(out)
-    report = build_report(result_path, slide=slide, ground_truth=ground_truth)
+    report = build_report(result_path, slide=slide, ground_truth=ground_truth, partial=partial)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ground-truth", type=Path, default=None, metavar="MASK.png",
                    help="class-mask PNG (+ .json) to show beside the result (default: the demo slide's "
                         "<stem>_mask.png when it is next to the slide)")
+    p.add_argument("--partial", action="store_true",
+                   help="also report an incomplete result (an interrupted run), marked as such; its areas cover "
+                        "only what was written (default: refuse it)")
     p.set_defaults(func=run)
 
 
@@ -29,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from wsi_seg.report import check_report_path, write_report
 
     out = check_report_path(args.out if args.out is not None else default_report_path(args.result))
-    report = write_report(args.result, out, slide=args.slide, ground_truth=args.ground_truth)
+    report = write_report(args.result, out, slide=args.slide, ground_truth=args.ground_truth, partial=args.partial)
     for a in report.areas:
         print(f"{a.name:>12}: {a.area_mm2:10.4f} mm²  {a.tissue_fraction:6.1%} of tissue")
     print(f"report: {out}")
