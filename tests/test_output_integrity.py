@@ -150,3 +150,81 @@ def test_a_napari_job_respects_the_lock_of_a_cli_run(tmp_path, blob_slide, check
         assert isinstance(outcome, JobFailed) and f"in use by pid {os.getpid()}" in outcome.message
         assert (partial_path(out) / LOCK_NAME).exists()
     assert not out.exists() and not partial_path(out).exists()
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing catches it, nothing is rolled back."""
+
+
+def _crash_on_rename(monkeypatch, n):
+    """Make the ``n``-th os.replace of the swap kill the run (1: after moving the old result
+    aside, before the new one is in place)."""
+    import wsi_seg.ownership as ownership
+
+    calls = []
+
+    class Os:  # the ownership module's os, with a replace that dies; every other module keeps the real one
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def replace(src, dst):
+            calls.append((src, dst))
+            if len(calls) == n + 1:
+                raise _Killed
+            os.replace(src, dst)
+
+    monkeypatch.setattr(ownership, "os", Os())
+
+
+def test_a_crash_in_the_overwrite_swap_loses_no_result(tmp_path, capsys, caplog, blob_slide, checkpoints, monkeypatch):
+    from test_cli import run_cli
+
+    out = tmp_path / "o.zarr"
+    assert segment(capsys, blob_slide, out, checkpoints[1])[0] == 0
+    old = json.loads((out / "zarr.json").read_text())["attributes"]["wsi_seg"]
+    _crash_on_rename(monkeypatch, 1)  # old result moved to o.zarr.replaced, the new one not yet in place
+    with pytest.raises(_Killed):
+        segment(capsys, blob_slide, out, checkpoints[2], "--overwrite")
+    monkeypatch.undo()
+    assert not out.exists() and is_complete(tmp_path / "o.zarr.replaced")
+    assert is_complete(partial_path(out))  # the new result was marked complete before the swap
+    # the next command that reads OUT restores the previous result, and says so
+    code, stdout, err = run_cli(capsys, "report", out, "--out", tmp_path / "r.png")
+    assert code == 0 and "mm²" in stdout, err
+    assert "previous result was restored" in caplog.text
+    assert json.loads((out / "zarr.json").read_text())["attributes"]["wsi_seg"] == old
+    # rerunning the overwrite resumes its finished partial and completes the swap
+    code, stdout, err = segment(capsys, blob_slide, out, checkpoints[2], "--overwrite")
+    assert code == 0, err
+    prov = json.loads((out / "zarr.json").read_text())["attributes"]["wsi_seg"]
+    assert prov["complete"] and prov["model"]["path"] == str(checkpoints[2])
+    assert prov["stats"]["patches_run"] == 0  # nothing recomputed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr", "r.png"]
+
+
+def test_a_crash_after_the_swap_leaves_only_the_old_copy_to_remove(tmp_path, capsys, caplog, blob_slide,
+                                                                     checkpoints, monkeypatch):
+    out = tmp_path / "o.zarr"
+    assert segment(capsys, blob_slide, out, checkpoints[1])[0] == 0
+    import shutil
+
+    import wsi_seg.ownership as ownership
+
+    class Shutil:  # the ownership module's shutil, whose rmtree dies (after the swap: removing the old copy)
+        def __getattr__(self, name):
+            return getattr(shutil, name)
+
+        @staticmethod
+        def rmtree(*a, **k):
+            raise _Killed
+
+    monkeypatch.setattr(ownership, "shutil", Shutil())
+    with pytest.raises(_Killed):
+        segment(capsys, blob_slide, out, checkpoints[2], "--overwrite")
+    monkeypatch.undo()
+    assert is_complete(out) and (tmp_path / "o.zarr.replaced").is_dir()
+    from wsi_seg.result import Result
+
+    assert Result.open(out).provenance.model.path == str(checkpoints[2])
+    assert not (tmp_path / "o.zarr.replaced").exists() and "removed" in caplog.text

@@ -23,7 +23,7 @@ def ramp_image(h, w):
     return np.stack([xx % 256, yy % 256, (xx // 37 + yy // 53) % 5], -1).astype(np.uint8)
 
 
-def echo_predictor(net, images, background=None):
+def echo_predictor(net, images, background=None, image_labels=None, rules=None):
     """A 'model' that outputs its input: activations = R, G; mask = B."""
     acts = images[:, :2].float() / 255.0
     acts = torch.cat([acts, acts], 1)[:, : net.cfg.num_classes]

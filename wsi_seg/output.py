@@ -283,14 +283,17 @@ class ResultStore:
         group.attrs[PROVENANCE_KEY] = {**group.attrs[PROVENANCE_KEY], **fields}
 
     def finalize(self, final: Path) -> None:
-        """Drop the progress file, swap into place (an old result of ours at ``final`` is
-        removed only once the new one is there), then mark complete: the last write, so a
-        store that failed to move is never taken for a result."""
+        """Mark complete, swap into place (an old result of ours at ``final`` is moved to
+        ``final.replaced`` and removed only once the new one is there), drop the progress file. Marked before the swap, so a crash between the two renames leaves a
+        complete new result in ``.partial`` (a rerun moves it into place) and the old one in
+        ``.replaced``, which the next command restores (:func:`restore_replaced`). A
+        ``.partial`` is never read as a result, complete or not."""
         from datetime import datetime, timezone
 
         self.close()
-        (self.root / PROGRESS_FILE).unlink(missing_ok=True)
+        self.update_provenance(complete=True, completed_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         swap_into_place(self.root, final)
         self.root = final
-        self.update_provenance(complete=True, completed_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        # kept until now: a complete .partial a crash left before the swap resumes with every block done
+        (final / PROGRESS_FILE).unlink(missing_ok=True)
 

@@ -155,6 +155,40 @@ def swap_into_place(tmp: Path, out: Path) -> None:
 
 
 
+def restore_replaced(out: Path) -> None:
+    """Undo what a crash during an ``--overwrite`` swap left, under ``out``'s lock.
+
+    ``out.replaced`` is the previous result, moved aside for the new one. With no result
+    at ``out`` it is moved back (a WARNING says so; the new result, complete or not, stays
+    in ``out.partial`` for a rerun with ``--overwrite``). Beside a complete result at
+    ``out`` it is the copy the swap had left to delete, and is deleted.
+    """
+    old = replaced_path(out)
+    if not is_ours(old):
+        return
+    if out.exists() or out.is_symlink():
+        if is_ours(out) and is_complete(out):
+            shutil.rmtree(old, ignore_errors=True)
+            log.warning("%s: removed %s, the previous result a finished --overwrite had replaced", out, old)
+        return
+    os.replace(old, out)
+    log.warning("%s: an --overwrite was interrupted while swapping results; the previous result was restored from "
+                "%s (the new one is kept in %s: rerun with --overwrite to finish it)", out, old.name,
+                partial_path(out).name)
+
+
+def restore_replaced_now(out: Path) -> None:
+    """:func:`restore_replaced` for readers (report, export, view): only when no run holds
+    ``out`` (a run in progress finishes its own swap)."""
+    if not is_ours(replaced_path(out)):
+        return
+    try:
+        with output_lock(out):
+            restore_replaced(out)
+    except OutputError:  # in use by a run, or the folder cannot be written: leave it to that run
+        return
+
+
 @contextmanager
 def output_lock(out: Path) -> Iterator[RunLock]:
     """Hold the lock of a run on ``out`` (in ``OUT.partial``, created if needed) for the block.

@@ -190,6 +190,10 @@ class Result:
         import zarr
 
         p = Path(str(path).rstrip("/\\"))
+        if not is_partial(p):
+            from wsi_seg.ownership import restore_replaced_now
+
+            restore_replaced_now(p)  # an --overwrite that crashed mid-swap left the old result beside it
         raw = read_provenance(p) if p.is_dir() else None
         if raw is None:
             what = "no such folder" if not p.exists() else "no 'wsi_seg' attributes in zarr.json"

@@ -22,7 +22,7 @@ from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.model.predict_rules import PredictRules
 from wsi_seg.options import MAX_UPSAMPLING, SegmentOptions
 from wsi_seg.output import ResultStore
-from wsi_seg.ownership import check_output, output_lock
+from wsi_seg.ownership import check_output, is_ours, output_lock, replaced_path, restore_replaced
 from wsi_seg.reader import BlockReader, plan_reader
 from wsi_seg.result import partial_path, read_provenance
 from wsi_seg.runtime import resolve_runtime, torch_threads
@@ -183,10 +183,10 @@ def _prepare_store(out: Path, grid: TileGrid, model: LoadedModel, provenance: di
     """
     tmp = partial_path(out)
     old = read_provenance(tmp)
+    if old is not None and _same_run(old, provenance):  # with --overwrite too: an interrupted overwrite resumes
+        log.info("resuming the interrupted run in %s", tmp)
+        return ResultStore(tmp)
     if old is not None and not overwrite:
-        if _same_run(old, provenance):
-            log.info("resuming the interrupted run in %s", tmp)
-            return ResultStore(tmp)
         raise OutputError(_mismatch(tmp, old, provenance))
     return ResultStore.create(tmp, grid.out_shape, model.config.num_classes, grid.block_px, provenance)
 
@@ -336,6 +336,9 @@ def segment_steps(
     out = Path(out)
     check_output(out, options.overwrite)
     with output_lock(out) as lock:
+        if is_ours(replaced_path(out)):  # a crash during an earlier --overwrite's swap
+            restore_replaced(out)
+            check_output(out, options.overwrite)  # a restored result needs --overwrite like any other
         try:
             return (yield from _locked_steps(Path(slide_path), out, model, options, cancel, on_plan, lock))
         except NonFiniteOutput as exc:  # in the plan's estimate or in the loop: nothing is marked complete
