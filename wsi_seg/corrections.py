@@ -262,6 +262,64 @@ def save_corrections(
     return record
 
 
+# what must match for corrections to be carried from one result onto a new one of the slide
+CARRY_KEYS = ("output_shape_px", "block_px", "mpp")
+
+
+def has_corrections(path: str | Path) -> bool:
+    """True when the result at ``path`` holds a ``labels/corrected`` image."""
+    return (Path(path) / "labels" / CORRECTED_NAME / "zarr.json").is_file()
+
+
+def carry_refusal(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why corrections of a result with provenance ``old`` cannot go onto a new result
+    with provenance ``new``; None when they can (same slide, same pixel grid)."""
+    if old.get("slide", {}).get("fingerprint") != new.get("slide", {}).get("fingerprint"):
+        return "they belong to another slide"
+    differing = [k for k in CARRY_KEYS if old.get(k) != new.get(k)]
+    if differing:
+        return f"the new result's pixel grid differs ({', '.join(differing)})"
+    return None
+
+
+def carry_over(old: str | Path, new: str | Path) -> int:
+    """Put the user's corrections of the result ``old`` onto the result ``new`` of the same
+    slide and grid (``wsi-seg segment --overwrite``); returns the level-0 pixels carried.
+
+    Only what the user changed moves: each level-0 pixel where ``old``'s corrected labels
+    differ from its model mask takes its corrected value in ``new``'s ``labels/corrected``,
+    which is ``new``'s mask everywhere else. ``new`` may be the run's ``.partial`` (this is
+    done before it is marked complete, so a crash loses nothing: the old result is still in
+    place). The old saves stay in the history, with ``carried_from`` naming the result.
+    """
+    import zarr
+
+    old_result, new_result = Result.open(old), Result.open(new, allow_incomplete=True)
+    history = corrections_history(old_result)
+    chunks = {tuple(c) for save in history for c in save.get("chunks") or []} | set(pending_chunks(old_result))
+    labels = zarr.open_group(str(old_result.path / "labels"), mode="r")
+    mask, corrected = labels[LABEL_NAME]["0"], labels[CORRECTED_NAME]["0"]
+    _ensure_corrected(new_result)
+    group = zarr.open_group(str(new_result.path / "labels" / CORRECTED_NAME), mode="r+")
+    base = group["0"]
+    c = base.chunks[-1]
+    edits: dict[tuple[int, int], np.ndarray] = {}
+    values: dict[tuple[int, int], np.ndarray] = {}
+    for i, j in sorted(chunks):
+        window = (slice(i * c, (i + 1) * c), slice(j * c, (j + 1) * c))
+        before, after = mask[window], corrected[window]
+        if (before != after).any():
+            edits[(i, j)], values[(i, j)] = before != after, after
+    pixels = _write_chunks(base, edits, values)
+    _rebuild_parents(group, new_result.levels, set(edits))
+    completed = old_result.provenance.raw.get("completed_utc")
+    group.attrs[ATTRS_KEY] = {"source": LABEL_NAME, "saves": history,
+                              "carried_from": {"result_completed_utc": completed, "pixels": pixels,
+                                               "model_sha256": old_result.provenance.raw.get("model", {}).get("sha256")}}
+    log.info("%s: %d corrected level-0 pixels carried over from the result it replaces", new_result.path, pixels)
+    return pixels
+
+
 def _login() -> str:
     try:
         return getpass.getuser()

@@ -33,6 +33,7 @@ class SegmentOptions:
     reader: str = "auto"  # slide decoder, one of READERS
     tissue: TissueParams = field(default_factory=TissueParams)
     overwrite: bool = False
+    discard_corrections: bool = False  # --overwrite of a corrected result may drop its corrections
     progress: bool = True
     allow_upsampling: bool = False  # a model µm/px more than MAX_UPSAMPLING× finer than level 0
     max_output_px: int = DEFAULT_MAX_OUTPUT_PX  # level-0 output pixels a run may plan

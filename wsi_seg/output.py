@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -198,14 +198,16 @@ class ResultStore:
         return len(shapes)
 
     def finish(self, final: Path, stats: dict[str, Any] | None = None, started: float | None = None,
-               progress: bool = True, **provenance: Any) -> int:
+               progress: bool = True, before_complete: Callable[[Path], Any] | None = None,
+               **provenance: Any) -> int:
         """Complete the result and move it to ``final``; returns the pyramid's level count.
 
         The pyramid is finished (streamed, or built from level 0 when blocks came without
         ``expected`` or an odd chunk size), the NGFF metadata written from the
         provenance's µm/px and classes, ``stats`` (with ``levels``, and ``seconds`` since
         ``started``, a ``time.perf_counter()`` value) and the other ``provenance`` fields
-        added to the provenance, then the rename and ``complete`` (last).
+        added to the provenance; ``before_complete(root)`` (corrections carried over from
+        the result being replaced) runs then, before ``complete`` and the swap.
         """
         self.close()
         if self._pyramid is not None and self._pyramid.pending == 0:
@@ -218,6 +220,8 @@ class ResultStore:
         if started is not None:
             stats["seconds"] = round(time.perf_counter() - started, 3)
         self.update_provenance(**provenance, stats=stats)
+        if before_complete is not None:
+            before_complete(self.root)
         self.finalize(final)
         return n_levels
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from wsi_seg import __version__
+from wsi_seg.corrections import carry_over, carry_refusal, has_corrections
 from wsi_seg.errors import Cancelled, CheckpointError, NoTissueError, OutputError, SlideError
 from wsi_seg.lock import RunLock
 from wsi_seg.model.checkpoint import LoadedModel
@@ -174,6 +175,23 @@ def _mismatch(tmp: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
         )
     keys = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
     return f"{tmp}: holds an interrupted run with other settings ({', '.join(keys)}); pass --overwrite to discard it"
+
+
+def _corrections_to_carry(out: Path, provenance: dict[str, Any], options: SegmentOptions) -> Path | None:
+    """The result whose napari corrections go onto this run's result (an ``--overwrite`` of
+    a corrected result of the same slide and grid), or None; refuses an overwrite that
+    would lose corrections unless ``discard_corrections``."""
+    if not (options.overwrite and is_ours(out) and has_corrections(out)):
+        return None
+    if options.discard_corrections:
+        log.warning("%s: its corrections (labels/corrected) are discarded with it (--discard-corrections)", out)
+        return None
+    why = carry_refusal(read_provenance(out) or {}, provenance)
+    if why is not None:
+        raise OutputError(f"{out}: holds corrections saved in napari, and {why}, so they cannot be carried over; "
+                          "pass --discard-corrections to replace them, or export them first "
+                          f"(wsi-seg export {out} --geojson FILE)")
+    return out
 
 
 def _prepare_store(out: Path, grid: TileGrid, model: LoadedModel, provenance: dict[str, Any], overwrite: bool) -> ResultStore:
@@ -372,6 +390,7 @@ def _locked_steps(
         reader_plan = plan_reader(options.reader, slide, cfg.mpp, device)
     provenance = _provenance(info, model, grid, options)
     provenance["inference"] = {**rt.provenance(), "reader": reader_plan.provenance()}
+    carry_from = _corrections_to_carry(out, provenance, options)  # refused here, before any compute
     rules = PredictRules.of_checkpoint(cfg)  # as evaluate and pseudo-labels predict this checkpoint
     if model.net.head.needs_background_seed:  # the CAM head's rules; a segmentation head has none
         provenance["predict_rules"] = rules.record()
@@ -436,6 +455,7 @@ def _locked_steps(
     t = time.perf_counter()
     stats = {"patches_run": n_run, "patches_skipped": n_skipped, "patches_resumed": n_resumed, "tissue_patches": n_total}
     store.finish(out, stats, started=t_start, progress=options.progress,
+                 before_complete=(lambda new: carry_over(carry_from, new)) if carry_from is not None else None,
                  inference={**provenance["inference"], "reader": reader.provenance()})
     lock.moved(out)
     timings["pyramid"] = time.perf_counter() - t

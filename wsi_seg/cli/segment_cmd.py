@@ -71,7 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "1/2, 1/4, 1/8 scale when the level is that much finer than the model); jpeg-device "
                         "(tiles decoded in batches on the model's device, nvJPEG on CUDA); auto: jpeg-device on "
                         "CUDA, jpeg-cpu on the CPU where the slide has JPEG tiles, else openslide (default: auto)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs; corrections saved in napari are carried over onto the new result "
+                        "when it is of the same slide and pixel grid, else refused")
+    p.add_argument("--discard-corrections", action="store_true",
+                   help="with --overwrite: replace a corrected result without carrying its corrections over")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run the cohort on the dask cluster at ADDRESS (e.g. tcp://host:8786), one task per "
@@ -112,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         reader=args.reader,
         tissue=TissueParams(min_tissue_fraction=args.tissue_threshold),
         overwrite=args.overwrite,
+        discard_corrections=args.discard_corrections,
         progress=not args.no_progress,
         allow_upsampling=args.allow_upsampling,
         max_output_px=args.max_output_px,
