@@ -132,3 +132,27 @@ def test_synth_dataset_command_writes_a_dataset_that_opens(tmp_path, capsys):
     assert len(index.splits["train"]) == 4 and len(index.splits["test"]) == 2
     with pytest.raises(ConfigError, match="not empty"):
         args.func(args)
+
+
+def test_a_run_folder_has_one_writer_at_a_time(tmp_path, capsys, checkpoints):
+    from wsi_seg.lock import LOCK_NAME, RunLock
+    from wsi_seg_training.synthetic_dataset import write_dataset
+
+    data = write_dataset(tmp_path / "data", n_train=8, n_val=0, n_test=0, seed=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    commands = {
+        "train": ["train", "--stage", "1", "--data", str(data), "--out", str(run), "--preset", "tiny",
+                  "--device", "cpu", "--no-progress"],
+        "pretrain": ["pretrain", "--data", str(data), "--out", str(run), "--preset", "tiny", "--device", "cpu",
+                     "--no-progress"],
+        "fit": ["fit", "--data", str(data), "--out", str(run), "--device", "cpu", "--no-progress"],
+        "pseudo-labels": ["pseudo-labels", "--model", str(checkpoints[1]), "--data", str(data), "--out", str(run),
+                          "--device", "cpu", "--no-progress"],
+    }
+    with RunLock(run / LOCK_NAME, what=run):  # another run writing into it
+        for name, argv in commands.items():
+            assert cli.main(argv) == 2, name
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and f"{run}: in use by pid" in err, (name, err)
+    assert sorted(p.name for p in run.iterdir()) == []  # nothing written by the refused runs

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_seg.errors import ConfigError
+from wsi_seg.lock import folder_lock
 
 from wsi_seg_training.config import PretrainConfig, Stage1Config, Stage2Config, load_config_file
 from wsi_seg_training.reference import REFERENCE, reference_rows
@@ -234,11 +235,15 @@ class FitResult:
 
 def fit(plan: FitPlan, report: Any = log.info) -> FitResult:
     """Run every step of ``plan`` that is not finished; write RUN/report.md."""
+    with folder_lock(plan.out):  # one fit per RUN folder; each step's run folder has its own lock too
+        return _fit_locked(plan, report)
+
+
+def _fit_locked(plan: FitPlan, report: Any) -> FitResult:
     from wsi_seg_training.pretrain import WEIGHTS_NAME, train_pretrain
     from wsi_seg_training.stage1 import train_stage1
     from wsi_seg_training.stage2 import train_stage2
 
-    plan.out.mkdir(parents=True, exist_ok=True)
     (plan.out / "fit.json").write_text(json.dumps(plan.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
     ran: list[str] = []
     weights = plan.out / "pretrain" / WEIGHTS_NAME

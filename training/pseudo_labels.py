@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from wsi_seg.errors import ConfigError, OutputError
+from wsi_seg.lock import folder_lock
 from wsi_seg.model import CamHead, PredictRules, load_checkpoint
 from wsi_seg.model.predict_rules import IGNORE_LABEL
 from wsi_seg.model.config import ModelConfig
@@ -143,50 +144,51 @@ def generate_pseudo_labels(
         )
     records = index.split(split)
     out = Path(out)
-    mask_dir, cam_dir = out / split / "mask", out / split / "cams"
-    if mask_dir.exists() and any(mask_dir.iterdir()) and not overwrite:
-        raise OutputError(f"{mask_dir}: already holds pseudo-labels; use --overwrite or another --out")
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    cam_dir.mkdir(parents=True, exist_ok=True)
-    dataset = PatchDataset(records, index.num_classes, background_seed=BackgroundSeedParams.of_model(cfg))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    palette = palette_of(cfg.class_colors)
-    net = loaded.net.eval()
-    fully_gated = ignored_pixels = 0
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc=f"pseudo-labels {split}", unit="batch", disable=not progress):
-            # the CAM head's predict, as ``wsi-seg segment``'s, with the patch labels known here
-            labels = net.predict(batch["image"].to(dev), batch["background"], batch["labels"].to(dev), rules)
-            masks = labels.mask.cpu().numpy()
-            if labels.fully_gated is not None:
-                fully_gated += int(labels.fully_gated.sum())
-            ignored_pixels += int((masks == IGNORE_LABEL).sum())
-            cams = labels.activations.cpu().numpy()
-            for j, i in enumerate(batch["index"].tolist()):
-                stem = records[i].image.stem
-                write_label_png(mask_dir / f"{stem}.png", masks[j], palette)
-                write_cams(cam_dir / f"{stem}.npz", cams[j])
-    manifest = out / MANIFEST_NAME
-    existing = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
-    splits = dict(existing.get("splits", {}))
-    splits[split] = {"patches": len(records), "fully_gated_patches": fully_gated, "ignored_pixels": ignored_pixels,
-                     "mask_dir": f"{split}/mask", "cam_dir": f"{split}/cams"}
-    payload = {
-        "format_version": PSEUDO_LABEL_FORMAT_VERSION,
-        "rule": "thesis eq. 4.9: (argmax CAM + 1) * (1 - background seed); absent classes zeroed",
-        "mask_convention": f"0 = background, 1..N = class_names, {IGNORE_LABEL} = ignore (a fully gated patch's "
-                           "tissue under gating fallback ignore)",
-        "class_names": list(cfg.class_names),
-        "class_colors": [list(c) for c in cfg.class_colors],
-        "cams": {"key": "cams", "dtype": "uint8", "layout": "(N, H, W)", "scale": 1 / CAM_SCALE},
-        **rules.gating_record(),
-        "background_seed": BackgroundSeedParams.of_model(cfg).__dict__,
-        "checkpoint": {"path": str(Path(model).resolve()), "sha256": loaded.sha256},
-        "dataset": {"path": str(Path(data).resolve()), "format": index.info.name},
-        "splits": splits,
-    }
-    manifest.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    log.info("%d %s pseudo-labels written to %s; gating %s: %d patches fully gated", len(records), split, out,
-             rules.gating_line(), fully_gated)
-    return PseudoLabelResult(out=out, split=split, patches=len(records), manifest=manifest, fully_gated=fully_gated,
-                             rules=rules)
+    with folder_lock(out):  # one writer per pseudo-label folder
+        mask_dir, cam_dir = out / split / "mask", out / split / "cams"
+        if mask_dir.exists() and any(mask_dir.iterdir()) and not overwrite:
+            raise OutputError(f"{mask_dir}: already holds pseudo-labels; use --overwrite or another --out")
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        cam_dir.mkdir(parents=True, exist_ok=True)
+        dataset = PatchDataset(records, index.num_classes, background_seed=BackgroundSeedParams.of_model(cfg))
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+        palette = palette_of(cfg.class_colors)
+        net = loaded.net.eval()
+        fully_gated = ignored_pixels = 0
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc=f"pseudo-labels {split}", unit="batch", disable=not progress):
+                # the CAM head's predict, as ``wsi-seg segment``'s, with the patch labels known here
+                labels = net.predict(batch["image"].to(dev), batch["background"], batch["labels"].to(dev), rules)
+                masks = labels.mask.cpu().numpy()
+                if labels.fully_gated is not None:
+                    fully_gated += int(labels.fully_gated.sum())
+                ignored_pixels += int((masks == IGNORE_LABEL).sum())
+                cams = labels.activations.cpu().numpy()
+                for j, i in enumerate(batch["index"].tolist()):
+                    stem = records[i].image.stem
+                    write_label_png(mask_dir / f"{stem}.png", masks[j], palette)
+                    write_cams(cam_dir / f"{stem}.npz", cams[j])
+        manifest = out / MANIFEST_NAME
+        existing = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+        splits = dict(existing.get("splits", {}))
+        splits[split] = {"patches": len(records), "fully_gated_patches": fully_gated, "ignored_pixels": ignored_pixels,
+                         "mask_dir": f"{split}/mask", "cam_dir": f"{split}/cams"}
+        payload = {
+            "format_version": PSEUDO_LABEL_FORMAT_VERSION,
+            "rule": "thesis eq. 4.9: (argmax CAM + 1) * (1 - background seed); absent classes zeroed",
+            "mask_convention": f"0 = background, 1..N = class_names, {IGNORE_LABEL} = ignore (a fully gated patch's "
+                               "tissue under gating fallback ignore)",
+            "class_names": list(cfg.class_names),
+            "class_colors": [list(c) for c in cfg.class_colors],
+            "cams": {"key": "cams", "dtype": "uint8", "layout": "(N, H, W)", "scale": 1 / CAM_SCALE},
+            **rules.gating_record(),
+            "background_seed": BackgroundSeedParams.of_model(cfg).__dict__,
+            "checkpoint": {"path": str(Path(model).resolve()), "sha256": loaded.sha256},
+            "dataset": {"path": str(Path(data).resolve()), "format": index.info.name},
+            "splits": splits,
+        }
+        manifest.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        log.info("%d %s pseudo-labels written to %s; gating %s: %d patches fully gated", len(records), split, out,
+                 rules.gating_line(), fully_gated)
+        return PseudoLabelResult(out=out, split=split, patches=len(records), manifest=manifest, fully_gated=fully_gated,
+                                 rules=rules)

@@ -24,6 +24,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from wsi_seg.errors import ConfigError, WsiSegError
+from wsi_seg.lock import folder_lock
 
 from wsi_seg_training.config import RunConfig, SupervisedRunConfig, dump_yaml
 from wsi_seg_training.datasets import DatasetIndex, PatchDataset, BackgroundSeedParams
@@ -176,7 +178,8 @@ class Trainer(ABC):
         self.cfg.validate()
         device, dist = device_and_dist(self.cfg.device)
         try:
-            return self._run(device, dist, overwrite, on_epoch_end)
+            with folder_lock(self.run_dir) if dist.is_main else nullcontext():  # one writer per run folder
+                return self._run(device, dist, overwrite, on_epoch_end)
         except WsiSegError as exc:
             raise worker_error(exc) from exc
         finally:

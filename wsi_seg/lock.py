@@ -20,6 +20,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -210,3 +212,28 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[RunLock]:
+    """Hold the run lock of a folder one command writes (a training run, pseudo-labels, a
+    ``fit``) for the block: a second writer stops at once, naming the first. The folder is
+    created, and removed again when the block leaves it empty (a run refused at once)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: exists and is not a directory")
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from exc
+    try:
+        with RunLock(folder / LOCK_NAME, what=folder) as lock:
+            yield lock
+    finally:
+        if created:
+            try:
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+            except OSError:
+                pass
