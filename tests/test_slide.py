@@ -67,3 +67,14 @@ def test_unsupported_and_missing_files(tmp_path):
         Slide(bad)
     with pytest.raises(SlideError, match="not found"):
         Slide(tmp_path / "missing.svs")
+
+
+def test_a_slide_cut_short_reads_as_damaged_not_unsupported(tmp_path, blob_slide):
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(blob_slide.read_bytes()[:3000])  # a copy that stopped early: its directories are gone
+    with pytest.raises(SlideError, match=r"cut.svs: damaged or cut-short TIFF slide \(3000 bytes"):
+        Slide(cut)
+    text = tmp_path / "notes.svs"
+    text.write_text("not a slide")
+    with pytest.raises(SlideError, match="unsupported or unreadable slide format"):
+        Slide(text)

@@ -33,6 +33,18 @@ PLAUSIBLE_MPP = (0.05, 50.0)
 _CONVERT_HINT = "convert it to a pyramidal TIFF, e.g. `vips tiffsave IN OUT.tif --tile --pyramid --compression jpeg`"
 
 
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+
+def _is_tiff(path: Path) -> bool:
+    """True when ``path`` starts as a TIFF does (SVS, NDPI, SCN, generic tiled TIFF)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class SlideInfo:
     """What ``wsi-seg info`` prints, and what outputs record as provenance."""
@@ -98,6 +110,9 @@ class Slide:
         except openslide.OpenSlideUnsupportedFormatError as exc:
             plain = _open_plain_image(self.path)
             if plain is None:
+                if _is_tiff(self.path):  # a TIFF (SVS, NDPI, …) OpenSlide cannot parse: cut short, most often
+                    raise SlideError(f"{self.path}: damaged or cut-short TIFF slide ({self.path.stat().st_size} bytes; "
+                                     "its image directories cannot be read); copy the slide again") from exc
                 raise SlideError(f"{self.path}: unsupported or unreadable slide format") from exc
             self._osr, self.plain_image = plain
         except (openslide.OpenSlideError, OSError) as exc:
