@@ -31,6 +31,13 @@ def _mask(path, values, palette=PALETTE, size=SIZE):
     im.save(path)
 
 
+def _assert_problems(problems: list[str], expect: list[str]) -> None:
+    """Each expected problem found once, and nothing else."""
+    for e in expect:
+        assert sum(e in p for p in problems) == 1, (e, problems)
+    assert len(problems) == len(expect)
+
+
 def _tree(root, train_names, eval_stems=("0001", "0002")):
     (root / "train").mkdir(parents=True)
     for i, name in enumerate(train_names):
@@ -101,9 +108,7 @@ def test_every_problem_is_found_and_named(tmp_path):
         "test/img/0005.png: no ground-truth mask",
         "test/mask/orphan.png: mask without an image",
     ]
-    for e in expect:
-        assert sum(e in p for p in problems) == 1, (e, problems)
-    assert len(problems) == len(expect)
+    _assert_problems(problems, expect)
 
 
 def test_cli_reports_and_training_refuses_with_the_same_findings(tmp_path, capsys):
@@ -150,8 +155,6 @@ def test_a_16_bit_image_and_a_patch_listed_twice_are_problems(tmp_path):
         "labels.csv:6: img/p2.png is listed again (first on line 5)",
         "grey16.png: I;16 image (16-bit or floating point); patches must be 8-bit RGB or grey",
     ]
-    for e in expect:
-        assert sum(e in p for p in problems) == 1, (e, problems)
-    assert len(problems) == len(expect)
+    _assert_problems(problems, expect)
     with pytest.raises(DatasetError, match="grey16.png: I;16 image"):
         read_rgb(grey16)

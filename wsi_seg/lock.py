@@ -215,10 +215,12 @@ class RunLock:
 
 
 @contextmanager
-def folder_lock(folder: str | Path) -> Iterator[RunLock]:
+def folder_lock(folder: str | Path, what: Path | str | None = None, remove_empty: bool = False) -> Iterator[RunLock]:
     """Hold the run lock of a folder one command writes (a training run, pseudo-labels, a
-    ``fit``) for the block: a second writer stops at once, naming the first. The folder is
-    created, and removed again when the block leaves it empty (a run refused at once)."""
+    ``fit``, a result's ``.partial``) for the block: a second writer stops at once, naming
+    the first (``what``, default the folder). The folder is created, and removed again when
+    the block leaves it empty (a run refused at once) if it created it, or always with
+    ``remove_empty``."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: exists and is not a directory")
@@ -228,12 +230,12 @@ def folder_lock(folder: str | Path) -> Iterator[RunLock]:
     except OSError as exc:
         raise OutputError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from exc
     try:
-        with RunLock(folder / LOCK_NAME, what=folder) as lock:
+        with RunLock(folder / LOCK_NAME, what=what if what is not None else folder) as lock:
             yield lock
     finally:
-        if created:
+        if created or remove_empty:
             try:
-                if not any(folder.iterdir()):
+                if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
                     folder.rmdir()
             except OSError:
                 pass

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wsi_seg.errors import OutputError
-from wsi_seg.lock import LOCK_NAME, RunLock
+from wsi_seg.lock import LOCK_NAME, RunLock, folder_lock
 from wsi_seg.result import is_complete, partial_path, read_provenance
 
 log = logging.getLogger(__name__)
@@ -195,20 +195,8 @@ def output_lock(out: Path) -> Iterator[RunLock]:
 
     A ``.partial`` left empty when the block ends (a run refused before writing) is removed.
     """
-    tmp = partial_path(out)
-    try:
-        tmp.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{tmp.parent}: cannot create output folder ({exc.strerror or exc})") from exc
-    try:
-        with RunLock(tmp / LOCK_NAME, what=out) as lock:
-            yield lock
-    finally:
-        try:
-            if tmp.is_dir() and not tmp.is_symlink() and not any(tmp.iterdir()):
-                tmp.rmdir()
-        except OSError:
-            pass
+    with folder_lock(partial_path(out), what=out, remove_empty=True) as lock:
+        yield lock
 
 
 COHORT_LOCK_NAME = ".wsi_seg_cohort_lock"
