@@ -44,7 +44,11 @@ def main() -> None:
 
     work, seed = args.work, args.seed
     data = experiment.synthetic_data(work / "data", args.train, 32, args.test, seed)
-    stage1 = experiment.stage1(data, work / "stage1", "small", args.epochs, seed, "cpu", pscl=not args.no_pscl)
+    # the recipe the bundled model was trained with (session 5), before the stage-1 defaults became
+    # the reference code's SGD and gating (docs/method.md): momentum 0.9, weight decay 1e-4, no gating
+    demo_recipe = {"optim.momentum": 0.9, "optim.weight_decay": 1e-4, "pscl.gating": False}
+    stage1 = experiment.stage1(data, work / "stage1", "small", args.epochs, seed, "cpu", pscl=not args.no_pscl,
+                               settings=demo_recipe)
     scores = experiment.evaluate(stage1, data, "cpu")
     print("stage 1 pseudo-labels, test split\n" + format_table(scores))
     write_json(work / "stage1_test_scores.json", scores)
