@@ -46,7 +46,8 @@ def test_fit_runs_every_step_writes_the_report_and_reruns_as_a_no_op(tmp_path, c
         assert row in report, row
     assert "ORACLE image labels" in report and "predicted image labels (sigmoid mlps" in report
     assert "0.25, tpro" in report and "0.15, top class kept" in report  # the reference thresholds
-    assert "gating τ_g 0.8, ε 0.0\n" in report and "; gating τ_g 0.8, ε 0.0" in report  # the run's, scored with it
+    gating = "gating logit > ε 0.0 (sigmoid > 0.500), fallback top"
+    assert f"{gating}\n" in report and f"; {gating}; fully gated patches: mlps " in report  # the run's, scored with it
     assert (run / "pseudo_labels" / "pseudo_labels.json").is_file()
     mtime = (run / "stage2" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
     assert cli.main(argv) == 0

@@ -78,7 +78,7 @@ def test_pseudo_labels_and_evaluate_from_the_cli(pscl_run, luad, tmp_path, capsy
     manifest = json.loads((out / "pseudo_labels.json").read_text())
     assert manifest["mask_convention"].startswith("0 = background") and manifest["splits"]["train"]["patches"] == 16
     assert (manifest["gating_threshold"], manifest["gating_epsilon"]) == (0.8, 0.0)  # as the run was trained
-    assert (manifest["gating_fallback"], manifest["epsilon_reading"]) == ("top", "floor")
+    assert (manifest["gating_fallback"], manifest["epsilon_reading"]) == ("top", "logit")
     assert 0 <= manifest["splits"]["train"]["fully_gated_patches"] <= 16
     assert manifest["splits"]["train"]["ignored_pixels"] == 0
     # a second run into the same folder needs --overwrite

@@ -87,7 +87,7 @@ class PredictRules:
         """The gating a stage-1 checkpoint's run made its pseudo-labels and val scores with
         (its provenance ``["training"]["pseudo_labels"]``, written from :meth:`gating_record`);
         no gating for checkpoints that do not record it."""
-        recorded = cfg.provenance.get("training", {}).get("pseudo_labels", {})
+        recorded = (cfg.provenance.get("training") or {}).get("pseudo_labels") or {}
         return cls(gating_threshold=recorded.get("gating_threshold"),
                    gating_epsilon=float(recorded.get("gating_epsilon") or 0.0),
                    gating_fallback=recorded.get("gating_fallback", "top"),
