@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from wsi_seg.errors import ConfigError
 
-from wsi_seg.model.heads import gate_cams, mask_absent_classes
+from wsi_seg.model.heads import gate_weights, mask_absent_classes
 from wsi_seg.model.predict_rules import PredictRules
 
 from wsi_seg_training.cams import background_at, pixel_pseudo_labels
@@ -87,7 +87,8 @@ def test_gating_eq_4_4_keeps_background():
     cams = torch.tensor([[[[0.9, 0.1]], [[0.3, 0.8]]]])
     bkg = torch.tensor([[[0.0, 0.5]]])
     logits = torch.tensor([[math.log(0.9 / 0.1), math.log(0.7 / 0.3)]])  # sigmoid 0.9, 0.7
-    gated = gate_cams(cams, logits, 0.8)
+    weights, _ = gate_weights(logits, torch.ones(1, 2, dtype=torch.bool), 0.8)
+    gated = cams * weights[:, :, None, None]
     assert torch.equal(gated[0, 0], cams[0, 0]) and gated[0, 1].abs().sum() == 0
     labels = PSCLLoss(gating=PredictRules(gating_threshold=0.8)).pixel_labels(cams, bkg, logits=logits)
     assert labels.tolist() == [[[0, 2]]]  # class 1 gated away; background still takes px 1

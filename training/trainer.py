@@ -319,8 +319,8 @@ class Trainer(ABC):
 
     def _log_epoch(self, row: dict[str, Any], means: dict[str, float]) -> None:
         parts = ", ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
-        column = getattr(self, "val_column", "val_miou")
-        val = f", {val_words(column)} {100 * row[column]:.2f} %" if row.get(column) is not None else ""
+        score = val_score(row)
+        val = f", {val_words(score[0])} {100 * score[1]:.2f} %" if score is not None else ""
         log.info("epoch %d/%d: loss %.4f%s, lr %.3g, %.1f s%s", row["epoch"], self.cfg.epochs, row["loss"],
                  f" ({parts})" if parts else "", row["lr"], row["seconds"], val)
 

@@ -63,11 +63,6 @@ def mask_absent_classes(cams: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return cams * (labels > 0).to(cams.dtype)[:, :, None, None]
 
 
-def keep_predicted_classes(cams: torch.Tensor, logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Zero the CAMs of classes the classifier rejects (see :func:`predicted_classes`)."""
-    return cams * predicted_classes(logits, threshold).to(cams.dtype)[:, :, None, None]
-
-
 def predicted_classes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B, N) bool: the classes the classifier keeps, sigmoid score ≥ ``threshold``, and
     each image's top class, which is always kept (inference without patch labels)."""
@@ -102,15 +97,6 @@ def gate_weights(
     if floor:
         weights = weights + floor * (allowed & ~passed).to(scores.dtype)
     return weights, fully_gated
-
-
-def gate_cams(cams: torch.Tensor, logits: torch.Tensor, threshold: float = 0.8, floor: float = 0.0,
-              fallback: str = "top") -> torch.Tensor:
-    """Eq. 4.4–4.5 on (B, N, h, w) CAMs: CAM_n ← CAM_n · g_n (:func:`gate_weights`; the
-    allowed classes are those with any activation left, e.g. after absent-class zeroing)."""
-    allowed = cams.flatten(2).amax(dim=2) > 0
-    weights, _ = gate_weights(logits, allowed, threshold, floor, fallback)
-    return cams * weights.to(cams.dtype)[:, :, None, None]
 
 
 def upsample_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
