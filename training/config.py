@@ -7,10 +7,10 @@ pre-training of the encoder); :func:`load_config` reads any of them.
 Defaults are the thesis' (table 5.1). Stage 1 (§4.3): SGD lr 0.1 with polynomial decay
 (power 0.9), 5 epochs, batch 16, λ_PSCL = 0.1, τ = 0.25, SupCon temperature 0.1,
 background in PSCL, gating on (eq. 4.4–4.5 as tables 5.16/5.17 set it: a class passes
-when its logit > ε = 0; a patch the gate rejects entirely keeps its top class). The thesis does not state SGD momentum or weight decay;
-the defaults are what the reference code (WSSS-Tissue / MLPS ``PolyOptimizer``) ran:
-momentum 5e-4 and weight decay 5e-4 (docs/method.md). Stage 2 (§4.4): AdamW lr 1e-4, 20
-epochs, batch 32, cross-entropy. Pre-training (§4.2): AdamW lr 1e-4, 20 epochs, batch 6,
+when its logit > ε = 0; a patch the gate rejects entirely keeps its top class). The thesis
+does not state SGD momentum or weight decay; the defaults are what the reference code
+(WSSS-Tissue / MLPS ``PolyOptimizer``) ran: momentum 5e-4 and weight decay 5e-4
+(docs/method.md). Stage 2 (§4.4): AdamW lr 1e-4, 20 epochs, batch 32, cross-entropy. Pre-training (§4.2): AdamW lr 1e-4, 20 epochs, batch 6,
 L_intra + 0.5·L_inter. Values the thesis leaves open are named in each dataclass'
 docstring.
 

@@ -296,7 +296,8 @@ def format_report(plan: FitPlan, steps: list[StepScores]) -> str:
         f"- pre-training: {'NT-Xent, ' + str(plan.pretrain.epochs) + ' epochs' if plan.pretrain else 'none'}",
         f"- stage 1: preset {s1.model.backbone or s1.model.preset}, weights {s1.model.pretrained} "
         f"(sha256 {(s1.model.pretrained_sha256 or '-')[:12]}), {s1.epochs} epochs, batch {s1.batch_size}, "
-        f"SGD lr {s1.optim.lr} momentum {s1.optim.momentum:g} wd {s1.optim.weight_decay:g}, PSCL {'on (λ ' + str(s1.pscl.weight) + ')' if s1.pscl.enabled else 'off'}, "
+        f"SGD lr {s1.optim.lr} momentum {s1.optim.momentum:g} wd {s1.optim.weight_decay:g}, "
+        f"PSCL {'on (λ ' + str(s1.pscl.weight) + ')' if s1.pscl.enabled else 'off'}, "
         f"gating {s1.pscl.predict_rules().gating_line()}",
         f"- stage 2: {plan.stage2.loss.name} loss, {plan.stage2.epochs} epochs, batch {plan.stage2.batch_size}",
         "",

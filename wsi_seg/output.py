@@ -288,9 +288,10 @@ class ResultStore:
 
     def finalize(self, final: Path) -> None:
         """Mark complete, swap into place (an old result of ours at ``final`` is moved to
-        ``final.replaced`` and removed only once the new one is there), drop the progress file. Marked before the swap, so a crash between the two renames leaves a
-        complete new result in ``.partial`` (a rerun moves it into place) and the old one in
-        ``.replaced``, which the next command restores (:func:`restore_replaced`). A
+        ``final.replaced`` and removed only once the new one is there), drop the progress
+        file. Marked before the swap, so a crash between the two renames leaves a complete
+        new result in ``.partial`` (a rerun moves it into place) and the old one in
+        ``.replaced``, which the next command restores (``ownership.restore_replaced``). A
         ``.partial`` is never read as a result, complete or not."""
         from datetime import datetime, timezone
 

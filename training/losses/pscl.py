@@ -45,7 +45,9 @@ class PSCLLoss(nn.Module):
     labels"), and in training, where PSCL runs, those labels are known. Gating is off here
     by default (``pscl.gate_pscl``): §4.3.2 introduces it "to improve the quality of the
     generated pseudo-labels", i.e. eq. 4.9, and an untrained classifier's scores (all
-    < τ_g) would leave PSCL only its fallback class per image in the first epochs. Budget: at most ``max_pixels_per_class_per_image``
+    < τ_g) would leave PSCL only its fallback class per image in the first epochs.
+
+    Budget: at most ``max_pixels_per_class_per_image``
     pixels of each (image, class) and ``max_pixels_total`` in all, sampled with a
     seeded generator, so SupCon memory stays below ``memory_budget_bytes``.
     """

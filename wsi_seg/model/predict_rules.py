@@ -30,7 +30,8 @@ class PredictRules:
 
     * ``score_threshold``: when no image labels are given, a class is kept when its
       sigmoid score is ≥ this, and each patch's top class is always kept. None uses the
-      checkpoint's ``cam_score_threshold`` (0.5, or τ_g for a run trained with gating).
+      checkpoint's ``cam_score_threshold`` (0.5, or the gate's threshold for a run trained
+      with gating).
       ``wsi-seg evaluate`` passes each protocol's reference threshold here.
     * ``gating_threshold``: τ_g of eq. 4.4–4.5, CAM_n ← CAM_n · [sigmoid(score_n) > τ_g],
       background always kept. None turns gating off. §4.3.2 sets 0.8 "for all experiments".
