@@ -4,7 +4,7 @@ The baseline is what one would write in an afternoon: for each batch of tissue p
 one OpenSlide ``read_region`` per patch at level 0 → resize to the model's µm/px →
 tensor → model → centre crop written into a numpy mask; one batch at a time, no reader
 processes, no overlap of reading and compute, no output file. It uses the same tissue
-patches (``wsi_seg.segment.plan``), patch geometry, network, batch size, precision and
+patches (``wsi_seg.inference.segment.plan``), patch geometry, network, batch size, precision and
 prediction (``PsclNet.predict``, background seeding per patch), so the two differ only
 in how the slide is read, batched and written. Its wall time includes the tissue
 detection, as the engine's does; the engine additionally writes an OME-Zarr pyramid.
@@ -32,22 +32,22 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    slide_arguments,
     benchmark_model,
     demo_slide,
     engine_precision,
     engine_workers,
     print_table,
     read_result_mask,
+    slide_arguments,
     work_folder,
 )
 
+from wsi_seg.inference.runtime import autocast, resolve_device  # noqa: E402
+from wsi_seg.inference.segment import SegmentOptions, plan, segment_slide  # noqa: E402
+from wsi_seg.inference.tiling import TileGrid  # noqa: E402
 from wsi_seg.model import LoadedModel  # noqa: E402
-from wsi_seg.runtime import autocast, resolve_device  # noqa: E402
-from wsi_seg.segment import SegmentOptions, plan, segment_slide  # noqa: E402
-from wsi_seg.slide import Slide  # noqa: E402
-from wsi_seg.tiling import TileGrid  # noqa: E402
-from wsi_seg.tissue import BackgroundSeedParams  # noqa: E402
+from wsi_seg.slide.slide import Slide  # noqa: E402
+from wsi_seg.slide.tissue import BackgroundSeedParams  # noqa: E402
 
 
 def tissue_patches(slide_path: Path, model: LoadedModel) -> tuple[TileGrid, list[tuple[int, int]]]:

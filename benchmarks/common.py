@@ -126,14 +126,14 @@ def random_model(preset: str, folder: Path, stage: int = 2, seed: int = 0, **ove
 
 def engine_precision(device: str, precision: str) -> str:
     """What ``precision`` (e.g. "auto") means for ``segment_slide`` on ``device``."""
-    from wsi_seg.runtime import resolve_device, resolve_precision
+    from wsi_seg.inference.runtime import resolve_device, resolve_precision
 
     return resolve_precision(resolve_device(device), precision)
 
 
 def engine_workers(device: str, workers: int | None) -> int:
     """The reader processes ``segment_slide`` starts for ``workers`` (None: auto) on ``device``."""
-    from wsi_seg.runtime import resolve_runtime
+    from wsi_seg.inference.runtime import resolve_runtime
 
     return resolve_runtime(device, workers=workers).reader_workers
 

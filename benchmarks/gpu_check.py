@@ -39,10 +39,16 @@ from common import demo_slide, print_table, random_model, work_folder  # noqa: E
 from reader_scaling import make_dataset, reader_throughput  # noqa: E402
 from segment_throughput import model_only  # noqa: E402
 
-from wsi_seg.allocator import pin_malloc_thresholds  # noqa: E402
-from wsi_seg.result import read_provenance  # noqa: E402
-from wsi_seg.runtime import available_cpus, resolve_batch_size, resolve_device, resolve_precision, resolve_runtime  # noqa: E402
-from wsi_seg.segment import SegmentOptions, segment_slide  # noqa: E402
+from wsi_seg.inference.allocator import pin_malloc_thresholds  # noqa: E402
+from wsi_seg.inference.runtime import (  # noqa: E402
+    available_cpus,
+    resolve_batch_size,
+    resolve_device,
+    resolve_precision,
+    resolve_runtime,
+)
+from wsi_seg.inference.segment import SegmentOptions, segment_slide  # noqa: E402
+from wsi_seg.result.format import read_provenance
 
 
 def mosaic_slide(src: Path, dst: Path, reps: int) -> Path:
@@ -93,7 +99,7 @@ def main() -> None:
     ap.add_argument("--readers", default="", help="reader process counts (default 1,2,4,8,all cores)")
     ap.add_argument("--read-blocks", type=int, default=120, help="blocks read per reading-alone figure")
     args = ap.parse_args()
-    malloc = pin_malloc_thresholds()  # as the wsi-seg CLI runs (wsi_seg.allocator)
+    malloc = pin_malloc_thresholds()  # as the wsi-seg CLI runs (wsi_seg.inference.allocator)
     device = resolve_device(args.device)
     if args.quick:
         args.preset, args.base, args.mosaic, args.read_blocks = "tiny", 1024, 1, 4

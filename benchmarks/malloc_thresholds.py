@@ -1,4 +1,4 @@
-"""What pinning glibc's malloc thresholds (``wsi_seg.allocator``) does to a segment run.
+"""What pinning glibc's malloc thresholds (``wsi_seg.inference.allocator``) does to a segment run.
 
 The setting belongs to a process, so each side runs in processes of its own, alternating
 (pinned, default, pinned, …: a slow minute of a shared machine hits both). Each child
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common import demo_slide, peak_rss_mib, print_table, random_model, work_folder
 
-from wsi_seg.allocator import OFF_VARIABLE, USER_VARIABLES
+from wsi_seg.inference.allocator import OFF_VARIABLE, USER_VARIABLES
 
 SIDES = {"pinned": {}, "default": {OFF_VARIABLE: "default"}}
 
@@ -36,9 +36,9 @@ def child(slide: Path, preset: str, folder: Path, repeats: int) -> dict:
     import torch
     from segment_throughput import model_only
 
-    from wsi_seg.allocator import pin_malloc_thresholds
-    from wsi_seg.runtime import resolve_runtime
-    from wsi_seg.segment import SegmentOptions, segment_slide
+    from wsi_seg.inference.allocator import pin_malloc_thresholds
+    from wsi_seg.inference.runtime import resolve_runtime
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
 
     state = pin_malloc_thresholds()
     model = random_model(preset, folder)

@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wsi_seg.model import PredictRules
-
 from wsi_seg_training import experiment
 from wsi_seg_training.evaluate import evaluate_checkpoint
 from wsi_seg_training.pseudo_labels import MANIFEST_NAME, generate_pseudo_labels
+
+from wsi_seg.model import PredictRules
 
 OPTIMIZERS = (  # name, stage-1 config keys
     ("reference (WSSS-Tissue): momentum 5e-4, wd 5e-4", {"optim.momentum": 5e-4, "optim.weight_decay": 5e-4}),
@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tables", default="optimizer,gating,stage2")
     args = ap.parse_args()
-    from wsi_seg.allocator import pin_malloc_thresholds
+    from wsi_seg.inference.allocator import pin_malloc_thresholds
 
     pin_malloc_thresholds()
     data = experiment.synthetic_data(args.work / "data", args.n_train, 16, args.n_test, args.seed)

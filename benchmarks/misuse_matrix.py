@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -63,8 +62,9 @@ def sparse_tiff(path: Path, size_px: int, tile: int = 1024, mpp: float = 0.5) ->
 
 
 def tiny_checkpoint(root: Path, **overrides: object) -> Path:
-    from wsi_seg.model import PsclNet, preset_config, save_checkpoint
     import torch
+
+    from wsi_seg.model import PsclNet, preset_config, save_checkpoint
 
     torch.manual_seed(0)
     return save_checkpoint(PsclNet(preset_config("tiny", stage=1, mpp=0.5)), root)

@@ -18,10 +18,10 @@ import torch
 import zarr
 from segment_throughput import model_only
 
+from wsi_seg.inference.runtime import resolve_device
+from wsi_seg.inference.segment import SegmentOptions, segment_slide
 from wsi_seg.model import PsclNet, load_checkpoint, preset_config
 from wsi_seg.model.default import default_model_path
-from wsi_seg.runtime import resolve_device
-from wsi_seg.segment import SegmentOptions, segment_slide
 from wsi_seg.synthetic import write_demo_slide
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import demo_slide, print_table, read_result_mask, work_folder  # noqa: E402
 
-from wsi_seg.evaluate_slide import slide_miou  # noqa: E402
+from wsi_seg.inference.segment import SegmentOptions, segment_slide  # noqa: E402
 from wsi_seg.model import load_checkpoint  # noqa: E402
 from wsi_seg.model.default import default_model_path  # noqa: E402
-from wsi_seg.result import read_provenance  # noqa: E402
-from wsi_seg.segment import SegmentOptions, segment_slide  # noqa: E402
+from wsi_seg.reports.evaluate_slide import slide_miou  # noqa: E402
+from wsi_seg.result.format import read_provenance
 
 
 def main() -> None:

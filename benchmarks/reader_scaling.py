@@ -26,19 +26,19 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import demo_slide, print_table, slide_arguments, work_folder  # noqa: E402
 
+from wsi_seg.inference.reader import BlockDataset, BlockReader, plan_reader  # noqa: E402
+from wsi_seg.inference.runtime import resolve_device  # noqa: E402
+from wsi_seg.inference.segment import SegmentOptions, plan  # noqa: E402
+from wsi_seg.inference.tiling import Block, TileGrid  # noqa: E402
 from wsi_seg.model import preset_config  # noqa: E402
-from wsi_seg.runtime import resolve_device  # noqa: E402
-from wsi_seg.reader import BlockDataset, BlockReader, plan_reader  # noqa: E402
-from wsi_seg.segment import SegmentOptions, plan  # noqa: E402
-from wsi_seg.slide import Slide  # noqa: E402
-from wsi_seg.tiling import Block, TileGrid  # noqa: E402
-from wsi_seg.tissue import BackgroundSeedParams  # noqa: E402
+from wsi_seg.slide.slide import Slide  # noqa: E402
+from wsi_seg.slide.tissue import BackgroundSeedParams  # noqa: E402
 
 
 def make_dataset(slide_path: Path, seeding: bool) -> tuple[BlockDataset, int]:

@@ -53,9 +53,8 @@ from common import (  # noqa: E402
     work_folder,
 )
 
+from wsi_seg.inference.segment import SegmentOptions, SegmentResult, segment_slide  # noqa: E402
 from wsi_seg.model import load_checkpoint  # noqa: E402
-from wsi_seg.segment import SegmentOptions, SegmentResult, segment_slide  # noqa: E402
-
 
 # ---------------------------------------------------------------- (a) tissue area
 

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from wsi_seg.allocator import pin_malloc_thresholds
+from wsi_seg.inference.allocator import pin_malloc_thresholds
+from wsi_seg.inference.runtime import resolve_runtime, torch_threads
+from wsi_seg.inference.segment import SegmentOptions, segment_slide
+from wsi_seg.inference.streams import InferenceStreams, run_batch
 from wsi_seg.model import PsclNet, load_checkpoint, preset_config, save_checkpoint
-from wsi_seg.result import read_provenance
-from wsi_seg.runtime import resolve_runtime, torch_threads
-from wsi_seg.segment import SegmentOptions, segment_slide
-from wsi_seg.streams import InferenceStreams, run_batch
+from wsi_seg.result.format import read_provenance
 from wsi_seg.synthetic import write_demo_slide
 
 
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per preset; medians are reported")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the CPUs)")
     args = ap.parse_args()
-    malloc = pin_malloc_thresholds()  # as the wsi-seg CLI runs (wsi_seg.allocator)
+    malloc = pin_malloc_thresholds()  # as the wsi-seg CLI runs (wsi_seg.inference.allocator)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -45,23 +45,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    slide_arguments,
     benchmark_model,
     demo_slide,
     engine_precision,
     print_table,
     read_result_mask,
+    slide_arguments,
     work_folder,
 )
 
-from wsi_seg.allocator import pin_malloc_thresholds  # noqa: E402
+from wsi_seg.inference.allocator import pin_malloc_thresholds  # noqa: E402
+from wsi_seg.inference.runtime import autocast  # noqa: E402
+from wsi_seg.inference.segment import SegmentOptions, plan, segment_slide  # noqa: E402
+from wsi_seg.inference.tiling import TileGrid  # noqa: E402
 from wsi_seg.model import LoadedModel, PsclNet  # noqa: E402
-from wsi_seg.runtime import autocast  # noqa: E402
-from wsi_seg.result import read_provenance  # noqa: E402
-from wsi_seg.segment import SegmentOptions, plan, segment_slide  # noqa: E402
-from wsi_seg.slide import Slide  # noqa: E402
-from wsi_seg.tiling import TileGrid  # noqa: E402
-from wsi_seg.tissue import BackgroundSeedParams  # noqa: E402
+from wsi_seg.result.format import read_provenance
+from wsi_seg.slide.slide import Slide  # noqa: E402
+from wsi_seg.slide.tissue import BackgroundSeedParams  # noqa: E402
 
 
 def tia_model(net: PsclNet, margin_px: int, precision: str) -> "ModelABC":  # noqa: F821
@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
-    malloc = pin_malloc_thresholds()  # as the wsi-seg CLI runs (wsi_seg.allocator)
+    malloc = pin_malloc_thresholds()  # as the wsi-seg CLI runs (wsi_seg.inference.allocator)
     args.overlap = SegmentOptions().overlap_px
     if args.quick:
         args.size, args.repeats = 3072, 1

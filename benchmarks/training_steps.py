@@ -47,10 +47,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import autocast_name, print_table, work_folder  # noqa: E402
-
-from wsi_seg.model import PsclNet, save_checkpoint  # noqa: E402
-
-from wsi_seg_training.config import EncoderTraining, Stage1Config, Stage2Config, load_config  # noqa: E402
+from wsi_seg_training.config import Stage1Config, Stage2Config, load_config  # noqa: E402
 from wsi_seg_training.datasets import PatchDataset  # noqa: E402
 from wsi_seg_training.datasets.pseudo import PseudoLabelDataset  # noqa: E402
 from wsi_seg_training.loop import autocast_for  # noqa: E402
@@ -59,6 +56,8 @@ from wsi_seg_training.stage1 import Stage1Trainer  # noqa: E402
 from wsi_seg_training.stage2 import Stage2Trainer  # noqa: E402
 from wsi_seg_training.synthetic_dataset import write_dataset  # noqa: E402
 from wsi_seg_training.trainer import Trainer  # noqa: E402
+
+from wsi_seg.model import PsclNet, save_checkpoint  # noqa: E402
 
 Step = Callable[[], dict[str, float]]
 

@@ -21,11 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import benchmark_model, demo_slide, print_table, slide_arguments, work_folder
+from common import (
+    benchmark_model,
+    demo_slide,
+    print_table,
+    slide_arguments,
+    work_folder,
+)
 
-from wsi_seg import output
-from wsi_seg.result import Result
-from wsi_seg.segment import SegmentOptions, segment_slide
+from wsi_seg.result import store
+from wsi_seg.inference.segment import SegmentOptions, segment_slide
+from wsi_seg.result.reader import Result
 
 
 def _settings() -> dict[str, tuple[Any, dict[str, Any]]]:
@@ -37,7 +43,7 @@ def _settings() -> dict[str, tuple[Any, dict[str, Any]]]:
 
     skip_empty = {"write_empty_chunks": False}  # zarr's default: check each chunk for all zeros
     return {
-        "shipped": (output._compressor, output._WRITE_CONFIG),
+        "shipped": (store._compressor, store._WRITE_CONFIG),
         "zstd-3, empty check (before)": (blosc("zstd", 3), skip_empty),
         "zstd-1, empty check": (blosc("zstd", 1), skip_empty),
         "zstd-3, no check": (blosc("zstd", 3), {"write_empty_chunks": True}),
@@ -48,12 +54,12 @@ def _settings() -> dict[str, tuple[Any, dict[str, Any]]]:
 def write_all(result: Result, blocks: list[tuple[tuple[int, int], np.ndarray, np.ndarray]], root: Path,
               compressor: Any, config: dict[str, Any]) -> tuple[float, float, int]:
     """(CPU s, wall s, bytes) of writing ``blocks`` into a fresh store at ``root``."""
-    saved = output._compressor, output._WRITE_CONFIG
-    output._compressor, output._WRITE_CONFIG = compressor, config
+    saved = store._compressor, store._WRITE_CONFIG
+    store._compressor, store._WRITE_CONFIG = compressor, config
     try:
         shutil.rmtree(root, ignore_errors=True)
         chunk = blocks[0][2].shape[0]
-        store = output.ResultStore.create(root, result.level_shape(0), len(result.class_names), chunk, {"mpp": result.mpp})
+        store = store.ResultStore.create(root, result.level_shape(0), len(result.class_names), chunk, {"mpp": result.mpp})
         store.open_for_writing(expected=[index for index, _, _ in blocks])
         c, t = time.process_time(), time.perf_counter()
         for (i, j), acts, mask in blocks:
@@ -61,7 +67,7 @@ def write_all(result: Result, blocks: list[tuple[tuple[int, int], np.ndarray, np
         store.close()
         cpu, wall = time.process_time() - c, time.perf_counter() - t
     finally:
-        output._compressor, output._WRITE_CONFIG = saved
+        store._compressor, store._WRITE_CONFIG = saved
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     return cpu, wall, size
 

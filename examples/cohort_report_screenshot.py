@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from wsi_seg.cli.main import main as wsi_seg
-    from wsi_seg.cohort_report import REPORT_NAME
+    from wsi_seg.cohort.report import REPORT_NAME
     from wsi_seg.synthetic import write_demo_slide
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wsi-seg-cohort-report-"))

@@ -2,7 +2,7 @@
 
 On a generated demo slide (whose ground truth is known) the "user" corrects the square
 region where the model is most wrong by painting the true classes into it — what
-napari's brush does through ``wsi_seg.corrections.save_corrections`` — then the
+napari's brush does through ``wsi_seg.result.corrections.save_corrections`` — then the
 corrected patches are exported (``wsi-seg export --patches --only-corrected``), the
 model is fine-tuned on them (``wsi-seg train --stage 2 --init CKPT --data DIR``), the
 slide is segmented again, and the region's mIoU against the ground truth is printed
@@ -50,13 +50,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from wsi_seg_training.config import Stage2Config, load_config
     from wsi_seg_training.stage2 import train_stage2
-    from wsi_seg.corrections import save_corrections
-    from wsi_seg.evaluate_slide import ground_truth_at, region_miou
-    from wsi_seg.export_patches import export_patches
+
+    from wsi_seg.exports.patches import export_patches
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.result import Result
-    from wsi_seg.segment import SegmentOptions, segment_slide
+    from wsi_seg.reports.evaluate_slide import ground_truth_at, region_miou
+    from wsi_seg.result.corrections import save_corrections
+    from wsi_seg.result.reader import Result
     from wsi_seg.synthetic import write_demo_slide
 
     work = args.work

@@ -25,9 +25,10 @@ import logging
 from pathlib import Path
 
 from wsi_seg_training import experiment
-from wsi_seg.evaluate_slide import slide_miou
+
+from wsi_seg.inference.segment import SegmentOptions, segment_slide
 from wsi_seg.model.checkpoint import load_checkpoint
-from wsi_seg.segment import SegmentOptions, segment_slide
+from wsi_seg.reports.evaluate_slide import slide_miou
 from wsi_seg.synthetic import write_demo_slide
 
 SIZES = {  # n_train, n_test, pretrain epochs, stage-1 epochs, stage-2 epochs, slide px

@@ -48,11 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_seg_napari._corrections import EDIT_KEY
     from wsi_seg_napari._corrections_widget import CorrectionsWidget
     from wsi_seg_napari.cli import open_viewer
-    from wsi_seg.evaluate_slide import ground_truth_at
+
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.result import Result
-    from wsi_seg.segment import SegmentOptions, segment_slide
+    from wsi_seg.reports.evaluate_slide import ground_truth_at
+    from wsi_seg.result.reader import Result
     from wsi_seg.synthetic import write_demo_slide
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wsi-seg-corrections-"))

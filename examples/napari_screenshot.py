@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from wsi_seg_napari._summary_widget import SummaryWidget
     from wsi_seg_napari.cli import open_viewer
+
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model import load_checkpoint
-    from wsi_seg.segment import SegmentOptions, segment_slide
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wsi-seg-screenshot-"))
     workdir.mkdir(parents=True, exist_ok=True)

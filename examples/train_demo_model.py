@@ -23,8 +23,9 @@ import shutil
 from pathlib import Path
 
 from wsi_seg_training import experiment
-from wsi_seg.metrics import format_table, write_json
+
 from wsi_seg.model.default import DEMO_MODEL_DIR
+from wsi_seg.reports.metrics import format_table, write_json
 
 ASSETS = Path(__file__).resolve().parents[1] / "wsi_seg" / "assets" / DEMO_MODEL_DIR
 

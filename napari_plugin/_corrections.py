@@ -5,7 +5,7 @@ multiscale pyramid. So the user asks for an *edit region*: the part of the label
 view is read (at the finest level that keeps it within ``EDIT_MAX_PX`` per side) into a
 plain in-memory Labels layer placed exactly over the result; napari's own brush, fill
 and eraser work on it; "Save corrections" hands the crop as loaded and as painted to
-:func:`wsi_seg.corrections.save_corrections`, which writes only the changed pixels to
+:func:`wsi_seg.result.corrections.save_corrections`, which writes only the changed pixels to
 ``labels/corrected`` (``labels/mask`` stays untouched).
 """
 
@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wsi_seg.corrections import CorrectionSave, save_corrections
 from wsi_seg.errors import ConfigError
-from wsi_seg.result import BACKGROUND, Result
+from wsi_seg.result.corrections import CorrectionSave, save_corrections
+from wsi_seg.result.format import BACKGROUND
+from wsi_seg.result.reader import Result
 
 if TYPE_CHECKING:
     import napari

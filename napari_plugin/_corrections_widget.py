@@ -2,7 +2,7 @@
 
 Logic lives in ``_corrections`` (no Qt); this widget wires it to buttons. Errors are one
 line, shown in the widget and as a napari notification; nothing is half-written (see
-``wsi_seg.corrections``).
+``wsi_seg.result.corrections``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import Container, Label, PushButton
-
 from wsi_seg_napari import _notify
 from wsi_seg_napari._corrections import (
     EDIT_KEY,
@@ -22,9 +21,11 @@ from wsi_seg_napari._corrections import (
 )
 from wsi_seg_napari._result_reader import RESULT_KEY, label_colormap, labels_layer_data
 from wsi_seg_napari._summary_widget import current_mask_layer, result_mask_layers
-from wsi_seg.corrections import CorrectionSave, open_for_corrections
+
 from wsi_seg.errors import WsiSegError
-from wsi_seg.result import CORRECTED_NAME, Result
+from wsi_seg.result.corrections import CorrectionSave, open_for_corrections
+from wsi_seg.result.format import CORRECTED_NAME
+from wsi_seg.result.reader import Result
 
 if TYPE_CHECKING:  # napari only for typing
     import napari

@@ -1,6 +1,6 @@
 """The segment job behind the "Segment slide" widget, as a plain generator (no Qt).
 
-``segment_job`` drives the engine's ``wsi_seg.segment.segment_steps`` in the caller's
+``segment_job`` drives the engine's ``wsi_seg.inference.segment.segment_steps`` in the caller's
 thread, yields ``JobProgress`` after each batch and returns its ``SegmentResult`` (or
 None when cancelled). The widget runs it in a napari ``thread_worker``; tests drive it
 directly. Cancelling sets a ``threading.Event`` that the engine checks before every
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wsi_seg.errors import Cancelled, WsiSegError
-from wsi_seg.options import SegmentOptions
+from wsi_seg.inference.options import SegmentOptions
 
 if TYPE_CHECKING:
-    from wsi_seg.segment import SegmentResult
+    from wsi_seg.inference.segment import SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,10 @@ def segment_job(
     Errors of the engine (``WsiSegError`` and subclasses) propagate unchanged, so the
     caller can show ``str(exc)``, the same one-line message as the CLI.
     """
+    from wsi_seg.inference.runtime import resolve_device
+    from wsi_seg.inference.segment import segment_steps
     from wsi_seg.model.checkpoint import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.runtime import resolve_device
-    from wsi_seg.segment import segment_steps
 
     yield JobProgress(STAGE_MODEL)
     model = load_checkpoint(request.model_path or default_model_path(), device=resolve_device(request.options.device))

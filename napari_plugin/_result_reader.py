@@ -1,4 +1,4 @@
-"""A wsi-seg result (OME-Zarr, read through ``wsi_seg.result``) as napari layers.
+"""A wsi-seg result (OME-Zarr, read through ``wsi_seg.result.reader``) as napari layers.
 
 Layers, bottom to top:
   1. the source slide (``attrs["wsi_seg"]["slide"]["path"]``), when it still exists;
@@ -23,10 +23,24 @@ from typing import Any
 
 from wsi_seg_napari import _notify
 from wsi_seg_napari._slide_reader import METADATA_KEY as SLIDE_KEY
-from wsi_seg_napari._slide_reader import UNITS_UM, LayerData, PathLike, ReaderFunction, _as_list, slide_layer_data
-from wsi_seg.areas import hex_color
+from wsi_seg_napari._slide_reader import (
+    UNITS_UM,
+    LayerData,
+    PathLike,
+    ReaderFunction,
+    _as_list,
+    slide_layer_data,
+)
+
 from wsi_seg.errors import WsiSegError
-from wsi_seg.result import BACKGROUND, CORRECTED_NAME, LABEL_NAME, Placement, Result, read_provenance
+from wsi_seg.reports.areas import hex_color
+from wsi_seg.result.format import (
+    BACKGROUND,
+    CORRECTED_NAME,
+    LABEL_NAME,
+    read_provenance,
+)
+from wsi_seg.result.reader import Placement, Result
 
 RESULT_KEY = "wsi_seg_result"  # layer.metadata[RESULT_KEY] describes the result
 
@@ -80,7 +94,7 @@ def activation_colormap(name: str, color: tuple[int, int, int]) -> dict[str, Any
 
 def _slide_layer(result: Result) -> LayerData | None:
     """The source slide's layer, or None (with a warning) when it cannot be shown."""
-    from wsi_seg.slide import Slide
+    from wsi_seg.slide.slide import Slide
 
     slide = result.provenance.slide
     if slide.path is None or not slide.path.is_file():

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from wsi_seg_napari import _notify
 
 if TYPE_CHECKING:  # napari only for typing: this module runs without napari or Qt
     import dask.array as da
 
-    from wsi_seg.slide import Slide
+    from wsi_seg.slide.slide import Slide
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
 DEFAULT_TILE_PX = 256
@@ -131,7 +130,7 @@ def slide_layer_data(path: PathLike, mpp: float | None = None) -> LayerData:
     pixels (scale 1) and the user is warned. Raises ``SlideError`` with a one-line
     message when OpenSlide cannot open the file.
     """
-    from wsi_seg.slide import Slide
+    from wsi_seg.slide.slide import Slide
 
     slide = Slide(path, mpp=mpp)
     levels = slide_pyramid(slide)

@@ -1,7 +1,7 @@
 """The "Result summary" dock widget: legend of the current result with per-class areas.
 
 The current result is the one of the active layer when that layer belongs to a
-wsi-seg result, else the topmost wsi-seg mask layer. Areas come from ``wsi_seg.areas``.
+wsi-seg result, else the topmost wsi-seg mask layer. Areas come from ``wsi_seg.reports.areas``.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import html
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, Label, PushButton
-
 from wsi_seg_napari._result_reader import RESULT_KEY
-from wsi_seg.areas import ClassArea, class_areas, format_area
 from wsi_seg_napari._viewer import connect_until_closed
+
+from wsi_seg.reports.areas import ClassArea, class_areas, format_area
 
 if TYPE_CHECKING:  # napari only for typing
     import napari

@@ -24,23 +24,29 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-
 from wsi_seg_napari import _notify
-from wsi_seg_napari._jobs import JobFailed, JobProgress, SegmentRequest, gui_options, guarded_segment_job
+from wsi_seg_napari._jobs import (
+    JobFailed,
+    JobProgress,
+    SegmentRequest,
+    guarded_segment_job,
+    gui_options,
+)
 from wsi_seg_napari._result_reader import result_layer_data
 from wsi_seg_napari._slide_reader import METADATA_KEY as SLIDE_KEY
 from wsi_seg_napari._slide_reader import SLIDE_EXTENSIONS
 from wsi_seg_napari._viewer import add_layer_data, connect_until_closed, slide_layers
+
 from wsi_seg.errors import ConfigError, WsiSegError
-from wsi_seg.options import SegmentOptions
-from wsi_seg.result import partial_path
+from wsi_seg.inference.options import SegmentOptions
+from wsi_seg.result.format import partial_path
 
 if TYPE_CHECKING:  # napari only for typing
     import napari
     from napari.layers import Layer
     from napari.qt.threading import GeneratorWorker
 
-    from wsi_seg.segment import SegmentResult
+    from wsi_seg.inference.segment import SegmentResult
 
 DEVICES = ("auto", "cpu", "cuda")
 SLIDE_FILTER = "Slides (" + " ".join(f"*{e}" for e in SLIDE_EXTENSIONS) + ")"

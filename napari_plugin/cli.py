@@ -53,11 +53,11 @@ def open_viewer(
     """
     require_napari()
     import napari
-
     from wsi_seg_napari._result_reader import result_layer_data
     from wsi_seg_napari._slide_reader import slide_layer_data
     from wsi_seg_napari._viewer import add_layer_data
-    from wsi_seg.result import read_provenance
+
+    from wsi_seg.result.format import read_provenance
 
     if mask is None and read_provenance(slide) is not None:
         slide_data, mask_data = [], result_layer_data(slide, include_slide=True)

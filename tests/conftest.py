@@ -120,8 +120,9 @@ def write_result(
     """A real result store (ResultStore, pyramid, OME metadata) holding the class ``mask``
     at ``mpp`` µm/px; its slide is ``slide_path`` at ``slide_mpp``. Returns the store's path
     (``<root>.partial`` when not ``complete``)."""
-    from wsi_seg.output import ResultStore, partial_path
-    from wsi_seg.slide import slide_fingerprint
+    from wsi_seg.result.format import partial_path
+    from wsi_seg.result.store import ResultStore
+    from wsi_seg.slide.slide import slide_fingerprint
 
     h, w = mask.shape
     s = mpp / slide_mpp

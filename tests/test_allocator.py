@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from wsi_seg.allocator import OFF_VARIABLE, USER_VARIABLES, is_glibc
+from wsi_seg.inference.allocator import OFF_VARIABLE, USER_VARIABLES, is_glibc
 
 glibc = pytest.mark.skipif(not is_glibc(), reason="glibc's malloc only")
 
@@ -19,7 +19,7 @@ glibc = pytest.mark.skipif(not is_glibc(), reason="glibc's malloc only")
 _PROBE = """
 import json, resource, sys
 import numpy as np
-from wsi_seg.allocator import malloc_state, pin_malloc_thresholds
+from wsi_seg.inference.allocator import malloc_state, pin_malloc_thresholds
 state = pin_malloc_thresholds() if sys.argv[1] == "pin" else malloc_state()
 np.ones(20 << 20, np.uint8)
 def faults():
@@ -68,9 +68,9 @@ def test_tunables_for_other_parts_of_glibc_do_not_count():
 
 def test_the_cli_pins_and_the_result_records_it(tmp_path, blob_slide, checkpoints, capsys):
     """``wsi-seg segment`` runs with the thresholds set and says how in the provenance."""
-    from wsi_seg.allocator import malloc_state
     from wsi_seg.cli.main import main
-    from wsi_seg.result import Result
+    from wsi_seg.inference.allocator import malloc_state
+    from wsi_seg.result.reader import Result
 
     out = tmp_path / "mask.zarr"
     assert main(["segment", str(blob_slide), "--out", str(out), "--model", str(checkpoints[1]),

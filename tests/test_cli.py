@@ -6,7 +6,7 @@ import tifffile
 from conftest import blob_image, write_slide
 
 from wsi_seg.cli.main import main
-from wsi_seg.output import is_complete, partial_path
+from wsi_seg.result.format import is_complete, partial_path
 
 
 def run_cli(capsys, *argv):
@@ -102,7 +102,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys, blob_slid
 
 
 def test_partial_run_of_another_model_is_refused(tmp_path, capsys, blob_slide, checkpoints, monkeypatch):
-    import wsi_seg.segment as segment_mod
+    import wsi_seg.inference.segment as segment_mod
 
     out = tmp_path / "o.zarr"
 

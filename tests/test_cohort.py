@@ -4,11 +4,10 @@ import csv
 import json
 
 import pytest
-
 from conftest import blob_image, write_slide
 
 from wsi_seg.cli.main import main
-from wsi_seg.cohort import expand_inputs
+from wsi_seg.cohort.run import expand_inputs
 
 
 def test_expand_inputs(tmp_path):

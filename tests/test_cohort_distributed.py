@@ -13,8 +13,8 @@ import zarr
 
 from wsi_seg.cli.main import main
 from wsi_seg.errors import ConfigError
-from wsi_seg.output import is_complete, partial_path
-from wsi_seg.result import Result
+from wsi_seg.result.format import is_complete, partial_path
+from wsi_seg.result.reader import Result
 from wsi_seg.synthetic import write_demo_slide
 
 distributed = pytest.importorskip("distributed")
@@ -117,9 +117,9 @@ def test_local_cluster_end_to_end(tmp_path, capsys, cohort, sequential, checkpoi
 
 
 def test_unreachable_scheduler_is_one_line(tmp_path, capsys, cohort, checkpoints, monkeypatch):
-    import wsi_seg.cohort_dask
+    import wsi_seg.cohort.distributed
 
-    monkeypatch.setattr(wsi_seg.cohort_dask, "CONNECT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(wsi_seg.cohort.distributed, "CONNECT_TIMEOUT_S", 0.5)
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
@@ -156,7 +156,7 @@ def test_cluster_flag_conflicts(tmp_path, capsys, cohort, checkpoints, extra, ne
 def test_missing_distributed_says_how_to_install(monkeypatch):
     import sys
 
-    from wsi_seg.cohort_dask import import_distributed
+    from wsi_seg.cohort.distributed import import_distributed
 
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed → ImportError
     with pytest.raises(ConfigError, match=r'pip install "wsi-seg\[distributed\]"'):
@@ -166,13 +166,13 @@ def test_missing_distributed_says_how_to_install(monkeypatch):
 def test_interrupt_cancels_and_leaves_resumable(tmp_path, capsys, cohort, cluster, checkpoints, monkeypatch):
     """Ctrl-C in the client (here: right after the first outcome) cancels the running slides,
     which stop after their current batch and stay resumable; exit 130 as without a cluster."""
-    import wsi_seg.cohort
+    import wsi_seg.cohort.run
 
     def interrupt(out_dir, outcomes):
         raise KeyboardInterrupt
 
     big = write_demo_slide(tmp_path / "big.tif", size_px=(2048, 2048), mpp=0.25, seed=3, tile_px=256).path
-    monkeypatch.setattr(wsi_seg.cohort, "write_summary", interrupt)
+    monkeypatch.setattr(wsi_seg.cohort.run, "write_summary", interrupt)
     code, out, err = segment(capsys, [cohort[1], big], tmp_path / "out", checkpoints[2], "--workers", "0",
                              "--scheduler", cluster.scheduler_address)
     assert code == 130 and "interrupted; rerun the same command to resume" in err, err

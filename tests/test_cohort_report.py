@@ -11,8 +11,8 @@ import pytest
 from conftest import blob_image, write_result, write_slide
 
 from wsi_seg.cli.main import main
-from wsi_seg.cohort import SlideOutcome, write_summary
-from wsi_seg.cohort_report import summarize
+from wsi_seg.cohort.report import summarize
+from wsi_seg.cohort.run import SlideOutcome, write_summary
 
 NAMES = ("TE", "NEC", "LYM")
 

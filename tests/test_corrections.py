@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 from conftest import write_result
 
-import wsi_seg.corrections as corrections
-from wsi_seg.corrections import corrections_history, pending_chunks, save_corrections
+import wsi_seg.result.corrections as corrections
 from wsi_seg.errors import ConfigError, OutputError, WsiSegError
-from wsi_seg.result import Result
+from wsi_seg.result.corrections import (
+    corrections_history,
+    pending_chunks,
+    save_corrections,
+)
+from wsi_seg.result.reader import Result
 
 CHUNK = 16
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from test_cli import assert_one_line_error, segment
 
-from wsi_seg.corrections import corrections_history, save_corrections
-from wsi_seg.result import Result
+from wsi_seg.result.corrections import corrections_history, save_corrections
+from wsi_seg.result.reader import Result
 
 
 def _corrected_result(tmp_path, capsys, slide, model):

@@ -5,7 +5,7 @@ import pytest
 from wsi_seg.cli.main import main
 from wsi_seg.model import load_checkpoint
 from wsi_seg.model.default import default_model_path
-from wsi_seg.output import is_complete
+from wsi_seg.result.format import is_complete
 
 
 def test_bundled_demo_model_loads():

@@ -8,11 +8,11 @@ import pytest
 import zarr
 from conftest import write_result
 
-import wsi_seg.export as export_mod
+import wsi_seg.exports.geojson as export_mod
 from wsi_seg.cli import export_cmd
 from wsi_seg.errors import ConfigError, DatasetError, OutputError, WsiSegError
-from wsi_seg.export import export_geojson
-from wsi_seg.result import partial_path
+from wsi_seg.exports.geojson import export_geojson
+from wsi_seg.result.format import partial_path
 
 NAMES = ["TE", "NEC", "LYM"]
 COLORS = [[205, 51, 51], [0, 128, 0], [0, 0, 255]]

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from wsi_seg.cli.main import main
-from wsi_seg.corrections import save_corrections
 from wsi_seg.errors import ConfigError, OutputError, SlideError
-from wsi_seg.export_patches import export_patches, to_dataset_mask
-from wsi_seg.result import Result
+from wsi_seg.exports.patches import export_patches, to_dataset_mask
+from wsi_seg.result.corrections import save_corrections
+from wsi_seg.result.reader import Result
 
 PATCH = 224
 
@@ -22,8 +22,8 @@ PATCH = 224
 @pytest.fixture(scope="module")
 def segmented(tmp_path_factory, checkpoints):
     """A 672² demo slide at the tiny model's 0.5 µm/px (3 × 3 patches), segmented by it."""
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model import load_checkpoint
-    from wsi_seg.segment import SegmentOptions, segment_slide
     from wsi_seg.synthetic import write_demo_slide
 
     root = tmp_path_factory.mktemp("patches")
@@ -58,7 +58,7 @@ def test_export_writes_the_csv_dataset_layout(result, tmp_path):
     # the image is the slide at the model's µm/px (here the slide's own): level-0 pixels
     with Image.open(rec.image) as im:
         img = np.asarray(im)
-    from wsi_seg.slide import Slide
+    from wsi_seg.slide.slide import Slide
 
     with Slide(demo.path) as slide:
         assert np.array_equal(img, slide.read_rgb((448, 224), 0, (PATCH, PATCH)))
@@ -121,9 +121,10 @@ def test_export_refuses_to_replace_a_folder_it_did_not_write(result, tmp_path, c
 def test_correct_export_fine_tune_raises_the_corrected_regions_iou(result, tmp_path, capsys):
     """The loop of the issue on a generated slide with the tiny model."""
     from wsi_seg_training import cli as train_cli
-    from wsi_seg.evaluate_slide import ground_truth_at, region_miou
+
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model import load_checkpoint
-    from wsi_seg.segment import SegmentOptions, segment_slide
+    from wsi_seg.reports.evaluate_slide import ground_truth_at, region_miou
 
     demo, res = result
     before = Result.open(res)

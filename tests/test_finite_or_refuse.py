@@ -11,7 +11,7 @@ from wsi_seg.errors import ConfigError
 from wsi_seg.model import PsclNet, preset_config, save_checkpoint
 from wsi_seg.model.config import MAX_CLASSES
 from wsi_seg.model.predict_rules import IGNORE_LABEL
-from wsi_seg.output import is_complete, partial_path
+from wsi_seg.result.format import is_complete, partial_path
 
 
 def _checkpoint(tmp_path, name, edit):
@@ -51,7 +51,11 @@ def test_more_classes_than_an_8_bit_label_map_holds_are_refused():
 
 
 def test_batch_size_and_workers_have_upper_bounds(tmp_path, capsys, blob_slide, checkpoints):
-    from wsi_seg.runtime import MAX_BATCH_SIZE, MAX_WORKERS_PER_CPU, available_cpus
+    from wsi_seg.inference.runtime import (
+        MAX_BATCH_SIZE,
+        MAX_WORKERS_PER_CPU,
+        available_cpus,
+    )
 
     out = tmp_path / "s.zarr"
     code, _, err = segment(capsys, blob_slide, out, checkpoints[2], "--batch-size", MAX_BATCH_SIZE + 1)

@@ -119,9 +119,9 @@ def test_stage2_losses_skip_ignored_pixels():
 
 def test_pseudo_label_dataset_accepts_ignore_and_still_refuses_other_values(tmp_path):
     from PIL import Image
+    from wsi_seg_training.datasets.pseudo import PseudoLabelDataset, PseudoLabelRecord
 
     from wsi_seg.errors import DatasetError
-    from wsi_seg_training.datasets.pseudo import PseudoLabelDataset, PseudoLabelRecord
 
     img = tmp_path / "a.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(img)
@@ -137,8 +137,8 @@ def test_pseudo_label_dataset_accepts_ignore_and_still_refuses_other_values(tmp_
 def test_segment_predicts_with_the_checkpoint_rules_and_records_them(tmp_path, blob_slide):
     import zarr
 
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model import PsclNet, load_checkpoint, preset_config, save_checkpoint
-    from wsi_seg.segment import SegmentOptions, segment_slide
 
     masks = {}
     for fallback in ("top", "ignore"):
@@ -157,9 +157,10 @@ def test_segment_predicts_with_the_checkpoint_rules_and_records_them(tmp_path, b
 
 
 def test_gating_given_on_the_command_line_means_what_it_says():
-    from wsi_seg.model import preset_config
     from wsi_seg_training.config import PsclConfig
     from wsi_seg_training.pseudo_labels import DEFAULT_GATING, RUN_GATING, resolve_rules
+
+    from wsi_seg.model import preset_config
 
     run = PsclConfig().predict_rules()  # today's default: logit > ε 0, fallback top
     assert (run.epsilon_reading, run.gate_threshold, run.gating_fallback) == ("logit", 0.5, "top")

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-from conftest import blob_image, write_slide
+from conftest import blob_image
 from PIL import Image
 from test_cli import assert_one_line_error, run_cli, segment
 
-from wsi_seg.fingerprint import slide_fingerprint
-from wsi_seg.output import is_complete, partial_path
+from wsi_seg.result.format import is_complete, partial_path
+from wsi_seg.slide.fingerprint import slide_fingerprint
 
 CLI = [sys.executable, "-c", "import sys; from wsi_seg.cli.main import main; sys.exit(main())"]
 
@@ -199,7 +199,7 @@ def test_fingerprint_tells_twin_slides_apart(tmp_path):
 
 
 def test_resume_refuses_another_slide_naming_both(tmp_path, capsys, checkpoints, monkeypatch):
-    import wsi_seg.segment as segment_mod
+    import wsi_seg.inference.segment as segment_mod
 
     a, b = _twin_slides(tmp_path)
     out = tmp_path / "o.zarr"
@@ -218,7 +218,7 @@ def test_resume_refuses_another_slide_naming_both(tmp_path, capsys, checkpoints,
 
 
 def test_a_second_cohort_on_one_out_dir_is_refused(tmp_path, capsys, blob_slide, checkpoints, no_model_load):
-    from wsi_seg.ownership import cohort_lock
+    from wsi_seg.result.ownership import cohort_lock
 
     out_dir = tmp_path / "cohort"
     with cohort_lock(out_dir):

@@ -19,8 +19,9 @@ pytest.importorskip("pytestqt")
 from wsi_seg_napari._corrections import EDIT_KEY, edit_layers  # noqa: E402
 from wsi_seg_napari._corrections_widget import CorrectionsWidget  # noqa: E402
 from wsi_seg_napari._summary_widget import SummaryWidget  # noqa: E402
-from wsi_seg.corrections import corrections_history  # noqa: E402
-from wsi_seg.result import Result  # noqa: E402
+
+from wsi_seg.result.corrections import corrections_history  # noqa: E402
+from wsi_seg.result.reader import Result  # noqa: E402
 
 pytestmark = pytest.mark.napari
 SLIDE_MPP, MPP = 0.5, 1.0

@@ -18,14 +18,14 @@ napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari.layers import Image, Labels  # noqa: E402
-
 from wsi_seg_napari._result_reader import get_result_reader, open_result  # noqa: E402
 from wsi_seg_napari._slide_reader import read_slides  # noqa: E402
 from wsi_seg_napari._summary_widget import SummaryWidget  # noqa: E402
 from wsi_seg_napari._viewer import add_layer_data  # noqa: E402
 from wsi_seg_napari._widget import SegmentWidget  # noqa: E402
+
+from wsi_seg.inference.segment import SegmentOptions, segment_slide  # noqa: E402
 from wsi_seg.model import load_checkpoint  # noqa: E402
-from wsi_seg.segment import SegmentOptions, segment_slide  # noqa: E402
 
 pytestmark = pytest.mark.napari
 MANIFEST = Path(__file__).parents[1] / "napari_plugin" / "napari.yaml"
@@ -171,6 +171,7 @@ def test_segment_widget_shows_the_clis_error_message(make_napari_viewer, qtbot, 
 
 def test_view_command_opens_slide_and_result(make_napari_viewer, monkeypatch, blob_slide, result, tmp_path):
     from wsi_seg_napari.cli import open_viewer
+
     from wsi_seg.errors import ConfigError
 
     monkeypatch.setattr(napari, "Viewer", lambda **kwargs: make_napari_viewer(**kwargs))  # fixture cleans up
@@ -184,9 +185,9 @@ def test_view_command_opens_slide_and_result(make_napari_viewer, monkeypatch, bl
 
 
 def test_view_subcommand_runs_through_the_wsi_seg_cli(make_napari_viewer, monkeypatch, blob_slide, result):
+    import wsi_seg_napari.cli as view_cli
     from test_napari_readers import _parser_with_view
 
-    import wsi_seg_napari.cli as view_cli
     from wsi_seg.cli.main import build_parser, main
 
     shown = []

@@ -44,7 +44,7 @@ def write_big_slide(path: Path) -> Path:
 @pytest.fixture
 def read_calls(monkeypatch) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
     """Every ``Slide.read_rgb`` call as (level, level0_xy, size_px)."""
-    from wsi_seg.slide import Slide
+    from wsi_seg.slide.slide import Slide
 
     calls: list[tuple[int, tuple[int, int], tuple[int, int]]] = []
     read = Slide.read_rgb

@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 import zarr
 from conftest import blob_image, write_slide
-
 from wsi_seg_napari._jobs import (
     STAGE_SEGMENT,
     JobFailed,
     SegmentRequest,
-    gui_options,
     guarded_segment_job,
+    gui_options,
     run_to_end,
     segment_job,
 )
@@ -33,10 +32,11 @@ from wsi_seg_napari._result_reader import (
     result_layer_data,
 )
 from wsi_seg_napari._slide_reader import get_slide_reader, read_slides, slide_layer_data
-from wsi_seg.areas import class_areas
+
 from wsi_seg.errors import CheckpointError, ResultError, SlideError
+from wsi_seg.inference.segment import SegmentOptions, segment_slide
 from wsi_seg.model import load_checkpoint
-from wsi_seg.segment import SegmentOptions, segment_slide
+from wsi_seg.reports.areas import class_areas
 
 
 @pytest.fixture(scope="session")
@@ -229,6 +229,7 @@ def test_class_areas_from_a_coarse_level_match_full_resolution():
 # -- CLI --------------------------------------------------------------------------------
 def test_view_without_napari_fails_with_one_clear_line(monkeypatch, capsys, blob_slide):
     import wsi_seg_napari.cli as view_cli
+
     from wsi_seg.cli.main import build_parser, main
 
     monkeypatch.setitem(sys.modules, "napari", None)  # import napari → ImportError

@@ -13,7 +13,7 @@ from conftest import blob_image, write_slide
 from test_cli import assert_one_line_error, segment
 
 from wsi_seg.lock import LOCK_NAME, OutputInUseError, RunLock
-from wsi_seg.output import is_complete, partial_path
+from wsi_seg.result.format import is_complete, partial_path
 
 CLI = [sys.executable, "-c", "import sys; from wsi_seg.cli.main import main; sys.exit(main())"]
 
@@ -50,7 +50,7 @@ def test_a_foreign_partial_is_never_emptied(tmp_path, capsys, blob_slide, checkp
 
 
 def test_failed_overwrite_keeps_the_old_result(tmp_path, capsys, blob_slide, checkpoints, monkeypatch):
-    import wsi_seg.segment as segment_mod
+    import wsi_seg.inference.segment as segment_mod
 
     out = tmp_path / "o.zarr"
     assert segment(capsys, blob_slide, out, checkpoints[1])[0] == 0
@@ -141,8 +141,14 @@ def test_lock_of_a_dead_process_on_this_host(tmp_path):
 def test_a_napari_job_respects_the_lock_of_a_cli_run(tmp_path, blob_slide, checkpoints):
     """The widget's job goes through the same lock: it fails with the holder named, and the
     holder's output is left alone."""
-    from wsi_seg_napari._jobs import JobFailed, SegmentRequest, guarded_segment_job, run_to_end
-    from wsi_seg.ownership import output_lock
+    from wsi_seg_napari._jobs import (
+        JobFailed,
+        SegmentRequest,
+        guarded_segment_job,
+        run_to_end,
+    )
+
+    from wsi_seg.result.ownership import output_lock
 
     out = tmp_path / "o.zarr"
     with output_lock(out):
@@ -159,7 +165,7 @@ class _Killed(BaseException):
 def _crash_on_rename(monkeypatch, n):
     """Make the ``n``-th os.replace of the swap kill the run (1: after moving the old result
     aside, before the new one is in place)."""
-    import wsi_seg.ownership as ownership
+    import wsi_seg.result.ownership as ownership
 
     calls = []
 
@@ -209,7 +215,7 @@ def test_a_crash_after_the_swap_leaves_only_the_old_copy_to_remove(tmp_path, cap
     assert segment(capsys, blob_slide, out, checkpoints[1])[0] == 0
     import shutil
 
-    import wsi_seg.ownership as ownership
+    import wsi_seg.result.ownership as ownership
 
     class Shutil:  # the ownership module's shutil, whose rmtree dies (after the swap: removing the old copy)
         def __getattr__(self, name):
@@ -224,7 +230,7 @@ def test_a_crash_after_the_swap_leaves_only_the_old_copy_to_remove(tmp_path, cap
         segment(capsys, blob_slide, out, checkpoints[2], "--overwrite")
     monkeypatch.undo()
     assert is_complete(out) and (tmp_path / "o.zarr.replaced").is_dir()
-    from wsi_seg.result import Result
+    from wsi_seg.result.reader import Result
 
     assert Result.open(out).provenance.model.path == str(checkpoints[2])
     assert not (tmp_path / "o.zarr.replaced").exists() and "removed" in caplog.text

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import zarr
 
-from wsi_seg.output import ResultStore
-from wsi_seg.pyramid import StreamingPyramid, halve, halve_levels, level_shapes
+from wsi_seg.result.pyramid import StreamingPyramid, halve, halve_levels, level_shapes
+from wsi_seg.result.store import ResultStore
 
 
 def test_level_shapes_halve_until_one_chunk():

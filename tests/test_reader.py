@@ -13,18 +13,18 @@ import zarr
 from conftest import blob_image, write_slide
 from PIL import Image
 
-from wsi_seg.decode.device import TileDecoder
-from wsi_seg.decode.device_seed import background_seed as seed_on_device
-from wsi_seg.decode.device_seed import remove_small_objects
-from wsi_seg.decode.reduced import JpegRegionReader, dct_reduction
-from wsi_seg.decode.tiff_jpeg import TileFile, find_jpeg_level
 from wsi_seg.errors import ConfigError, SlideError
+from wsi_seg.inference.reader import plan_reader
+from wsi_seg.inference.segment import SegmentOptions, segment_slide
 from wsi_seg.model import load_checkpoint
-from wsi_seg.reader import plan_reader
-from wsi_seg.segment import SegmentOptions, segment_slide
-from wsi_seg.slide import Slide
+from wsi_seg.slide.decode.device import TileDecoder
+from wsi_seg.slide.decode.device_seed import background_seed as seed_on_device
+from wsi_seg.slide.decode.device_seed import remove_small_objects
+from wsi_seg.slide.decode.reduced import JpegRegionReader, dct_reduction
+from wsi_seg.slide.decode.tiff_jpeg import TileFile, find_jpeg_level
+from wsi_seg.slide.slide import Slide
+from wsi_seg.slide.tissue import BackgroundSeedParams
 from wsi_seg.synthetic import write_demo_slide
-from wsi_seg.tissue import BackgroundSeedParams
 
 CPU = torch.device("cpu")
 
@@ -273,7 +273,7 @@ def test_undecodable_tile_is_one_slide_error(tmp_path, demo_jpeg):
 def test_prefetched_items_keep_order_raise_errors_and_stop_early():
     import threading
 
-    from wsi_seg.reader import prefetched
+    from wsi_seg.inference.reader import prefetched
 
     assert list(prefetched(iter(range(10)), depth=2)) == list(range(10))
 

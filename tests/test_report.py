@@ -12,7 +12,7 @@ from PIL import Image
 
 from wsi_seg.cli.main import main
 from wsi_seg.errors import ConfigError, SlideError
-from wsi_seg.report import build_report, render_html, write_report
+from wsi_seg.reports.slide_report import build_report, render_html, write_report
 
 SLIDE_MPP, MPP = 0.5, 1.0  # the mask is half the slide's size
 
@@ -77,7 +77,7 @@ def test_report_shows_the_ground_truth_and_its_miou(tmp_path):
 
 
 def test_a_mask_goes_onto_another_grid_cropped_or_padded_in_micrometres():
-    from wsi_seg.evaluate_slide import mask_on_grid
+    from wsi_seg.reports.evaluate_slide import mask_on_grid
 
     mask = np.arange(1, 13, dtype=np.uint8).reshape(3, 4)  # 3×4 px at 2 µm/px: 6×8 µm
     on_1um = mask_on_grid(mask, 2.0, 1.0, (8, 6))  # 8×6 µm at 1 µm/px: two rows of padding, cropped in x
@@ -150,7 +150,7 @@ def test_render_html_escapes_names(result):
 
 
 def test_check_report_path_rejects_other_formats():
-    from wsi_seg.report import check_report_path
+    from wsi_seg.reports.slide_report import check_report_path
 
     with pytest.raises(ConfigError):
         check_report_path("x.pdf")

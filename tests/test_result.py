@@ -1,4 +1,4 @@
-"""Reading results back: ``wsi_seg.result.Result`` over stores written by ``ResultStore``."""
+"""Reading results back: ``wsi_seg.result.reader.Result`` over stores written by ``ResultStore``."""
 
 import json
 import shutil
@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from wsi_seg.errors import DatasetError, ResultError
-from wsi_seg.output import ResultStore
-from wsi_seg.pyramid import halve
-from wsi_seg.result import Result, finest_level_within, is_partial, partial_path, result_name
+from wsi_seg.result.format import is_partial, partial_path, result_name
+from wsi_seg.result.pyramid import halve
+from wsi_seg.result.reader import Result, finest_level_within
+from wsi_seg.result.store import ResultStore
 
 NAMES = ["TE", "NEC", "LYM"]
 COLORS = [[205, 51, 51], [0, 128, 0], [0, 0, 255]]

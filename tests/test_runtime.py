@@ -1,11 +1,11 @@
-"""wsi_seg.runtime: one meaning of device, precision, CPUs and readers for every user."""
+"""wsi_seg.inference.runtime: one meaning of device, precision, CPUs and readers for every user."""
 
 import os
 
 import pytest
 import torch
 
-import wsi_seg.runtime as runtime
+import wsi_seg.inference.runtime as runtime
 from wsi_seg.errors import ConfigError
 
 

@@ -8,11 +8,10 @@ import torch
 import zarr
 from conftest import write_slide
 
-import wsi_seg.segment as segment_mod
-from wsi_seg.model import load_checkpoint
-from wsi_seg.output import is_complete, partial_path
-from wsi_seg.model import PatchPrediction, PsclNet
-from wsi_seg.segment import SegmentOptions, segment_slide
+import wsi_seg.inference.segment as segment_mod
+from wsi_seg.inference.segment import SegmentOptions, segment_slide
+from wsi_seg.model import PatchPrediction, PsclNet, load_checkpoint
+from wsi_seg.result.format import is_complete, partial_path
 
 OPTS = dict(device="cpu", workers=0, progress=False)
 
@@ -155,7 +154,7 @@ def test_glass_is_background_and_resolution_follows_the_model(tmp_path, checkpoi
 
 @pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native_bf16, expected):
-    import wsi_seg.runtime as runtime
+    import wsi_seg.inference.runtime as runtime
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
     assert runtime.resolve_precision(torch.device("cpu"), "auto") == expected
@@ -173,7 +172,7 @@ def test_bad_precision_is_refused_before_any_work(tmp_path, blob_slide, checkpoi
 
 
 def test_auto_batch_size_and_readers_follow_the_device():
-    from wsi_seg.runtime import resolve_batch_size, resolve_workers
+    from wsi_seg.inference.runtime import resolve_batch_size, resolve_workers
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_batch_size(cpu, None) == 2 and resolve_batch_size(cuda, None) == 32

@@ -15,8 +15,8 @@ import pytest
 from test_cli import assert_one_line_error, run_cli
 
 from wsi_seg.cli.main import build_parser
-from wsi_seg.result import Result
-from wsi_seg.runtime import resolve_precision
+from wsi_seg.inference.runtime import resolve_precision
+from wsi_seg.result.reader import Result
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ def _check_bounds(run):
 
 
 def _check_outputs(run, tmp_path, capsys, blob_slide, checkpoints):
-    from wsi_seg.corrections import save_corrections
+    from wsi_seg.result.corrections import save_corrections
 
     code, _, err, out = run("--preview", tmp_path / "p.png", out="p.zarr")
     assert code == 0 and (tmp_path / "p.png").is_file(), err

@@ -3,7 +3,7 @@ import pytest
 from conftest import blob_image, write_slide
 
 from wsi_seg.errors import MissingMppError, SlideError
-from wsi_seg.slide import Slide
+from wsi_seg.slide.slide import Slide
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 import zarr
 
 from wsi_seg.errors import ConfigError
+from wsi_seg.inference.segment import SegmentOptions, segment_slide
+from wsi_seg.inference.streams import InferenceStreams
 from wsi_seg.model import load_checkpoint
-from wsi_seg.segment import SegmentOptions, segment_slide
-from wsi_seg.streams import InferenceStreams
 
 
 def slow_square(x, delay):

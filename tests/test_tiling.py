@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from wsi_seg.errors import ConfigError
-from wsi_seg.tiling import make_grid
+from wsi_seg.inference.tiling import make_grid
 
 
 @pytest.mark.parametrize("size,overlap", [((1000, 700), 0), ((1000, 700), 32), ((224, 224), 48), ((900, 1301), 31)])

@@ -1,6 +1,6 @@
 import numpy as np
 
-from wsi_seg.tissue import TissueParams, background_seed, tissue_mask
+from wsi_seg.slide.tissue import TissueParams, background_seed, tissue_mask
 
 
 def test_background_seed_drops_small_white_regions():

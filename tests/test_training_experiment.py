@@ -9,11 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from wsi_seg_training import experiment
 
 from wsi_seg.cli.main import main
-from wsi_seg.errors import ConfigError
-
-from wsi_seg_training import experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-train", "16", "--n-test", "4", "--preset", "tiny", "--epochs", "1", "--stage2-epochs", "1",
@@ -74,8 +72,9 @@ def test_benchmark_refuses_a_work_folder_with_other_settings(bench_dir, capsys):
 
 
 def test_thesis_table_format_handles_missing_classes():
-    from wsi_seg.metrics import ConfusionMatrix
     import numpy as np
+
+    from wsi_seg.reports.metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(("TE", "NEC"))
     cm.update(np.array([[1, 1], [0, 0]]), np.array([[1, 0], [0, 0]]))

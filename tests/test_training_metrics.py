@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsi_seg.metrics import ConfusionMatrix, format_table, write_json
+from wsi_seg.reports.metrics import ConfusionMatrix, format_table, write_json
 
 # internal convention: 0 = background, 1 = A, 2 = B, 3 = C (C never occurs)
 GT = np.array([0, 0, 1, 1, 1, 2, 2, 2])

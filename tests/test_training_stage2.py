@@ -13,13 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
-
-from wsi_seg.errors import CheckpointError, ConfigError, DatasetError
-from wsi_seg.model import load_checkpoint
-
 from wsi_seg_training import cli
 from wsi_seg_training.config import Stage2Config, load_config, load_stage1_config
 from wsi_seg_training.losses import GumbelSoftmax, NRLoss
+
+from wsi_seg.errors import CheckpointError, ConfigError, DatasetError
+from wsi_seg.model import load_checkpoint
 
 # --- losses -------------------------------------------------------------------------
 
@@ -123,9 +122,9 @@ def test_example_configs_load(name):
 
 
 def test_pseudo_label_dataset_flips_image_mask_and_cams_together(tmp_path):
+    from PIL import Image
     from wsi_seg_training.datasets.pseudo import PseudoLabelDataset, PseudoLabelRecord
     from wsi_seg_training.pseudo_labels import write_cams, write_label_png
-    from PIL import Image
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
@@ -175,7 +174,7 @@ def stage1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_stage2_ce_from_the_cli_gives_a_checkpoint_segment_can_use(stage1, tmp_path, capsys):
     from conftest import blob_image, write_slide
 
-    from wsi_seg.segment import SegmentOptions, segment_slide
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
 
     run = tmp_path / "ce"
     assert cli.main(["train", "--stage", "2", "--data", str(stage1["data"]), "--pseudo-labels", str(stage1["pl"]),

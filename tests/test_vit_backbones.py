@@ -12,7 +12,8 @@ import torch
 
 from wsi_seg.errors import CheckpointError, ConfigError
 from wsi_seg.model import PsclNet, load_checkpoint, preset_config, save_checkpoint
-from wsi_seg.model.backbones import is_plain_vit, resolve_hub_backbone, timm_kwargs
+from wsi_seg.model.backbones import is_plain_vit, resolve_hub_backbone
+from wsi_seg.model.timm_create import timm_kwargs
 from wsi_seg.model.feature_pyramid import block_indices
 from wsi_seg.model.hub import parse_timm_config
 
@@ -217,8 +218,8 @@ def test_non_timm_hub_config_is_refused():
 
 def test_train_cli_names_the_gated_repo_in_one_line(tmp_path, monkeypatch, capsys):
     import huggingface_hub
-
     from wsi_seg_training.synthetic_dataset import write_dataset
+
     from wsi_seg.cli.main import main
 
     def gated(repo_id, *args, **kwargs):
@@ -241,9 +242,9 @@ def test_train_cli_names_the_gated_repo_in_one_line(tmp_path, monkeypatch, capsy
 @pytest.mark.parametrize("preset", ["vit-tiny", "vit-tiny-reg"])
 def test_vit_through_pretrain_stage1_pseudo_labels_stage2_and_segment(preset, tmp_path):
     from conftest import blob_image, write_slide
-
     from wsi_seg_training import experiment
-    from wsi_seg.segment import SegmentOptions, segment_slide
+
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model.vit_encoder import ViTEncoder
 
     data = experiment.synthetic_data(tmp_path / "data", 4, 2, 0, seed=0)
@@ -257,7 +258,6 @@ def test_vit_through_pretrain_stage1_pseudo_labels_stage2_and_segment(preset, tm
     s1 = experiment.stage1(data, tmp_path / "s1", preset, 1, 0, "cpu", pretrained=encoder, batch_size=2)
     if encoder is not None:  # a frozen backbone keeps the pre-trained weights; its adapter trains
         from safetensors.torch import load_file
-
         from wsi_seg_training.config import Stage1Config, load_config
         from wsi_seg_training.stage1 import train_stage1
 

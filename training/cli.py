@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wsi_seg.errors import ConfigError
-
 from wsi_seg_training.cli_flags import add_config_flags, config_overrides
+
+from wsi_seg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,13 @@ def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
 
 def run_benchmark_method(args: argparse.Namespace) -> int:
     from wsi_seg_training.config import MethodBenchmarkConfig
-    from wsi_seg_training.experiment import benchmark_method, format_markdown, format_thesis_tables
-    from wsi_seg.metrics import PROTOCOLS
+    from wsi_seg_training.experiment import (
+        benchmark_method,
+        format_markdown,
+        format_thesis_tables,
+    )
+
+    from wsi_seg.reports.metrics import PROTOCOLS
 
     _show_training_logs()
     cfg = MethodBenchmarkConfig(work=str(args.work), **config_overrides(args))
@@ -342,7 +347,8 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from wsi_seg_training.evaluate import evaluate_checkpoint
-    from wsi_seg.metrics import PROTOCOLS, format_table, write_json
+
+    from wsi_seg.reports.metrics import PROTOCOLS, format_table, write_json
 
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     result = evaluate_checkpoint(

@@ -30,14 +30,13 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from wsi_seg_training.datasets import BackgroundSeedParams, PatchDataset, open_dataset
+from wsi_seg_training.pseudo_labels import RUN_GATING, resolve_rules
 
 from wsi_seg.errors import ConfigError
 from wsi_seg.model import CamHead, PredictRules, PsclNet, load_checkpoint
 from wsi_seg.model.predict_rules import IGNORE_LABEL
-
-from wsi_seg.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
-from wsi_seg_training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
-from wsi_seg_training.pseudo_labels import RUN_GATING, resolve_rules
+from wsi_seg.reports.metrics import PROTOCOLS, ConfusionMatrix, SegmentationScores
 
 log = logging.getLogger(__name__)
 IMAGE_LABEL_MODES = ("predicted", "gt")
@@ -194,7 +193,7 @@ def evaluate_checkpoint(
     Stage 1: ``image_labels`` predicted (each protocol's reference threshold, or
     ``score_threshold`` for all) or gt (oracle); gating as the run's unless given
     (None: off)."""
-    from wsi_seg.runtime import resolve_device
+    from wsi_seg.inference.runtime import resolve_device
 
     for p in protocols:
         if p not in PROTOCOLS:

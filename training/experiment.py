@@ -19,12 +19,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_seg_training.config import (
+    MethodBenchmarkConfig,
+    PretrainConfig,
+    Stage1Config,
+    Stage2Config,
+    load_config,
+)
+
 from wsi_seg.errors import OutputError
 
-from wsi_seg_training.config import MethodBenchmarkConfig, PretrainConfig, Stage1Config, Stage2Config, load_config
-
 if TYPE_CHECKING:  # numpy: imported when scores are read, not when the CLI starts
-    from wsi_seg.metrics import SegmentationScores
+    from wsi_seg.reports.metrics import SegmentationScores
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,9 @@ def synthetic_data(root: Path, n_train: int, n_val: int, n_test: int, seed: int)
 def _train_or_reuse(train: Callable[[Any], Any], cfg: Any, result: Path, finished: Path | None = None) -> Path:
     """Run ``train(cfg)`` and give back its ``result``; a run that already finished with
     the same settings is reused (a different one still raises)."""
-    from wsi_seg_training.loop import run_finished  # torch: only when training runs, not for --help
+    from wsi_seg_training.loop import (
+        run_finished,  # torch: only when training runs, not for --help
+    )
 
     try:
         train(cfg)
@@ -115,7 +123,8 @@ def evaluate(model: Path, data: Path, device: str, split: str = "test",
     """Scores of ``model`` on ``split`` under both protocols, cached next to the checkpoint
     (stage 1: ``image_labels`` predicted, the reference protocols, or gt, the oracle)."""
     from wsi_seg_training.evaluate import evaluate_checkpoint
-    from wsi_seg.metrics import SegmentationScores
+
+    from wsi_seg.reports.metrics import SegmentationScores
 
     cache = model.parent / f"{split}_{image_labels}_scores.json"
     sha = _sha256(model)
@@ -218,7 +227,7 @@ def _trained_seconds(run_dir: Path, started: float) -> float:
 
 def format_thesis_tables(bench: MethodBenchmark) -> str:
     """One table per protocol: Model | per-class IoU | mIoU | fwIoU, in % (thesis format)."""
-    from wsi_seg.metrics import PROTOCOLS
+    from wsi_seg.reports.metrics import PROTOCOLS
 
     blocks = []
     for protocol in PROTOCOLS:

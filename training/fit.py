@@ -32,11 +32,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wsi_seg_training.config import (
+    PretrainConfig,
+    Stage1Config,
+    Stage2Config,
+    load_config_file,
+)
+from wsi_seg_training.reference import REFERENCE, reference_rows
+
 from wsi_seg.errors import ConfigError
 from wsi_seg.lock import folder_lock
-
-from wsi_seg_training.config import PretrainConfig, Stage1Config, Stage2Config, load_config_file
-from wsi_seg_training.reference import REFERENCE, reference_rows
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +187,9 @@ def _train_step(name: str, train: Any, cfg: Any, finished_file: Path, report: An
 
 
 def _pseudo_labels_step(plan: FitPlan, report: Any) -> bool:
-    from wsi_seg.model.checkpoint import file_sha256
-
     from wsi_seg_training.pseudo_labels import MANIFEST_NAME, generate_pseudo_labels
+
+    from wsi_seg.model.checkpoint import file_sha256
 
     out = plan.out / "pseudo_labels"
     ckpt = plan.out / "stage1" / "checkpoint"
@@ -203,10 +208,10 @@ def _pseudo_labels_step(plan: FitPlan, report: Any) -> bool:
 
 def _evaluate(plan: FitPlan, model: Path, image_labels: str) -> tuple[str, dict[str, Any]]:
     """(mode line, protocol → scores) of a checkpoint, cached in RUN/eval by its sha256."""
-    from wsi_seg.metrics import SegmentationScores
-    from wsi_seg.model.checkpoint import file_sha256
-
     from wsi_seg_training.evaluate import evaluate_checkpoint
+
+    from wsi_seg.model.checkpoint import file_sha256
+    from wsi_seg.reports.metrics import SegmentationScores
 
     cache_dir = plan.out / "eval"
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-
-from wsi_seg.errors import ConfigError, OutputError, WsiSegError
-
 from wsi_seg_training.distributed import DistInfo, barrier, init_distributed
 from wsi_seg_training.reproducibility import seed_worker, set_rng_state
 from wsi_seg_training.run_state import find_run_state, load_run_state, read_trainer_json
+
+from wsi_seg.errors import ConfigError, OutputError, WsiSegError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ def device_and_dist(device_name: str) -> tuple[torch.device, DistInfo]:
     """The device to train on and the torchrun process group (if any) joined."""
     import os
 
-    from wsi_seg.runtime import available_cpus, resolve_device
+    from wsi_seg.inference.runtime import available_cpus, resolve_device
 
     device = resolve_device(device_name)
     info = init_distributed(device.type)
@@ -51,8 +50,8 @@ def device_and_dist(device_name: str) -> tuple[torch.device, DistInfo]:
 
 def autocast_for(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, bool]:
     """(autocast context, needs a grad scaler) of ``precision`` (auto | fp32 | bf16 | fp16),
-    resolved as for inference by :mod:`wsi_seg.runtime` (``auto``: bf16 where native)."""
-    from wsi_seg.runtime import autocast, needs_grad_scaler
+    resolved as for inference by :mod:`wsi_seg.inference.runtime` (``auto``: bf16 where native)."""
+    from wsi_seg.inference.runtime import autocast, needs_grad_scaler
 
     return autocast(device, precision), needs_grad_scaler(device, precision)
 
@@ -220,7 +219,7 @@ def loader_workers(workers: int) -> int:
     more DataLoader processes than CPUs only compete (and PyTorch warns about them)."""
     import os
 
-    from wsi_seg.runtime import available_cpus
+    from wsi_seg.inference.runtime import available_cpus
 
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # threads per process, not processes
     cpus = available_cpus(env).cpus

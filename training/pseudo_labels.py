@@ -9,7 +9,7 @@ Output of :func:`generate_pseudo_labels` (``OUT`` = ``--out``)::
     OUT/pseudo_labels.json              manifest: conventions, classes, checkpoint, counts
 
 Note the mask convention differs from the datasets' ground truth (there N =
-background): pseudo-labels use the internal convention of ``wsi_seg.metrics``.
+background): pseudo-labels use the internal convention of ``wsi_seg.reports.metrics``.
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from wsi_seg_training.config import DEFAULT_GATING, RUN_GATING, PsclConfig
+from wsi_seg_training.datasets import BackgroundSeedParams, PatchDataset, open_dataset
 
 from wsi_seg.errors import ConfigError, OutputError
 from wsi_seg.lock import folder_lock
 from wsi_seg.model import CamHead, PredictRules, load_checkpoint
-from wsi_seg.model.predict_rules import IGNORE_LABEL
 from wsi_seg.model.config import ModelConfig
-
-from wsi_seg_training.config import DEFAULT_GATING, RUN_GATING, PsclConfig
-from wsi_seg_training.datasets import PatchDataset, BackgroundSeedParams, open_dataset
+from wsi_seg.model.predict_rules import IGNORE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ def generate_pseudo_labels(
     turns it off, a number sets τ_g; ``gating_epsilon`` None keeps the run's ε."""
     from tqdm import tqdm
 
-    from wsi_seg.runtime import resolve_device
+    from wsi_seg.inference.runtime import resolve_device
 
     dev = resolve_device(device)
     loaded = load_checkpoint(model, device=dev)

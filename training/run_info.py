@@ -45,10 +45,10 @@ def software_versions() -> dict[str, str]:
 
 
 def _runtime_facts() -> dict[str, Any]:
-    """Torch threads and the CPUs this process may use (``wsi_seg.runtime``)."""
+    """Torch threads and the CPUs this process may use (``wsi_seg.inference.runtime``)."""
     import torch
 
-    from wsi_seg.runtime import available_cpus
+    from wsi_seg.inference.runtime import available_cpus
 
     cpus = available_cpus()
     return {"torch_threads": torch.get_num_threads(), "cpus": cpus.cpus, "cpus_source": cpus.source}

@@ -6,13 +6,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
-
-from wsi_seg.errors import DatasetError
-from wsi_seg.tissue import BackgroundSeedParams
-
 from wsi_seg_training.augment import apply_joint
 from wsi_seg_training.datasets.io import read_mask, read_rgb
 from wsi_seg_training.datasets.layout import PatchRecord
+
+from wsi_seg.errors import DatasetError
+from wsi_seg.slide.tissue import BackgroundSeedParams
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:

@@ -44,12 +44,12 @@ def run_demo_slide(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from wsi_seg.evaluate_slide import slide_miou
+    from wsi_seg.inference.runtime import resolve_device
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model.checkpoint import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.report import check_report_path, write_report
-    from wsi_seg.runtime import resolve_device
-    from wsi_seg.segment import SegmentOptions, segment_slide
+    from wsi_seg.reports.evaluate_slide import slide_miou
+    from wsi_seg.reports.slide_report import check_report_path, write_report
     from wsi_seg.synthetic import mask_paths, write_demo_slide
 
     check_report_path(args.preview)

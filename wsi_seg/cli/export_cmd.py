@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return run_patches(args)
     if args.only_corrected or args.slide is not None or args.min_tissue is not None:
         raise ConfigError("--only-corrected, --slide and --min-tissue go with --patches DIR")
-    from wsi_seg.export import export_geojson
+    from wsi_seg.exports.geojson import export_geojson
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     summary = export_geojson(
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_patches(args: argparse.Namespace) -> int:
-    from wsi_seg.export_patches import DEFAULT_MIN_TISSUE, export_patches
+    from wsi_seg.exports.patches import DEFAULT_MIN_TISSUE, export_patches
 
     done = export_patches(
         args.result, args.patches, only_corrected=args.only_corrected, slide=args.slide,

@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wsi_seg.errors import SlideError
-    from wsi_seg.slide import PLAUSIBLE_MPP, Slide
-    from wsi_seg.tissue import TissueParams, tissue_mask
+    from wsi_seg.slide.slide import PLAUSIBLE_MPP, Slide
+    from wsi_seg.slide.tissue import TissueParams, tissue_mask
 
     with Slide(args.slide, mpp=args.mpp) as slide:
         info = slide.info()

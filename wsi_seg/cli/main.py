@@ -15,9 +15,16 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from wsi_seg import __version__
-from wsi_seg.allocator import pin_malloc_thresholds
-from wsi_seg.cli import demo_cmd, export_cmd, info_cmd, report_cmd, segment_cmd, summarize_cmd
+from wsi_seg.cli import (
+    demo_cmd,
+    export_cmd,
+    info_cmd,
+    report_cmd,
+    segment_cmd,
+    summarize_cmd,
+)
 from wsi_seg.errors import WsiSegError
+from wsi_seg.inference.allocator import pin_malloc_thresholds
 
 log = logging.getLogger("wsi_seg")
 EXIT_ERROR = 2
@@ -51,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     show_tb = args.traceback or os.environ.get("WSI_SEG_TRACEBACK") == "1"
-    pin_malloc_thresholds()  # this process is ours: keep freed memory for reuse (wsi_seg.allocator)
+    pin_malloc_thresholds()  # this process is ours: keep freed memory for reuse (wsi_seg.inference.allocator)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit

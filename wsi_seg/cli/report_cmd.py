@@ -23,13 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def default_report_path(result: Path) -> Path:
-    from wsi_seg.result import result_name
+    from wsi_seg.result.format import result_name
 
     return result.with_name(f"{result_name(result)}_report.png")
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.report import check_report_path, write_report
+    from wsi_seg.reports.slide_report import check_report_path, write_report
 
     out = check_report_path(args.out if args.out is not None else default_report_path(args.result))
     report = write_report(args.result, out, slide=args.slide, ground_truth=args.ground_truth, partial=args.partial)

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_seg.errors import ConfigError
-from wsi_seg.options import DEFAULT_MAX_OUTPUT_PX, READERS, SegmentOptions
-from wsi_seg.tissue import TissueParams
+from wsi_seg.inference.options import DEFAULT_MAX_OUTPUT_PX, READERS, SegmentOptions
+from wsi_seg.slide.tissue import TissueParams
 
 if TYPE_CHECKING:
-    from wsi_seg.segment import SegmentPlan
+    from wsi_seg.inference.segment import SegmentPlan
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.ownership import check_output, cohort_lock, output_lock
+    from wsi_seg.result.ownership import check_output, cohort_lock, output_lock
 
     if args.out is not None and len(args.slides) != 1:
         raise ConfigError(f"--out takes one slide, got {len(args.slides)}; use --out-dir for several")
     if args.preview is not None:
-        from wsi_seg.report import check_report_path
+        from wsi_seg.reports.slide_report import check_report_path
 
         if args.out is None:
             raise ConfigError("--preview goes with --out; a cohort (--out-dir) writes report.html in its folder")
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         max_output_px=args.max_output_px,
     )
     if on_cluster:
-        from wsi_seg.cohort_dask import import_distributed
+        from wsi_seg.cohort.distributed import import_distributed
 
         import_distributed()  # before any work: a one-line install hint when it is missing
         # distributed logs what wsi-seg reports itself (lost scheduler, workers killed at close):
@@ -145,11 +145,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, options: SegmentOptions, on_cluster: bool) -> int:
-    from wsi_seg.cohort import SlideOutcome, expand_inputs, run_cohort
+    from wsi_seg.cohort.run import SlideOutcome, expand_inputs, run_cohort
+    from wsi_seg.inference.runtime import resolve_device
+    from wsi_seg.inference.segment import segment_slide
     from wsi_seg.model.checkpoint import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.runtime import resolve_device
-    from wsi_seg.segment import segment_slide
 
     def show_plan(plan: SegmentPlan) -> None:
         print(plan.describe(), flush=True)
@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace, options: SegmentOptions, on_cluster: bool) ->
         result = segment_slide(Path(args.slides[0]), args.out, model, options, on_plan=show_plan)
         print(result.summary(Path(args.slides[0]).name))
         if args.preview is not None:
-            from wsi_seg.report import write_report
+            from wsi_seg.reports.slide_report import write_report
 
             write_report(result.out, args.preview, slide=args.slides[0])
             print(f"report: {args.preview}")
@@ -177,13 +177,13 @@ def _run(args: argparse.Namespace, options: SegmentOptions, on_cluster: bool) ->
             print(f"{Path(o.slide).name}: {o.patches} patches run, {o.seconds:.1f} s → {o.out}")
 
     if on_cluster:
-        from wsi_seg.cohort_dask import run_cohort_dask
+        from wsi_seg.cohort.distributed import run_cohort_dask
 
         outcomes = run_cohort_dask(slides, args.out_dir, model, options, scheduler=args.scheduler,
                                    local_workers=args.local_cluster, report=report)
     else:
         outcomes = run_cohort(slides, args.out_dir, model, options, report=report)
-    from wsi_seg.cohort_report import write_cohort_report
+    from wsi_seg.cohort.report import write_cohort_report
 
     html_path = write_cohort_report(args.out_dir, outcomes)
     failed = [o for o in outcomes if o.status == "failed"]

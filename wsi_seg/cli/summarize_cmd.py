@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.cohort_report import summarize
+    from wsi_seg.cohort.report import summarize
 
     csv_path, _, html_path, outcomes = summarize(args.results_dir)
     for o in outcomes:

@@ -1,4 +1,4 @@
-"""Which encoder a backbone name gets, and how its timm model is created.
+"""Which encoder a backbone name gets: a TimmEncoder or a ViTEncoder, with hub names resolved.
 
 * Hierarchical timm backbones (Swin, ConvNeXt, ResNet …) → :class:`TimmEncoder`
   (timm ``features_only``, strides 4–32).
@@ -12,7 +12,7 @@ checkpoint rebuilds without the hub; only the pretrained weights come from it.
 
 JSON cannot hold classes, so ``backbone_kwargs`` name layer types by string
 (``mlp_layer: swiglu_packed``, ``act_layer: silu``, as Virchow2 and UNI2-h need);
-:func:`timm_kwargs` turns them into timm's classes.
+:func:`wsi_seg.model.timm_create.timm_kwargs` turns them into timm's classes.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_seg.errors import CheckpointError, ConfigError
-from wsi_seg.model.hub import hub_errors, hub_model_info, hub_repo, is_hub_name
+from wsi_seg.errors import ConfigError
+from wsi_seg.model.hub import hub_model_info, is_hub_name
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 
 # timm model modules whose models are plain ViTs with forward_intermediates
 _VIT_MODULES = ("vision_transformer", "deit", "eva")
-# string names of the MLP layers foundation encoders use (JSON-safe backbone_kwargs)
-_MLP_LAYERS = ("mlp", "glu_mlp", "swiglu", "swiglu_packed")
 
 
 def is_plain_vit(name: str) -> bool:
@@ -46,81 +44,6 @@ def is_plain_vit(name: str) -> bool:
     from timm.models import is_model, is_model_in_modules
 
     return is_model(name) and is_model_in_modules(name, _VIT_MODULES)
-
-
-def timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``backbone_kwargs`` with layer names (``mlp_layer``, ``act_layer``) as timm classes."""
-    out = dict(kwargs)
-    mlp = out.get("mlp_layer")
-    if isinstance(mlp, str):
-        from timm import layers
-
-        classes = dict(mlp=layers.Mlp, glu_mlp=layers.GluMlp, swiglu=layers.SwiGLU, swiglu_packed=layers.SwiGLUPacked)
-        if mlp not in classes:
-            raise ConfigError(f"unknown mlp_layer {mlp!r}; choose one of {', '.join(_MLP_LAYERS)}")
-        out["mlp_layer"] = classes[mlp]
-    act = out.get("act_layer")
-    if isinstance(act, str):
-        from timm.layers import get_act_layer
-
-        try:
-            out["act_layer"] = get_act_layer(act)
-        except (KeyError, ValueError) as exc:
-            raise ConfigError(f"unknown act_layer {act!r} (a timm activation name, e.g. silu, gelu)") from exc
-    return out
-
-
-def create_timm_model(
-    name: str, pretrained: str | Path | bool | PretrainedWeights = False, **kwargs: Any
-) -> nn.Module:
-    """``timm.create_model(name, **kwargs)`` with weights from ``pretrained``.
-
-    ``pretrained``: False (random), True (timm's default weights of ``name``), a local
-    safetensors file, ``hf-hub:org/name`` (the weights of that hub model, whose
-    architecture must be ``name``) or weights resolved by
-    :func:`wsi_seg.model.pretrained.resolve_pretrained`. Hub failures become one-line
-    CheckpointErrors.
-    """
-    import timm
-
-    from wsi_seg.model.pretrained import PretrainedWeights
-
-    kwargs = timm_kwargs(kwargs)
-    if isinstance(pretrained, PretrainedWeights):
-        if is_hub_name(pretrained.spec):
-            pretrained = pretrained.spec
-        else:
-            name = pretrained.model_name
-            kwargs.update(pretrained.timm_kwargs())
-            pretrained = str(pretrained.file)
-            try:
-                return timm.create_model(name, **kwargs)
-            except (RuntimeError, AttributeError, KeyError) as exc:
-                first = str(exc).strip().splitlines()
-                detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")
-                raise CheckpointError(f"{pretrained}: weights do not fit {name} ({detail})") from exc
-    source = str(pretrained) if isinstance(pretrained, (str, Path)) else ""
-    try:
-        if source and is_hub_name(source):
-            repo = hub_repo(source)
-            with hub_errors(repo):
-                return timm.create_model(f"hf-hub:{repo}", pretrained=True, **kwargs)
-        if source:
-            path = Path(source)
-            if not path.is_file():
-                raise CheckpointError(f"{path}: pretrained weights file not found")
-            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-        return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
-    except (RuntimeError, AttributeError, KeyError) as exc:  # what timm raises on foreign weights
-        if source:
-            first = str(exc).strip().splitlines()
-            detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")
-            raise CheckpointError(f"{source}: weights do not fit {name} ({detail})") from exc
-        raise ConfigError(f"cannot build backbone {name!r}: {exc}") from exc
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise ConfigError(f"cannot build backbone {name!r}: {exc}") from exc
 
 
 def resolve_hub_backbone(cfg: ModelConfig) -> tuple[ModelConfig, str | None]:

@@ -46,7 +46,7 @@ class ViTEncoder(nn.Module):
         super().__init__()
         from timm.models import FeatureInfo
 
-        from wsi_seg.model.backbones import create_timm_model
+        from wsi_seg.model.timm_create import create_timm_model
 
         # any patch size the config asks for; at the model's own input size (224 px for the
         # foundation encoders) this changes nothing, so H-optimus-0's False is overridden

@@ -3,7 +3,7 @@
 Panels: the slide thumbnail | the class mask blended over it | the ground truth (when
 one is known, e.g. the demo slide's ``<stem>_mask.png``). Below them the class legend
 with colours, each class's area in mm² and % of tissue, counted on the label pyramid
-(:mod:`wsi_seg.areas`, nothing re-segmented), and the provenance in one line.
+(:mod:`wsi_seg.reports.areas`, nothing re-segmented), and the provenance in one line.
 ``wsi-seg report``, ``segment --preview`` and ``demo`` all write this figure.
 """
 
@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from wsi_seg.areas import ClassArea, class_areas, tissue_area_um2
 from wsi_seg.errors import ConfigError, SlideError
-from wsi_seg.result import CORRECTED_NAME, Result
-from wsi_seg.slide import Slide
+from wsi_seg.reports.areas import ClassArea, class_areas, tissue_area_um2
+from wsi_seg.result.format import CORRECTED_NAME
+from wsi_seg.result.reader import Result
+from wsi_seg.slide.slide import Slide
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def slide_thumbnail(slide_path: Path, mpp: float, shape_hw: tuple[int, int], sli
 
 def ground_truth_panel(ground_truth_png: Path, result: Result, shape_hw: tuple[int, int], mask_mpp: float) -> tuple[np.ndarray, str]:
     """(coloured ground truth over the mask's extent, caption with the mIoU when classes match)."""
-    from wsi_seg.evaluate_slide import mask_on_grid, slide_miou
+    from wsi_seg.reports.evaluate_slide import mask_on_grid, slide_miou
     from wsi_seg.synthetic import read_ground_truth
 
     try:

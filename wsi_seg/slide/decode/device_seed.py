@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from wsi_seg.tissue import BackgroundSeedParams
+from wsi_seg.slide.tissue import BackgroundSeedParams
 
 # skimage.color.rgb2gray: Y = 0.2125 R + 0.7154 G + 0.0721 B
 _GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)

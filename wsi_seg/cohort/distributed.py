@@ -29,12 +29,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_seg.allocator import pin_malloc_thresholds
-from wsi_seg.cohort import CohortSummary, SlideOutcome, failed_outcome, output_path, segment_one, skipped_outcome
+from wsi_seg.cohort.run import (
+    CohortSummary,
+    SlideOutcome,
+    failed_outcome,
+    output_path,
+    segment_one,
+    skipped_outcome,
+)
 from wsi_seg.errors import CheckpointError, ConfigError, WsiSegError
+from wsi_seg.inference.allocator import pin_malloc_thresholds
+from wsi_seg.inference.runtime import available_cpus, parse_device, resolve_device
+from wsi_seg.inference.segment import SegmentOptions
 from wsi_seg.model.checkpoint import LoadedModel, load_checkpoint
-from wsi_seg.runtime import available_cpus, parse_device, resolve_device
-from wsi_seg.segment import SegmentOptions
 
 if TYPE_CHECKING:
     from distributed import Client

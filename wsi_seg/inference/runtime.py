@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_seg.allocator import malloc_state
 from wsi_seg.errors import ConfigError
+from wsi_seg.inference.allocator import malloc_state
 
 if TYPE_CHECKING:
     import torch

@@ -15,12 +15,22 @@ import logging
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
-
-from wsi_seg.areas import hex_color
-from wsi_seg.cohort import SUMMARY_NAME, SlideOutcome, write_text_atomic, with_areas, write_summary
+from wsi_seg.cohort.run import (
+    SUMMARY_NAME,
+    SlideOutcome,
+    with_areas,
+    write_summary,
+    write_text_atomic,
+)
 from wsi_seg.errors import ConfigError, ResultError, WsiSegError
-from wsi_seg.result import CORRECTED_NAME, PARTIAL_SUFFIX, Provenance, is_partial, read_provenance
+from wsi_seg.reports.areas import hex_color
+from wsi_seg.result.format import (
+    CORRECTED_NAME,
+    PARTIAL_SUFFIX,
+    is_partial,
+    read_provenance,
+)
+from wsi_seg.result.reader import Provenance
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +40,14 @@ THUMB_PX = 240
 
 def _row_thumbnail(outcome: SlideOutcome) -> tuple[str, str]:
     """(data URI of the overlay thumbnail or "", a note) of a finished slide's row."""
-    from wsi_seg.report import _panel_size, _resize, colorize, png_data_uri, result_panels
-    from wsi_seg.result import Result
+    from wsi_seg.reports.slide_report import (
+        _panel_size,
+        _resize,
+        colorize,
+        png_data_uri,
+        result_panels,
+    )
+    from wsi_seg.result.reader import Result
 
     try:
         result = Result.open(outcome.out, allow_incomplete=True)
@@ -48,7 +64,7 @@ def _row_thumbnail(outcome: SlideOutcome) -> tuple[str, str]:
 
 def render_cohort_html(outcomes: list[SlideOutcome], title: str) -> str:
     """The cohort page: one row per slide, one column pair (mm², %) per class."""
-    from wsi_seg.report import HTML_STYLE
+    from wsi_seg.reports.slide_report import HTML_STYLE
 
     classes: list[str] = []
     for o in outcomes:

@@ -1,11 +1,11 @@
-"""Reading a wsi-seg result: the one reader of the format that ``wsi_seg.output`` writes.
+"""Reading a wsi-seg result: the one reader of the format that ``wsi_seg.result.store`` writes.
 
 A result is an OME-Zarr (NGFF 0.5, zarr v3) folder::
 
     slide.zarr/                root: per-class activation maps, (c, y, x) uint8 0–255
       0/ 1/ …                  2× pyramid levels
       labels/mask/0/ 1/ …      uint8 class index, 0 = background, 1..N = classes
-      labels/corrected/0/ 1/ … the mask with the user's corrections (wsi_seg.corrections), if any
+      labels/corrected/0/ 1/ … the mask with the user's corrections (wsi_seg.result.corrections), if any
     attrs["ome"]               multiscales (scale in µm), omero channels, image-label
     attrs["wsi_seg"]           provenance; "complete" is written last
 
@@ -19,19 +19,20 @@ interrupted run (the napari reader shows what was written).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wsi_seg.errors import ResultError
-
-PROVENANCE_KEY = "wsi_seg"  # root attribute holding the provenance
-LABEL_NAME = "mask"  # the class-index image under labels/
-CORRECTED_NAME = "corrected"  # the user's corrections (napari), same pyramid as labels/mask
-PARTIAL_SUFFIX = ".partial"  # an unfinished run's folder: <out>.partial
-BACKGROUND = "background"  # the name of class index 0
+from wsi_seg.result.format import (
+    CORRECTED_NAME,
+    LABEL_NAME,
+    LABELS_GROUP,
+    is_partial,
+    read_provenance,
+    result_name,
+)
 
 
 def finest_level_within(shapes: Iterable[Sequence[int]], max_px: int) -> int:
@@ -47,36 +48,14 @@ def finest_level_within(shapes: Iterable[Sequence[int]], max_px: int) -> int:
     return index
 
 
-def partial_path(out: Path) -> Path:
-    """Where a run writes ``out`` until it is complete."""
-    return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
-def is_partial(path: str | Path) -> bool:
-    """True for an unfinished run's folder, ``<out>.partial``."""
-    return Path(path).name.endswith(PARTIAL_SUFFIX)
 
 
-def result_name(path: str | Path) -> str:
-    """A result's folder name without ``.partial`` and ``.zarr``: ``slide.zarr`` → ``slide``."""
-    return Path(path).name.removesuffix(PARTIAL_SUFFIX).removesuffix(".zarr")
 
 
-def read_provenance(path: str | Path) -> dict[str, Any] | None:
-    """The ``wsi_seg`` attributes of a store, or None if ``path`` is not one of ours."""
-    meta = Path(path) / "zarr.json"
-    try:
-        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
-        prov = attrs.get(PROVENANCE_KEY)
-    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, JSON but not an object
-        return None
-    return prov if isinstance(prov, dict) else None
 
 
-def is_complete(path: str | Path) -> bool:
-    """True when ``path`` is a wsi-seg result whose run finished."""
-    prov = read_provenance(path)
-    return bool(prov and prov.get("complete"))
 
 
 @dataclass(frozen=True)
@@ -191,7 +170,7 @@ class Result:
 
         p = Path(str(path).rstrip("/\\"))
         if not is_partial(p):
-            from wsi_seg.ownership import restore_replaced_now
+            from wsi_seg.result.ownership import restore_replaced_now
 
             restore_replaced_now(p)  # an --overwrite that crashed mid-swap left the old result beside it
         raw = read_provenance(p) if p.is_dir() else None
@@ -207,7 +186,7 @@ class Result:
             )
         try:
             group = zarr.open_group(str(p), mode="r")
-            labels = group["labels"][LABEL_NAME]
+            labels = group[LABELS_GROUP][LABEL_NAME]
             levels = _level_paths(labels)
             acts, mask = group["0"], labels["0"]
         except (KeyError, OSError, ValueError, TypeError) as exc:
@@ -250,7 +229,7 @@ class Result:
     @property
     def label_names(self) -> tuple[str, ...]:
         """The label images under ``labels/``: ``mask``, and ``corrected`` once corrections were saved."""
-        group = self._group["labels"]
+        group = self._group[LABELS_GROUP]
         return tuple(n for n in (LABEL_NAME, CORRECTED_NAME) if n in group)
 
     @property
@@ -264,7 +243,7 @@ class Result:
         self._check_level(level)
         if labels not in self.label_names:
             raise ResultError(f"{self.path}: no label image labels/{labels}; it has {', '.join(self.label_names)}")
-        return self._group["labels"][labels][str(level)]
+        return self._group[LABELS_GROUP][labels][str(level)]
 
     def activations(self, level: int = 0) -> Any:
         """(C, H, W) uint8 activation maps of ``level``, 0–255 (a zarr array)."""
@@ -291,7 +270,7 @@ class Result:
 
         Read from the OME multiscales; an unfinished run has none yet: µm/px, no shift.
         """
-        group = self._group["labels"][LABEL_NAME] if labels else self._group
+        group = self._group[LABELS_GROUP][LABEL_NAME] if labels else self._group
         scale, shift = [self.mpp, self.mpp], [0.0, 0.0]
         multiscales = group.attrs.get("ome", {}).get("multiscales") or group.attrs.get("multiscales")
         if multiscales:

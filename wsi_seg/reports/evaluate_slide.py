@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from wsi_seg.metrics import ConfusionMatrix
-from wsi_seg.result import Result
+from wsi_seg.reports.metrics import ConfusionMatrix
+from wsi_seg.result.reader import Result
 
 
 def mask_on_grid(mask: np.ndarray, mask_mpp: float, mpp: float, shape_hw: tuple[int, int]) -> np.ndarray:

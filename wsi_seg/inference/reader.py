@@ -29,13 +29,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsi_seg.decode.reduced import JpegRegionReader, dct_reduction
-from wsi_seg.decode.tiff_jpeg import JPEG_TILE_VENDORS, JpegLevel, TileFile, find_jpeg_level
 from wsi_seg.errors import ConfigError, SlideError, WsiSegError
-from wsi_seg.options import READERS
-from wsi_seg.slide import Slide
-from wsi_seg.tiling import Block, TileGrid
-from wsi_seg.tissue import BackgroundSeedParams
+from wsi_seg.inference.options import READERS
+from wsi_seg.inference.tiling import Block, TileGrid
+from wsi_seg.slide.decode.reduced import JpegRegionReader, dct_reduction
+from wsi_seg.slide.decode.tiff_jpeg import (
+    JPEG_TILE_VENDORS,
+    JpegLevel,
+    TileFile,
+    find_jpeg_level,
+)
+from wsi_seg.slide.slide import Slide
+from wsi_seg.slide.tissue import BackgroundSeedParams
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,7 @@ class BlockReader:
         self.prefetch_thread = PREFETCH_THREAD
         self.decoder = None
         if plan.used == "jpeg-device" and plan.jpeg is not None:
-            from wsi_seg.decode.device import TileDecoder
+            from wsi_seg.slide.decode.device import TileDecoder
 
             self.decoder = TileDecoder(device)
             dataset: Dataset = TileBytesDataset(plan.jpeg, plan.downsample, grid, blocks)
@@ -313,8 +318,8 @@ class BlockReader:
                     yield item
 
     def _on_device(self, item: dict[str, Any]) -> dict[str, Any]:
-        from wsi_seg.decode.device import assemble_region
-        from wsi_seg.decode.device_seed import background_seed
+        from wsi_seg.slide.decode.device import assemble_region
+        from wsi_seg.slide.decode.device_seed import background_seed
 
         idx = int(item["block"])
         block, level = self.blocks[idx], self.plan.jpeg

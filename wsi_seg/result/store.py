@@ -1,8 +1,8 @@
 """The result store: an OME-Zarr (NGFF 0.5, zarr v3) written block by block.
 
-The layout is in ``wsi_seg.result``, which reads it. A run writes to ``<out>.partial`` and renames it on success; ``.wsi_seg_progress``
+The layout is in ``wsi_seg.result.reader``, which reads it. A run writes to ``<out>.partial`` and renames it on success; ``.wsi_seg_progress``
 inside it lists finished blocks so an interrupted run resumes where it stopped.
-``wsi_seg.ownership`` decides what may be replaced; ``wsi_seg.lock`` keeps one run per output.
+``wsi_seg.result.ownership`` decides what may be replaced; ``wsi_seg.lock`` keeps one run per output.
 """
 
 from __future__ import annotations
@@ -16,13 +16,18 @@ from typing import Any
 import numpy as np
 
 from wsi_seg.errors import OutputError
-from wsi_seg.ownership import PROGRESS_FILE, clear_partial, swap_into_place  # noqa: F401 (PROGRESS_FILE re-exported)
-from wsi_seg.pyramid import StreamingPyramid, halve_levels, level_shapes
-from wsi_seg.result import LABEL_NAME, PROVENANCE_KEY, is_complete, partial_path, read_provenance  # noqa: F401 (re-exported)
+from wsi_seg.result.format import (
+    FORMAT_VERSION,
+    LABEL_NAME,
+    LABELS_GROUP,
+    PROGRESS_FILE,
+    PROVENANCE_KEY,
+)
+from wsi_seg.result.ownership import clear_partial, swap_into_place
+from wsi_seg.result.pyramid import StreamingPyramid, halve_levels, level_shapes
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 
 
 def _compressor() -> Any:
@@ -45,7 +50,7 @@ def _writable(array: Any) -> Any:
 
 
 class ResultStore:
-    """Writes one segmentation result and its pyramid; see ``wsi_seg.result`` for the layout.
+    """Writes one segmentation result and its pyramid; see ``wsi_seg.result.reader`` for the layout.
 
     Callers write level 0 only, one chunk-aligned block per chunk::
 
@@ -54,7 +59,7 @@ class ResultStore:
         store.write_block(index, y0, x0, activations, mask)  # … for each block
         store.finish(out, stats)                          # pyramid, metadata, complete, rename
 
-    The store builds the levels above (``wsi_seg.pyramid``): while blocks arrive when it
+    The store builds the levels above (``wsi_seg.result.pyramid``): while blocks arrive when it
     knows which will come (streamed, even chunk sizes; a resumed run first replays the
     blocks the interrupted one finished), else at :meth:`finish` from level 0.
     """
@@ -88,7 +93,7 @@ class ResultStore:
                 "0", shape=(num_classes, h, w), dtype="uint8", chunks=(1, chunk_px, chunk_px),
                 compressors=_compressor(), fill_value=0, dimension_names=("c", "y", "x"),
             )
-            labels = group.create_group("labels").create_group(LABEL_NAME)
+            labels = group.create_group(LABELS_GROUP).create_group(LABEL_NAME)
             labels.create_array(
                 "0", shape=(h, w), dtype="uint8", chunks=(chunk_px, chunk_px),
                 compressors=_compressor(), fill_value=0, dimension_names=("y", "x"),
@@ -125,7 +130,7 @@ class ResultStore:
         from level 0 first. Without it, :meth:`finish` builds the pyramid from level 0.
         """
         group = self._group()
-        self._act, self._mask = _writable(group["0"]), _writable(group["labels"][LABEL_NAME]["0"])
+        self._act, self._mask = _writable(group["0"]), _writable(group[LABELS_GROUP][LABEL_NAME]["0"])
         chunk = self._mask.chunks[0]
         self._pyramid = None
         if expected is not None and chunk % 2 == 0:
@@ -160,7 +165,7 @@ class ResultStore:
     def _create_levels(self, shapes: list[tuple[int, int]]) -> None:
         """Empty arrays for pyramid levels 1… of (H, W) ``shapes[1:]``, chunked like level 0."""
         group = self._group()
-        label_group = group["labels"][LABEL_NAME]
+        label_group = group[LABELS_GROUP][LABEL_NAME]
         c, chunk = group["0"].shape[0], group["0"].chunks[-1]
         self._levels = {0: (_writable(group["0"]), _writable(label_group["0"]))}
         for level, (h, w) in enumerate(shapes[1:], start=1):
@@ -184,7 +189,7 @@ class ResultStore:
             raise OutputError(f"{self.root}: write failed ({exc.strerror or exc})") from exc
 
     def build_pyramid(self, progress: bool = True) -> int:
-        """Levels 1… halved from the finished level 0 (``wsi_seg.pyramid.halve_levels``);
+        """Levels 1… halved from the finished level 0 (``wsi_seg.result.pyramid.halve_levels``);
         returns the level count. :meth:`finish` calls it when nothing was streamed."""
         from tqdm.auto import tqdm
 
@@ -269,7 +274,7 @@ class ResultStore:
             group, datasets(True), axes=[{"name": "c", "type": "channel"}, *space],
             name="activations", metadata={"omero": omero},
         )
-        labels = group["labels"]
+        labels = group[LABELS_GROUP]
         write_multiscales_metadata(labels[LABEL_NAME], datasets(False), axes=space, name=LABEL_NAME)
         write_label_metadata(
             labels, LABEL_NAME,

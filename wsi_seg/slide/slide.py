@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from wsi_seg.errors import MissingMppError, SlideError
-from wsi_seg.fingerprint import slide_fingerprint
+from wsi_seg.slide.fingerprint import slide_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Slide:
         return self._mpp  # type: ignore[return-value]
 
     def fingerprint(self) -> str:
-        """The slide's content fingerprint (``wsi_seg.fingerprint``), computed once."""
+        """The slide's content fingerprint (``wsi_seg.slide.fingerprint``), computed once."""
         if self._fingerprint is None:
             self._fingerprint = slide_fingerprint(self.path, self._osr.properties)
         return self._fingerprint

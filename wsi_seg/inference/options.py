@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass, field
 
 from wsi_seg.errors import ConfigError
-from wsi_seg.tissue import TissueParams
+from wsi_seg.slide.tissue import TissueParams
 
-READERS = ("auto", "openslide", "jpeg-cpu", "jpeg-device")  # slide decoders, see wsi_seg.reader
+READERS = ("auto", "openslide", "jpeg-cpu", "jpeg-device")  # slide decoders, see wsi_seg.inference.reader
 # 4·10¹⁰ px: a 200,000 × 200,000 px output, beyond any 40x slide at the model's resolution
 DEFAULT_MAX_OUTPUT_PX = 40_000_000_000
 MAX_UPSAMPLING = 2.0  # model px per slide level-0 px without allow_upsampling
@@ -23,13 +23,13 @@ class SegmentOptions:
     """How to run one slide; the CLI flags map onto these fields."""
 
     device: str = "auto"
-    batch_size: int | None = None  # patches per model call; None: auto (see wsi_seg.runtime)
-    workers: int | None = None  # reader processes; None: auto (see wsi_seg.runtime)
+    batch_size: int | None = None  # patches per model call; None: auto (see wsi_seg.inference.runtime)
+    workers: int | None = None  # reader processes; None: auto (see wsi_seg.inference.runtime)
     overlap_px: int = 32
     mpp: float | None = None  # level-0 µm/px override for slides without metadata
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see wsi_seg.runtime)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see wsi_seg.inference.runtime)
     threads: int | None = None  # CPU threads for the model in all; None: the CPUs this process may use
-    streams: int | None = None  # batches the model runs at once; None: auto (see wsi_seg.runtime)
+    streams: int | None = None  # batches the model runs at once; None: auto (see wsi_seg.inference.runtime)
     reader: str = "auto"  # slide decoder, one of READERS
     tissue: TissueParams = field(default_factory=TissueParams)
     overwrite: bool = False

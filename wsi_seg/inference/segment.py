@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,21 +15,42 @@ import numpy as np
 import torch
 
 from wsi_seg import __version__
-from wsi_seg.corrections import carry_over, carry_refusal, has_corrections
-from wsi_seg.errors import Cancelled, CheckpointError, NoTissueError, OutputError, SlideError
+from wsi_seg.errors import (
+    Cancelled,
+    CheckpointError,
+    NoTissueError,
+    OutputError,
+    SlideError,
+)
+from wsi_seg.inference.options import MAX_UPSAMPLING, SegmentOptions
+from wsi_seg.inference.reader import BlockReader, plan_reader
+from wsi_seg.inference.runtime import resolve_runtime, torch_threads
+from wsi_seg.inference.streams import (
+    InferenceStreams,
+    NonFiniteOutput,
+    run_batch,
+    seconds_per_patch,
+)
+from wsi_seg.inference.tiling import Block, TileGrid, make_grid
 from wsi_seg.lock import RunLock
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.model.predict_rules import PredictRules
-from wsi_seg.options import MAX_UPSAMPLING, SegmentOptions
-from wsi_seg.output import ResultStore
-from wsi_seg.ownership import check_output, is_ours, output_lock, replaced_path, restore_replaced
-from wsi_seg.reader import BlockReader, plan_reader
-from wsi_seg.result import partial_path, read_provenance
-from wsi_seg.runtime import resolve_runtime, torch_threads
-from wsi_seg.streams import InferenceStreams, NonFiniteOutput, run_batch, seconds_per_patch
-from wsi_seg.slide import Slide, SlideInfo
-from wsi_seg.tiling import Block, TileGrid, make_grid
-from wsi_seg.tissue import BackgroundSeedParams, tissue_mask
+from wsi_seg.result.corrections import carry_over, carry_refusal
+from wsi_seg.result.format import (
+    has_corrections,
+    partial_path,
+    read_provenance,
+    replaced_path,
+)
+from wsi_seg.result.ownership import (
+    check_output,
+    is_ours,
+    output_lock,
+    restore_replaced,
+)
+from wsi_seg.result.store import ResultStore
+from wsi_seg.slide.slide import Slide, SlideInfo
+from wsi_seg.slide.tissue import BackgroundSeedParams, tissue_mask
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +340,7 @@ def segment_slide(
     cancel: CancelFlag | None = None,
     on_plan: Callable[[SegmentPlan], None] | None = None,
 ) -> SegmentResult:
-    """Segment one slide into an OME-Zarr at ``out`` (layout: ``wsi_seg.result``).
+    """Segment one slide into an OME-Zarr at ``out`` (layout: ``wsi_seg.result.reader``).
 
     ``out`` must be new or a result of ours (``--overwrite``); the run holds the lock of
     ``out`` throughout. ``on_plan(plan)`` is called once the work is known, before

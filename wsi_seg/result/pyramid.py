@@ -14,7 +14,7 @@ levels, chunk by chunk, in bounded memory:
 - :func:`halve_levels` fills each level from the finished one below it, one parent
   chunk (2×2 child chunks read back) at a time; any chunk size.
 
-``wsi_seg.output.ResultStore`` chooses between them; callers only write level 0.
+``wsi_seg.result.store.ResultStore`` chooses between them; callers only write level 0.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def halve(activations: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def halve_mask(mask: np.ndarray) -> np.ndarray:
     """(H, W) class mask → half size: the top-left pixel of each 2×2 (odd edges dropped).
-    Also used alone where only labels change (``wsi_seg.corrections``)."""
+    Also used alone where only labels change (``wsi_seg.result.corrections``)."""
     h, w = mask.shape[0] // 2 * 2, mask.shape[1] // 2 * 2
     return mask[:h:2, :w:2]
 

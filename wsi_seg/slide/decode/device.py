@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsi_seg.decode.reduced import decode_tile
-from wsi_seg.decode.tiff_jpeg import JpegLevel
 from wsi_seg.errors import SlideError
+from wsi_seg.slide.decode.reduced import decode_tile
+from wsi_seg.slide.decode.tiff_jpeg import JpegLevel
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 On the CPU one stream of two intra-op threads leaves one thread waiting at every
 operator's barrier when batches are small; two streams of one thread each keep both
-cores busy (``wsi_seg.runtime.resolve_streams`` has the figures). Used by ``segment``
+cores busy (``wsi_seg.inference.runtime.resolve_streams`` has the figures). Used by ``segment``
 and by the benchmarks that compare against the model alone.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from wsi_seg.errors import WsiSegError
+from wsi_seg.inference.runtime import Runtime
 from wsi_seg.model.predict_rules import IGNORE_LABEL, PredictRules
-from wsi_seg.runtime import Runtime
 
 
 def run_batch(net: Any, rt: Runtime, patches: torch.Tensor, backgrounds: torch.Tensor | None,

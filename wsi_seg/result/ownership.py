@@ -19,17 +19,20 @@ from pathlib import Path
 
 from wsi_seg.errors import OutputError
 from wsi_seg.lock import LOCK_NAME, RunLock, folder_lock
-from wsi_seg.result import is_complete, partial_path, read_provenance
+from wsi_seg.result.format import (
+    PROGRESS_FILE,
+    REPLACED_SUFFIX,
+    is_complete,
+    partial_path,
+    read_provenance,
+    replaced_path,
+)
 
 log = logging.getLogger(__name__)
 
-REPLACED_SUFFIX = ".replaced"  # the old result, between the swap and its removal
-PROGRESS_FILE = ".wsi_seg_progress"
 _BOOKKEEPING = {LOCK_NAME, PROGRESS_FILE}
 
 
-def replaced_path(out: Path) -> Path:
-    return out.with_name(out.name + REPLACED_SUFFIX)
 
 
 def is_ours(path: Path) -> bool:

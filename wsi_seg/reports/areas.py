@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from wsi_seg.result import finest_level_within
+from wsi_seg.result.reader import finest_level_within
 
 DEFAULT_MAX_SIDE_PX = 2048
 UM2_PER_MM2 = 1e6

@@ -49,7 +49,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from wsi_seg.errors import ConfigError, OutputError, ResultError
-from wsi_seg.result import Result, partial_path
+from wsi_seg.result.format import partial_path
+from wsi_seg.result.reader import Result
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import math
 import numpy as np
 from PIL import Image, ImageFilter
 
-from wsi_seg.decode.tiff_jpeg import JpegLevel, TileFile
 from wsi_seg.errors import SlideError
+from wsi_seg.slide.decode.tiff_jpeg import JpegLevel, TileFile
 
 DCT_REDUCTIONS = (8, 4, 2, 1)  # the scales libjpeg decodes to cheaply (1/8 … 1/1)
 _TOLERANCE = 0.01  # a level 1.99× finer than wanted still decodes at 1/2

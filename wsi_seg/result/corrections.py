@@ -4,7 +4,7 @@
 pyramid to ``labels/corrected`` (chunk files copied as they are, into a temporary
 folder renamed into place); every save then writes only the level-0 chunks whose
 pixels changed, and rebuilds only their parents in the coarser levels, with the same
-halving as the segment pyramid (``wsi_seg.pyramid.halve_mask``: top-left pixel of each 2×2).
+halving as the segment pyramid (``wsi_seg.result.pyramid.halve_mask``: top-left pixel of each 2×2).
 
 Crash safety: zarr's local store writes each chunk to a temporary file and renames it
 (zarr ≥ 3.1.3), so every chunk is either its old or its new content. Before writing, a
@@ -34,12 +34,20 @@ from typing import Any
 import numpy as np
 
 from wsi_seg.errors import ConfigError, OutputError
-from wsi_seg.pyramid import halve_mask
-from wsi_seg.result import CORRECTED_NAME, LABEL_NAME, Result, is_partial, read_provenance
+from wsi_seg.result.format import (
+    CORRECTED_NAME,
+    CORRECTIONS_KEY,
+    LABEL_NAME,
+    LABELS_GROUP,
+    is_partial,
+    labels_path,
+    read_provenance,
+)
+from wsi_seg.result.pyramid import halve_mask
+from wsi_seg.result.reader import Result
 
 log = logging.getLogger(__name__)
 
-ATTRS_KEY = "wsi_seg_corrections"
 _TMP_PREFIX = ".corrected-"  # a half-made copy of labels/mask: ours, removed on the next save
 
 
@@ -79,7 +87,7 @@ def open_for_corrections(path: str | Path) -> Result:
             "to finish it before saving corrections"
         )
     result = Result.open(p)
-    for folder in (p, p / "labels", p / "labels" / CORRECTED_NAME):
+    for folder in (p, labels_path(p), labels_path(p, CORRECTED_NAME)):
         if folder.exists() and _is_read_only(folder):
             raise OutputError(
                 f"{folder}: the result is read-only; corrections are saved inside it as labels/{CORRECTED_NAME} "
@@ -107,8 +115,8 @@ def _state(result: Result) -> dict[str, Any]:
 
     if CORRECTED_NAME not in result.label_names:
         return {}
-    group = zarr.open_group(str(result.path / "labels" / CORRECTED_NAME), mode="r")
-    return dict(group.attrs.get(ATTRS_KEY) or {})
+    group = zarr.open_group(str(labels_path(result.path, CORRECTED_NAME)), mode="r")
+    return dict(group.attrs.get(CORRECTIONS_KEY) or {})
 
 
 def corrections_history(result: Result) -> list[dict[str, Any]]:
@@ -126,7 +134,7 @@ def _ensure_corrected(result: Result) -> None:
     """Create ``labels/corrected`` as a copy of ``labels/mask`` (atomic: copy, then rename)."""
     import zarr
 
-    labels_dir = result.path / "labels"
+    labels_dir = labels_path(result.path)
     for stale in labels_dir.glob(_TMP_PREFIX + "*"):  # an earlier first save that died mid-copy
         shutil.rmtree(stale, ignore_errors=True)
     if (labels_dir / CORRECTED_NAME).exists():
@@ -139,13 +147,13 @@ def _ensure_corrected(result: Result) -> None:
         for ms in ome.get("multiscales") or []:
             ms["name"] = CORRECTED_NAME
         group.attrs["ome"] = ome
-        group.attrs[ATTRS_KEY] = {"source": LABEL_NAME, "saves": []}
+        group.attrs[CORRECTIONS_KEY] = {"source": LABEL_NAME, "saves": []}
         os.replace(tmp, labels_dir / CORRECTED_NAME)
         labels = zarr.open_group(str(labels_dir), mode="r+")
         ome = dict(labels.attrs.get("ome") or {})
-        names = list(ome.get("labels") or [LABEL_NAME])
+        names = list(ome.get(LABELS_GROUP) or [LABEL_NAME])
         if CORRECTED_NAME not in names:
-            ome["labels"] = [*names, CORRECTED_NAME]
+            ome[LABELS_GROUP] = [*names, CORRECTED_NAME]
             labels.attrs["ome"] = ome
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -216,7 +224,7 @@ def save_corrections(
     import zarr
 
     _ensure_corrected(result)
-    group = zarr.open_group(str(result.path / "labels" / CORRECTED_NAME), mode="r+")
+    group = zarr.open_group(str(labels_path(result.path, CORRECTED_NAME)), mode="r+")
     base = group["0"]
     chunk = base.chunks[-1]
     h0, w0 = base.shape
@@ -242,17 +250,17 @@ def save_corrections(
             if where.any():
                 edits[(i, j)] = where
                 values[(i, j)] = after[np.ix_(ryc, rxc)]
-    state = dict(group.attrs.get(ATTRS_KEY) or {"source": LABEL_NAME, "saves": []})
+    state = dict(group.attrs.get(CORRECTIONS_KEY) or {"source": LABEL_NAME, "saves": []})
     interrupted = [tuple(c) for c in (state.get("pending") or {}).get("chunks") or []]
     chunks = sorted(edits)
     try:
-        group.attrs[ATTRS_KEY] = {**state, "pending": {"utc": utc, "author": user, "chunks": [list(c) for c in chunks]}}
+        group.attrs[CORRECTIONS_KEY] = {**state, "pending": {"utc": utc, "author": user, "chunks": [list(c) for c in chunks]}}
         pixels = _write_chunks(base, edits, values)
         _rebuild_parents(group, result.levels, set(chunks) | set(interrupted))
         record = CorrectionSave(user, utc, chunks, pixels, level)
         state.pop("pending", None)
         state["saves"] = [*(state.get("saves") or []), record.to_json()]
-        group.attrs[ATTRS_KEY] = state
+        group.attrs[CORRECTIONS_KEY] = state
     except OSError as exc:
         raise OutputError(
             f"{result.path}: saving corrections failed ({exc.strerror or exc}); labels/{CORRECTED_NAME} keeps each "
@@ -266,9 +274,6 @@ def save_corrections(
 CARRY_KEYS = ("output_shape_px", "block_px", "mpp")
 
 
-def has_corrections(path: str | Path) -> bool:
-    """True when the result at ``path`` holds a ``labels/corrected`` image."""
-    return (Path(path) / "labels" / CORRECTED_NAME / "zarr.json").is_file()
 
 
 def carry_refusal(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -297,10 +302,10 @@ def carry_over(old: str | Path, new: str | Path) -> int:
     old_result, new_result = Result.open(old), Result.open(new, allow_incomplete=True)
     history = corrections_history(old_result)
     chunks = {tuple(c) for save in history for c in save.get("chunks") or []} | set(pending_chunks(old_result))
-    labels = zarr.open_group(str(old_result.path / "labels"), mode="r")
+    labels = zarr.open_group(str(labels_path(old_result.path)), mode="r")
     mask, corrected = labels[LABEL_NAME]["0"], labels[CORRECTED_NAME]["0"]
     _ensure_corrected(new_result)
-    group = zarr.open_group(str(new_result.path / "labels" / CORRECTED_NAME), mode="r+")
+    group = zarr.open_group(str(labels_path(new_result.path, CORRECTED_NAME)), mode="r+")
     base = group["0"]
     c = base.chunks[-1]
     edits: dict[tuple[int, int], np.ndarray] = {}
@@ -313,7 +318,7 @@ def carry_over(old: str | Path, new: str | Path) -> int:
     pixels = _write_chunks(base, edits, values)
     _rebuild_parents(group, new_result.levels, set(edits))
     completed = old_result.provenance.raw.get("completed_utc")
-    group.attrs[ATTRS_KEY] = {"source": LABEL_NAME, "saves": history,
+    group.attrs[CORRECTIONS_KEY] = {"source": LABEL_NAME, "saves": history,
                               "carried_from": {"result_completed_utc": completed, "pixels": pixels,
                                                "model_sha256": old_result.provenance.raw.get("model", {}).get("sha256")}}
     log.info("%s: %d corrected level-0 pixels carried over from the result it replaces", new_result.path, pixels)

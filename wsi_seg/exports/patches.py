@@ -35,8 +35,9 @@ import numpy as np
 from PIL import Image
 
 from wsi_seg.errors import ConfigError, OutputError, SlideError
-from wsi_seg.result import CORRECTED_NAME, LABEL_NAME, Result
-from wsi_seg.slide import Slide
+from wsi_seg.result.format import CORRECTED_NAME, LABEL_NAME
+from wsi_seg.result.reader import Result
+from wsi_seg.slide.slide import Slide
 
 log = logging.getLogger(__name__)
 

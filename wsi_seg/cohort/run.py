@@ -3,7 +3,7 @@
 Each slide gets ``OUT_DIR/<stem>.zarr``. Finished slides (a complete result of the same
 slide and model) are skipped, a failed slide does not stop the others, and the summary
 (CSV + JSON) says what happened to each. ``run_cohort`` goes through the slides one by
-one; ``wsi_seg.cohort_dask`` runs the same pieces (``segment_one``, ``CohortSummary``) on
+one; ``wsi_seg.cohort.distributed`` runs the same pieces (``segment_one``, ``CohortSummary``) on
 a dask cluster.
 """
 
@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from wsi_seg.errors import ConfigError, ResultError, WsiSegError
+from wsi_seg.inference.segment import CancelFlag, SegmentOptions, segment_slide
 from wsi_seg.model.checkpoint import LoadedModel
-from wsi_seg.result import Provenance, Result
-from wsi_seg.segment import CancelFlag, SegmentOptions, segment_slide
-from wsi_seg.slide import Slide
+from wsi_seg.result.reader import Provenance, Result
+from wsi_seg.slide.slide import Slide
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class SlideOutcome:
     patches: int = 0
     seconds: float = 0.0
     error: str = ""
-    # per-class areas of a finished slide (from its label pyramid, see wsi_seg.areas)
+    # per-class areas of a finished slide (from its label pyramid, see wsi_seg.reports.areas)
     labels: str = ""  # the label image they were counted on: mask, or corrected
     tissue_mm2: float | None = None
     area_mm2: dict[str, float] = field(default_factory=dict)
@@ -186,7 +186,7 @@ def run_cohort(
 ) -> list[SlideOutcome]:
     """Segment every slide into ``out_dir`` one after the other; never stops at a failed slide.
 
-    ``wsi_seg.cohort_dask.run_cohort_dask`` does the same on a dask cluster.
+    ``wsi_seg.cohort.distributed.run_cohort_dask`` does the same on a dask cluster.
     """
     summary = CohortSummary(out_dir, report)
     for index, slide in enumerate(slides):
@@ -204,7 +204,7 @@ def with_areas(outcome: SlideOutcome) -> SlideOutcome:
     """
     if outcome.status not in ("done", "skipped", "incomplete"):
         return outcome
-    from wsi_seg.report import result_areas
+    from wsi_seg.reports.slide_report import result_areas
 
     try:
         result = Result.open(outcome.out, allow_incomplete=outcome.status == "incomplete")
