@@ -117,3 +117,16 @@ def test_every_flag_is_walked(run, tmp_path, capsys, blob_slide, checkpoints):
     _check_grid_and_tissue(run)
     _check_bounds(run)
     _check_outputs(run, tmp_path, capsys, blob_slide, checkpoints)
+
+
+def test_every_option_is_declared_with_its_flag():
+    """SegmentOptions is where a segment setting is declared: each field carries its flag
+    (the tissue detector's tuning stays a library setting, deliberately)."""
+    from wsi_seg.cli.flags import config_fields
+    from wsi_seg.inference.options import SegmentOptions
+
+    fields = {key: f.metadata.get("flag") for key, f, _ in config_fields(SegmentOptions)}
+    flagless = {key for key, flag in fields.items() if not flag}
+    assert flagless == {"tissue.thumbnail_mpp", "tissue.gray_threshold", "tissue.min_saturation",
+                        "tissue.min_tissue_um2", "tissue.max_hole_um2"}
+    assert {flag for flag in fields.values() if flag} <= _segment_flags()

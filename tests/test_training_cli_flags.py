@@ -11,8 +11,9 @@ import pytest
 from wsi_seg.errors import ConfigError
 
 from wsi_seg_training import cli
-from wsi_seg_training.cli_flags import add_config_flags, config_fields, config_overrides
-from wsi_seg_training.config import PretrainConfig, RunConfig, Stage1Config, Stage2Config, redefault, setting
+from wsi_seg.cli.flags import add_config_flags, config_fields, config_overrides
+from wsi_seg.settings import redefault, setting
+from wsi_seg_training.config import PretrainConfig, RunConfig, Stage1Config, Stage2Config
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:

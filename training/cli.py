@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wsi_seg_training.cli_flags import add_config_flags, config_overrides
+from wsi_seg.cli.flags import add_config_flags, config_overrides
 
 from wsi_seg.errors import ConfigError
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_seg.errors import ConfigError
+from wsi_seg.settings import redefault, setting
 
 if typing.TYPE_CHECKING:
     from wsi_seg.model.predict_rules import PredictRules
@@ -42,44 +43,6 @@ CONFIG_FORMAT_VERSION = 1
 # checkpoint provenance), or as a run with today's defaults would (`--gating` without TAU)
 RUN_GATING = "run"
 DEFAULT_GATING = "default"
-
-
-def setting(
-    default: Any = dataclasses.MISSING,
-    *,
-    help: str,
-    flag: str | None = None,
-    metavar: str | None = None,
-    choices: tuple[str, ...] | None = None,
-    default_text: str | None = None,
-    negatable: bool = False,
-    exclusive: str | None = None,
-    result: bool = True,
-    required: str | None = None,
-    value_of: str | None = None,
-    default_factory: Any = dataclasses.MISSING,
-) -> Any:
-    """A config field that also describes its command-line flag, so a setting is written once.
-
-    ``flag`` (e.g. ``--lr``) makes ``wsi-seg train``/``pretrain`` accept it (see
-    :mod:`wsi_seg_training.cli_flags`); a bool field's flag sets the value it names (``--gating``
-    True, ``--no-pscl`` False) or, ``negatable``, both (``--x/--no-x``). ``help`` ends in
-    the default, or ``default_text`` where the default needs words (None: "the format's").
-    ``exclusive`` names a group of flags that exclude each other. ``result`` False: the
-    setting does not change what a run computes (paths, devices, workers), so a resumed run
-    may differ in it. ``required``: the message when a run is started without it.
-    ``value_of``: a bool flag takes an optional value for this sibling field
-    (``--gating [TAU]`` turns gating on and, given TAU, sets ``gating_threshold``).
-    """
-    meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "default_text": default_text,
-            "negatable": negatable, "exclusive": exclusive, "result": result, "required": required,
-            "value_of": value_of}
-    return field(default=default, default_factory=default_factory, metadata=meta)
-
-
-def redefault(cls: type, name: str, default: Any) -> Any:
-    """Field ``name`` of dataclass ``cls`` with another default, its flag and help kept."""
-    return field(default=default, metadata=cls.__dataclass_fields__[name].metadata)
 
 
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")

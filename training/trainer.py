@@ -344,6 +344,8 @@ class Trainer(ABC):
             "epochs_history": self.epochs_history,  # more than one entry: continued with more epochs
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
+            # every setting that changes what the run computes, as config.yaml holds it
+            "settings": cfg.result_settings(),
             "run_dir": str(self.run_dir.resolve()),
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "software": software_versions(),

@@ -1,42 +1,89 @@
 """How to segment one slide: the options every front end (CLI, cohorts, napari) passes.
 
-Kept free of torch and scikit-image, so a command line or a widget can read the defaults
-without importing the engine.
+Each field is declared once, with its flag and help (:func:`wsi_seg.settings.setting`):
+``wsi-seg segment`` makes its flags from them (:mod:`wsi_seg.cli.flags`). Kept free of
+torch and scikit-image, so a command line or a widget can read the defaults without
+importing the engine.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field
 
 from wsi_seg.errors import ConfigError
+from wsi_seg.settings import setting
 from wsi_seg.slide.tissue import TissueParams
 
 READERS = ("auto", "openslide", "jpeg-cpu", "jpeg-device")  # slide decoders, see wsi_seg.inference.reader
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # 4·10¹⁰ px: a 200,000 × 200,000 px output, beyond any 40x slide at the model's resolution
 DEFAULT_MAX_OUTPUT_PX = 40_000_000_000
 MAX_UPSAMPLING = 2.0  # model px per slide level-0 px without allow_upsampling
 
 
+def pixel_count(text: str) -> int:
+    """A pixel count such as 4e10 (the ``--max-output-px`` type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1 and value < 2**62):
+        raise argparse.ArgumentTypeError(f"expected a number of pixels ≥ 1 such as 4e10, got {text!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class SegmentOptions:
-    """How to run one slide; the CLI flags map onto these fields."""
+    """How to run one slide; each field is one ``wsi-seg segment`` flag (``tissue``: its own)."""
 
-    device: str = "auto"
-    batch_size: int | None = None  # patches per model call; None: auto (see wsi_seg.inference.runtime)
-    workers: int | None = None  # reader processes; None: auto (see wsi_seg.inference.runtime)
-    overlap_px: int = 32
-    mpp: float | None = None  # level-0 µm/px override for slides without metadata
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see wsi_seg.inference.runtime)
-    threads: int | None = None  # CPU threads for the model in all; None: the CPUs this process may use
-    streams: int | None = None  # batches the model runs at once; None: auto (see wsi_seg.inference.runtime)
-    reader: str = "auto"  # slide decoder, one of READERS
+    device: str = setting("auto", flag="--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
+    batch_size: int | None = setting(
+        None, flag="--batch-size", metavar="N", help="patches per model call",
+        default_text="2 on CPU, where small batches ran fastest; 32 on CUDA")
+    workers: int | None = setting(
+        None, flag="--workers", metavar="N", help="slide-reading worker processes",
+        default_text="0 = in-process on CPU, where the model uses every core; on CUDA one per spare CPU this "
+                     "process may use, up to 8")
+    overlap_px: int = setting(32, flag="--overlap", metavar="PX",
+                              help="patch overlap in px at the model resolution; centre-cropped")
+    mpp: float | None = setting(
+        None, flag="--mpp", metavar="UM",
+        help="level-0 µm/px of the slide: for slides whose metadata lacks it or gives an implausible value, "
+             "and for plain PNG/JPEG/TIFF images, read as one level",
+        default_text="from the slide's metadata")
+    precision: str = setting(
+        "auto", flag="--precision", choices=PRECISIONS, help="autocast precision",
+        default_text="auto = bf16 where the device computes it natively: CUDA GPUs with bf16, CPUs with "
+                     "AVX512-BF16/AMX; fp16 on older CUDA GPUs; else fp32")
+    threads: int | None = setting(
+        None, flag="--threads", metavar="N", help="CPU threads the model uses in all, shared by its streams",
+        default_text="the CPUs this process may use: affinity, cgroup quota, SLURM")
+    streams: int | None = setting(
+        None, flag="--streams", metavar="N", help="batches the model runs at once, each on its own thread",
+        default_text="on CPU one per CPU this process may use, up to 8, with one torch thread each; 1 on CUDA")
+    reader: str = setting(
+        "auto", flag="--reader", choices=READERS,
+        help="slide decoder: openslide (any format); jpeg-cpu (JPEG tiles of SVS/tiled TIFF decoded at 1/2, "
+             "1/4, 1/8 scale when the level is that much finer than the model); jpeg-device (tiles decoded in "
+             "batches on the model's device, nvJPEG on CUDA); auto: jpeg-device on CUDA, jpeg-cpu on the CPU "
+             "where the slide has JPEG tiles, else openslide")
     tissue: TissueParams = field(default_factory=TissueParams)
-    overwrite: bool = False
-    discard_corrections: bool = False  # --overwrite of a corrected result may drop its corrections
-    progress: bool = True
-    allow_upsampling: bool = False  # a model µm/px more than MAX_UPSAMPLING× finer than level 0
-    max_output_px: int = DEFAULT_MAX_OUTPUT_PX  # level-0 output pixels a run may plan
+    overwrite: bool = setting(
+        False, flag="--overwrite",
+        help="replace existing outputs; corrections saved in napari are carried over onto the new result when "
+             "it is of the same slide and pixel grid, else refused")
+    discard_corrections: bool = setting(
+        False, flag="--discard-corrections",
+        help="with --overwrite: replace a corrected result without carrying its corrections over")
+    progress: bool = setting(True, flag="--no-progress", help="no progress bars")
+    allow_upsampling: bool = setting(
+        False, flag="--allow-upsampling", help="allow a model µm/px more than 2× finer than the slide's level 0")
+    max_output_px: int = setting(
+        DEFAULT_MAX_OUTPUT_PX, flag="--max-output-px", metavar="N", parse=pixel_count,
+        help="refuse a slide whose output at the model's µm/px would exceed N px",
+        default_text="4e+10, a 200,000² px output")
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -51,6 +98,8 @@ class SegmentOptions:
             raise ConfigError(f"tissue threshold must be in [0, 1], got {self.tissue.min_tissue_fraction}")
         if self.reader not in READERS:
             raise ConfigError(f"unknown reader {self.reader!r}; use one of {', '.join(READERS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):
             raise ConfigError(f"--mpp must be a positive number of µm per pixel, got {self.mpp}")
         if self.max_output_px < 1:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from wsi_seg.settings import setting
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -71,7 +73,8 @@ class TissueParams:
     min_saturation: float = 0.05
     min_tissue_um2: float = 20_000.0
     max_hole_um2: float = 20_000.0
-    min_tissue_fraction: float = 0.05  # per patch: patches with less tissue are skipped
+    min_tissue_fraction: float = setting(0.05, flag="--tissue-threshold", metavar="F",
+                                         help="minimum tissue fraction of a patch to run it")
 
 
 def tissue_mask(rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams()) -> np.ndarray:

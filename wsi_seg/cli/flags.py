@@ -1,13 +1,14 @@
 """Command-line flags generated from the config dataclasses' field metadata.
 
-A config field made with :func:`wsi_seg_training.config.setting` and a ``flag`` becomes one
+A dataclass field made with :func:`wsi_seg.settings.setting` and a ``flag`` becomes one
 argparse option: its type from the annotation, its help ending in the default, its
 choices and metavar from the metadata. :func:`add_config_flags` adds the flags of one or
 more config classes to a parser (``wsi-seg train`` takes those of stage 1 and stage 2,
-each flag once); :func:`config_overrides` turns the flags given into the dotted keys
-:func:`wsi_seg_training.config.load_config` applies over the config file, and refuses the flags
-of another config class than the one run. Every generated flag defaults to None, so a
-flag left out keeps the config file's value.
+each flag once; ``wsi-seg segment`` those of :class:`SegmentOptions`); :func:`config_overrides`
+turns the flags given into dotted keys, which training applies over its config file and
+``segment`` over the options' defaults (:func:`wsi_seg.settings.with_overrides`), and
+refuses the flags of another config class than the one run. Every generated flag defaults
+to None, so a flag left out keeps the file's or the dataclass' value.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _add(parser: argparse._ActionsContainer, f: dataclasses.Field, tp: Any, dest
             parser.add_argument(flag, dest=dest, action="store_const", const=not flag.startswith("--no-"),
                                 default=None, help=help)
         return
-    kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": help, "type": kind}
+    kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": help, "type": meta.get("parse") or kind}
     if meta.get("choices"):
         kwargs["choices"] = list(meta["choices"])
     if meta.get("metavar"):
