@@ -36,7 +36,7 @@ from common import (  # noqa: E402
     demo_slide,
     engine_precision,
     engine_workers,
-    print_table,
+    print_speeds,
     read_result_mask,
     slide_arguments,
     work_folder,
@@ -140,16 +140,12 @@ def main() -> None:
         area = owned_area(slide.path, model)
     if res.patches_run != n_b:
         print(f"warning: engine ran {res.patches_run} patches, baseline {n_b}")
-    b, e = n_b / min(base_s), res.patches_run / min(eng_s)
-    print(f"\n{args.size}² px demo slide (tissue {args.tissue_fraction:g}) at 0.25 µm/px, {what}, "
-          f"{model.config.patch_size_px}-px patches at {model.config.mpp} µm/px, device {device}, batch "
-          f"{args.batch_size}, precision {args.precision} = {engine_precision(str(device), args.precision)}, "
-          f"{torch.get_num_threads()} torch threads, "
-          f"best of {args.repeats}")
-    print_table(["run", "patches", "wall s", "patches/s"], [
-        ["baseline", n_b, min(base_s), b],
-        ["segment_slide", res.patches_run, min(eng_s), e],
-    ])
+    b, e = print_speeds(
+        f"{args.size}² px demo slide (tissue {args.tissue_fraction:g}) at 0.25 µm/px, {what}, "
+        f"{model.config.patch_size_px}-px patches at {model.config.mpp} µm/px, device {device}, batch "
+        f"{args.batch_size}, precision {args.precision} = {engine_precision(str(device), args.precision)}, "
+        f"{torch.get_num_threads()} torch threads, best of {args.repeats}",
+        [("baseline", n_b, base_s), ("segment_slide", res.patches_run, eng_s)])
     print("baseline: sequential, one read_region per patch, numpy mask; segment_slide: "
           f"{engine_workers(str(device), args.workers)} reader worker(s), split s: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     same = mask_b == mask_e

@@ -182,3 +182,13 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
     for r in text:
         print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+
+
+def print_speeds(header: str, runs: Sequence[tuple[str, int, Sequence[float]]]) -> list[float]:
+    """``header``, then one row per run: (name, patches, wall times) → patches/s of the best
+    time. Returns those rates, in order."""
+    print(f"\n{header}")
+    rates = [n / min(times) for _, n, times in runs]
+    print_table(["run", "patches", "wall s", "patches/s"],
+                [[name, n, min(times), rate] for (name, n, times), rate in zip(runs, rates)])
+    return rates

@@ -24,41 +24,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from wsi_seg.synthetic.files import (
+    blob_image,
+    edited_checkpoint,
+    sparse_tiff,
+    write_slide,
+)
+
 CLI = [sys.executable, "-c", "import sys; from wsi_seg.cli.main import main; sys.exit(main())"]
-
-
-def blob(size: int = 1024, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.full((size, size, 3), 240, np.uint8)
-    yy, xx = np.mgrid[:size, :size]
-    c = size / 2
-    inside = (yy - c) ** 2 / (0.4 * size) ** 2 + (xx - c) ** 2 / (0.4 * size) ** 2 < 1
-    img[inside] = (170, 90, 150)
-    img[inside & (xx > c)] = (200, 120, 170)
-    return np.clip(img.astype(int) + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
-
-
-def aperio(path: Path, rgb: np.ndarray, mpp: float = 0.5, tile: int = 128, compression: str | None = "zlib",
-           level1: np.ndarray | None = None) -> Path:
-    h, w = rgb.shape[:2]
-    level1 = np.ascontiguousarray(rgb[::4, ::4]) if level1 is None else level1
-    desc = f"Aperio Image Library v12.0.0\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) RGB|AppMag = 20|MPP = {mpp}"
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(rgb, tile=(tile, tile), photometric="rgb", compression=compression, description=desc,
-                 metadata=None, subfiletype=0)
-        tw.write(level1, tile=(tile, tile), photometric="rgb",
-                 compression=compression, metadata=None, subfiletype=1)
-    return path
-
-
-def sparse_tiff(path: Path, size_px: int, tile: int = 1024, mpp: float = 0.5) -> Path:
-    """A tiled TIFF declaring size_px² px whose tiles are all empty (byte count 0): MBs on disk."""
-    n_tiles = (-(-size_px // tile)) ** 2
-    with tifffile.TiffWriter(path, bigtiff=True) as tw:
-        tw.write(iter([(b"", 0)] * n_tiles), shape=(size_px, size_px, 3), dtype=np.uint8, tile=(tile, tile),
-                 photometric="rgb", compression="zlib", resolution=(1e4 / mpp, 1e4 / mpp),
-                 resolutionunit="CENTIMETER", metadata=None)
-    return path
 
 
 def tiny_checkpoint(root: Path, **overrides: object) -> Path:
@@ -68,18 +41,6 @@ def tiny_checkpoint(root: Path, **overrides: object) -> Path:
 
     torch.manual_seed(0)
     return save_checkpoint(PsclNet(preset_config("tiny", stage=1, mpp=0.5)), root)
-
-
-def edit_config(src: Path, dst: Path, **changes: object) -> Path:
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    for k, v in changes.items():
-        if v is None:
-            cfg.pop(k, None)
-        else:
-            cfg[k] = v
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
 
 
 def disk(root: Path) -> str:
@@ -116,8 +77,8 @@ class Matrix:
         work.mkdir(parents=True)
         fx = work / "_fixtures"
         fx.mkdir()
-        self.slide = aperio(fx / "slide.tif", blob(1024))
-        self.big = aperio(fx / "big.tif", blob(4096), tile=256)
+        self.slide = write_slide(fx / "slide.tif", blob_image(1024))
+        self.big = write_slide(fx / "big.tif", blob_image(4096), tile_px=256)
         self.ckpt = tiny_checkpoint(fx / "ckpt")
         self.rows: list[tuple[str, str, str, str]] = []
 
@@ -224,11 +185,11 @@ def stale_lock(m: Matrix) -> None:
 def fingerprint_collision(m: Matrix) -> None:
     d = m.case("fingerprint collision")
     # uncompressed tiles: same size, same first and last MiB, different middle
-    img_a = blob(2048, seed=1)
+    img_a = blob_image(2048, seed=1)
     img_b = img_a.copy()
     img_b[700:1400, 300:1800] = (60, 20, 90)
-    a_path = aperio(d / "a.tif", img_a, compression=None)
-    b_path = aperio(d / "b.tif", img_b, compression=None, level1=np.ascontiguousarray(img_a[::4, ::4]))
+    a_path = write_slide(d / "a.tif", img_a, compression=None)
+    b_path = write_slide(d / "b.tif", img_b, compression=None, levels=[np.ascontiguousarray(img_a[::4, ::4])])
     same = (a_path.stat().st_size == b_path.stat().st_size
             and a_path.read_bytes()[: 1 << 20] == b_path.read_bytes()[: 1 << 20]
             and a_path.read_bytes()[-(1 << 20):] == b_path.read_bytes()[-(1 << 20):])
@@ -246,7 +207,7 @@ def fingerprint_collision(m: Matrix) -> None:
 
 def absurd_72dpi(m: Matrix) -> None:
     d = m.case("72 dpi tiff")
-    rgb = blob(320)[:250, :300]
+    rgb = blob_image(320)[:250, :300]
     tifffile.imwrite(d / "photo.tif", rgb, tile=(64, 64), photometric="rgb", resolution=(72, 72),
                      resolutionunit="INCH", metadata=None)
     rc, err, _ = m.run("segment", "photo.tif", "--out", "o.zarr", cwd=d, timeout=m.hang)
@@ -266,7 +227,6 @@ def huge_sparse(m: Matrix) -> None:
     n = 1_000_000
     sparse_tiff(path, n)
     size_mb = path.stat().st_size / 1e6
-    t = time.perf_counter()
     rc, err, secs = m.run("info", "huge.tif", cwd=d, model=False, timeout=m.hang)
     m.add(f"`info` on a sparse 10⁶×10⁶ px TIFF ({size_mb:.1f} MB on disk)", rc, err, d, f"; {secs:.1f} s")
     rc, err, secs = m.run("segment", "huge.tif", "--out", "o.zarr", cwd=d, timeout=m.hang)
@@ -275,7 +235,7 @@ def huge_sparse(m: Matrix) -> None:
 
 def unknown_backbone(m: Matrix) -> None:
     d = m.case("unknown backbone")
-    ck = edit_config(m.ckpt, d / "ckpt", backbone="no_such_net_224")
+    ck = edited_checkpoint(m.ckpt, d / "ckpt", backbone="no_such_net_224")
     rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--model", ck, "--device", "cpu", cwd=d, model=False)
     m.add("checkpoint config names an unknown timm backbone", rc, err, d)
 
@@ -307,12 +267,12 @@ def long_name(m: Matrix) -> None:
 def config_defaults(m: Matrix) -> None:
     for key in ("class_names", "mpp"):
         d = m.case(f"config without {key}")
-        ck = edit_config(m.ckpt, d / "ckpt", **{key: None})
+        ck = edited_checkpoint(m.ckpt, d / "ckpt", **{key: None})
         rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--model", ck, "--device", "cpu", "--no-progress",
                            cwd=d, model=False)
         m.add(f"checkpoint config without `{key}`", rc, err, d)
     d = m.case("patch size 0")
-    ck = edit_config(m.ckpt, d / "ckpt", patch_size_px=0)
+    ck = edited_checkpoint(m.ckpt, d / "ckpt", patch_size_px=0)
     rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--model", ck, "--device", "cpu", cwd=d, model=False)
     m.add("checkpoint config with `patch_size_px: 0`", rc, err, d)
 
@@ -327,7 +287,7 @@ def mrxs(m: Matrix) -> None:
 def plain_images(m: Matrix) -> None:
     from PIL import Image
 
-    img = blob(1024)
+    img = blob_image(1024)
     for ext in ("png", "jpg"):
         d = m.case(f"plain {ext}")
         Image.fromarray(img).save(d / f"patch.{ext}")

@@ -48,7 +48,7 @@ from common import (  # noqa: E402
     benchmark_model,
     demo_slide,
     engine_precision,
-    print_table,
+    print_speeds,
     read_result_mask,
     slide_arguments,
     work_folder,
@@ -197,17 +197,14 @@ def main() -> None:
         print(f"note: output shapes differ (TIAToolbox {pred_t.shape}, ours {mask_e.shape}); compared on {h}×{w}")
     owned = np.kron(tissue_patches, np.ones((grid.stride_px, grid.stride_px), bool))[:h, :w]
     same = pred_t[:h, :w] == mask_e[:h, :w]
-    t, e = n_t / min(tia_s), res.patches_run / min(eng_s)
-    print(f"\nTIAToolbox {tiatoolbox.__version__}, torch {torch.__version__}; {args.size}² px demo slide "
-          f"(tissue {args.tissue_fraction:g}), {what}, {model.config.patch_size_px}-px patches, stride "
-          f"{grid.stride_px}, {model.config.mpp} µm/px, batch {args.batch_size}, {args.workers} reader worker(s), "
-          f"precision {args.precision} = {engine_precision('cpu', args.precision)}, {torch.get_num_threads()} "
-          f"torch threads (segment_slide: {inference['streams']} stream(s) of {inference['torch_threads']}), "
-          f"best of {args.repeats}, mask {args.mask}; malloc (both, one process) {malloc}")
-    print_table(["run", "patches", "wall s", "patches/s"], [
-        ["TIAToolbox SemanticSegmentor", n_t, min(tia_s), t],
-        ["segment_slide", res.patches_run, min(eng_s), e],
-    ])
+    t, e = print_speeds(
+        f"TIAToolbox {tiatoolbox.__version__}, torch {torch.__version__}; {args.size}² px demo slide "
+        f"(tissue {args.tissue_fraction:g}), {what}, {model.config.patch_size_px}-px patches, stride "
+        f"{grid.stride_px}, {model.config.mpp} µm/px, batch {args.batch_size}, {args.workers} reader worker(s), "
+        f"precision {args.precision} = {engine_precision('cpu', args.precision)}, {torch.get_num_threads()} "
+        f"torch threads (segment_slide: {inference['streams']} stream(s) of {inference['torch_threads']}), "
+        f"best of {args.repeats}, mask {args.mask}; malloc (both, one process) {malloc}",
+        [("TIAToolbox SemanticSegmentor", n_t, tia_s), ("segment_slide", res.patches_run, eng_s)])
     print(f"mask agreement: {100 * same[owned].mean():.2f} % of the pixels our tissue patches own, "
           f"{100 * same.mean():.2f} % of all output pixels")
     print(f"ratio segment_slide/TIAToolbox patches/s = {e / t:.2f}")

@@ -10,9 +10,9 @@ at the page's full height. Needs a display (a virtual one)::
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 from pathlib import Path
+
+from _screenshot import screenshot_parser, workdir
 
 
 def render_html(page: Path, out: Path, width_px: int) -> tuple[int, int]:
@@ -54,27 +54,23 @@ def render_html(page: Path, out: Path, width_px: int) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/cohort_report.png"), help="PNG to write")
+    parser = screenshot_parser(__doc__.splitlines()[0], "docs/cohort_report.png", 3072)
     parser.add_argument("--slides", type=int, default=3, help="demo slides in the cohort")
-    parser.add_argument("--size", type=int, default=3072, help="demo slide width and height in px")
     parser.add_argument("--width", type=int, default=1200, help="rendering width in px")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to keep the slides and results")
-    parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
     from wsi_seg.cli.main import main as wsi_seg
     from wsi_seg.cohort.report import REPORT_NAME
     from wsi_seg.synthetic import write_demo_slide
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wsi-seg-cohort-report-"))
-    slides = workdir / "slides"
+    folder = workdir(args.workdir, "cohort-report")
+    slides = folder / "slides"
     slides.mkdir(parents=True, exist_ok=True)
     for seed in range(1, args.slides + 1):
         write_demo_slide(slides / f"slide_{seed}.tif", size_px=(args.size, args.size), seed=seed)
-    results = workdir / "cohort"  # the report is titled after its folder
+    results = folder / "cohort"  # the report is titled after its folder
     code = wsi_seg(["segment", str(slides / "*.tif"), "--out-dir", str(results), "--device", args.device,
-                    "--no-progress"])
+                    "--no-progress", *(["--model", str(args.model)] if args.model else [])])
     if code:
         return code
     width, height = render_html(results / REPORT_NAME, args.out, args.width)

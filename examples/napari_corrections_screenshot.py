@@ -11,37 +11,24 @@ region and saves the screenshot. Needs the napari extra and a display (a virtual
 
 from __future__ import annotations
 
-import argparse
 import logging
-import tempfile
-from pathlib import Path
 
 import numpy as np
+from _screenshot import (
+    save_screenshot,
+    screenshot_parser,
+    segmented_demo,
+    settle,
+    workdir,
+)
 
 log = logging.getLogger("napari_corrections_screenshot")
 
 
-def settle(seconds: float = 3.0) -> None:
-    """Let Qt and napari's slicing draw what is queued (the lazy levels load in the background)."""
-    import time
-
-    from qtpy.QtWidgets import QApplication
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        QApplication.processEvents()
-        time.sleep(0.05)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/napari_corrections.png"), help="PNG to write")
-    parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled demo model)")
-    parser.add_argument("--size", type=int, default=4096, help="demo slide width and height in px")
+    parser = screenshot_parser(__doc__.splitlines()[0], "docs/napari_corrections.png", 4096)
     parser.add_argument("--seed", type=int, default=3, help="demo slide seed")
     parser.add_argument("--region-px", type=int, default=448, help="side of the corrected square, result px")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to keep the slide and result")
-    parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -49,19 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_seg_napari._corrections_widget import CorrectionsWidget
     from wsi_seg_napari.cli import open_viewer
 
-    from wsi_seg.inference.segment import SegmentOptions, segment_slide
-    from wsi_seg.model import load_checkpoint
-    from wsi_seg.model.default import default_model_path
     from wsi_seg.reports.evaluate_slide import ground_truth_at
     from wsi_seg.result.reader import Result
-    from wsi_seg.synthetic import write_demo_slide
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wsi-seg-corrections-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    demo = write_demo_slide(workdir / "demo_slide.tif", size_px=(args.size, args.size), seed=args.seed)
-    model = load_checkpoint(args.model or default_model_path())
-    out = segment_slide(demo.path, workdir / "demo.zarr", model,
-                        SegmentOptions(device=args.device, overwrite=True, progress=False)).out
+    demo, segmented = segmented_demo(workdir(args.workdir, "corrections"), args.size, args.seed, args.model,
+                                     args.device)
+    out = segmented.out
     result = Result.open(out)
     gt = ground_truth_at(demo.mask_path, result.mpp, result.level_shape(0))
     pred = result.mask(0)[:]
@@ -102,14 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                       name="corrected region", units="µm")
     viewer.layers.selection.active = next(layer for layer in viewer.layers if "corrected" in layer.name
                                           and layer.name.endswith("corrected"))
-    scale_bar = viewer.canvas.overlays["scale_bar"]
-    scale_bar.position = "bottom_left"
     viewer.scene.camera.zoom = min(viewer.canvas.size) / (side * sy * 2.2)
     settle()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(path=str(args.out), canvas_only=False)
-    viewer.close()
-    print(f"screenshot: {args.out}")
+    save_screenshot(viewer, args.out)
     return 0
 
 

@@ -7,49 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
+
+from wsi_seg.synthetic.files import (  # noqa: F401 (the tests import them from here)
+    blob_image,
+    edited_checkpoint,
+    sparse_tiff,
+    write_slide,
+)
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.manual_seed(0)
-
-
-def write_slide(
-    path: Path,
-    rgb: np.ndarray,
-    mpp: float | None = 0.5,
-    tile_px: int = 128,
-    compression: str | None = "zlib",
-    downsamples: tuple[int, ...] = (4,),
-) -> Path:
-    """Write ``rgb`` as a tiled pyramidal TIFF that OpenSlide opens (Aperio-style when mpp is set)."""
-    h, w = rgb.shape[:2]
-    if mpp is not None:
-        desc = f"Aperio Image Library v12.0.0\n{w}x{h} [0,0 {w}x{h}] ({tile_px}x{tile_px}) RGB|AppMag = 20|MPP = {mpp}"
-    else:
-        desc = "plain tiled tiff"
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(rgb, tile=(tile_px, tile_px), photometric="rgb", compression=compression,
-                 description=desc, metadata=None, subfiletype=0)
-        for f in downsamples:
-            if min(h, w) // f < tile_px:
-                break
-            tw.write(np.ascontiguousarray(rgb[::f, ::f]), tile=(tile_px, tile_px), photometric="rgb",
-                     compression=compression, metadata=None, subfiletype=1)
-    return path
-
-
-def blob_image(size_px: int = 1024, seed: int = 0) -> np.ndarray:
-    """Glass with an elliptical stained blob of two colours (for tissue detection)."""
-    rng = np.random.default_rng(seed)
-    img = np.full((size_px, size_px, 3), 240, np.uint8)
-    yy, xx = np.mgrid[:size_px, :size_px]
-    c = size_px / 2
-    blob = (yy - c) ** 2 / (0.35 * size_px) ** 2 + (xx - c) ** 2 / (0.25 * size_px) ** 2 < 1
-    img[blob] = (170, 90, 150)
-    img[blob & (xx > c)] = (200, 120, 170)
-    noise = rng.integers(-6, 7, img.shape)
-    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
 
 
 def write_hub_cache(cache_dir: Path, repo_id: str, tensors: dict[str, torch.Tensor], config: dict) -> Path:
@@ -143,3 +111,18 @@ def write_result(
         return tmp
     store.finish(root, progress=False)
     return root
+
+
+def interrupted_then_resumed(train, cfg, after_epoch: int = 1):
+    """Run ``train(cfg)``, interrupt it (Ctrl-C) after ``after_epoch`` epochs, check that no
+    checkpoint looks finished, then rerun it; the resumed run's result."""
+    def stop(epoch, row):
+        if epoch == after_epoch:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_epoch_end=stop)
+    assert not (Path(cfg.out) / "checkpoint").exists()
+    resumed = train(cfg)
+    assert resumed.resumed_from_epoch == after_epoch
+    return resumed

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-from conftest import blob_image
+from conftest import blob_image, edited_checkpoint, sparse_tiff
 from PIL import Image
 from test_cli import assert_one_line_error, run_cli, segment
 
@@ -17,28 +17,6 @@ from wsi_seg.result.format import is_complete, partial_path
 from wsi_seg.slide.fingerprint import slide_fingerprint
 
 CLI = [sys.executable, "-c", "import sys; from wsi_seg.cli.main import main; sys.exit(main())"]
-
-
-def edited_checkpoint(src, dst, **changes):
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    for key, value in changes.items():
-        if value is None:
-            cfg.pop(key)
-        else:
-            cfg[key] = value
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
-
-
-def sparse_tiff(path, size_px, tile=4096, mpp=0.5):
-    """A TIFF declaring size_px² px whose tiles are all empty (byte count 0): small on disk."""
-    n_tiles = (-(-size_px // tile)) ** 2
-    with tifffile.TiffWriter(path, bigtiff=True) as tw:
-        tw.write(iter([(b"", 0)] * n_tiles), shape=(size_px, size_px, 3), dtype=np.uint8, tile=(tile, tile),
-                 photometric="rgb", compression="zlib", resolution=(1e4 / mpp, 1e4 / mpp),
-                 resolutionunit="CENTIMETER", metadata=None)
-    return path
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interrupted_then_resumed
 from PIL import Image
 
 from wsi_seg.errors import ConfigError, DatasetError, OutputError
@@ -124,16 +125,7 @@ def test_pseudo_labels_and_evaluate_from_the_cli(pscl_run, luad, tmp_path, capsy
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(pscl_run, luad, tmp_path):
     cfg = _cfg(luad, tmp_path / "interrupted")
-
-    def stop_after_first(epoch, row):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_stage1(cfg, on_epoch_end=stop_after_first)
-    assert not (tmp_path / "interrupted" / "checkpoint").exists()
-    resumed = train_stage1(cfg)
-    assert resumed.resumed_from_epoch == 1
+    resumed = interrupted_then_resumed(train_stage1, cfg)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     a = load_checkpoint(pscl_run.checkpoint).net.state_dict()
     b = load_checkpoint(resumed.checkpoint).net.state_dict()

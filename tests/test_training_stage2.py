@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import interrupted_then_resumed
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -214,17 +215,8 @@ def test_stage2_nr_resumes_to_the_same_result(stage1, tmp_path):
     assert full.history[1]["loss"] < full.history[0]["loss"]
     assert load_checkpoint(full.checkpoint).config.provenance["training"]["loss"]["name"] == "nr"
 
-    cfg = _stage2_cfg(stage1["data"], stage1["pl"], stage1["init"], tmp_path / "cut",
-                      **{"loss.name": "nr", "val_every": 0})
-
-    def stop(epoch, row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_stage2(cfg, on_epoch_end=stop)
-    assert not (tmp_path / "cut" / "checkpoint").exists()
-    resumed = train_stage2(cfg)
-    assert resumed.resumed_from_epoch == 1
+    resumed = interrupted_then_resumed(train_stage2, _stage2_cfg(stage1["data"], stage1["pl"], stage1["init"],
+                                                                 tmp_path / "cut", **{"loss.name": "nr", "val_every": 0}))
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
     a, b = load_checkpoint(full.checkpoint).net.state_dict(), load_checkpoint(resumed.checkpoint).net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
