@@ -277,6 +277,7 @@ class Runtime:
 def resolve_runtime(
     device: str = "auto",
     precision: str = "auto",
+    *,
     workers: int | None = None,
     batch_size: int | None = None,
     threads: int | None = None,
