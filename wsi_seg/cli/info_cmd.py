@@ -8,7 +8,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a slide's levels, µm/px, vendor and tissue fraction")
-    p.add_argument("slide", type=Path, metavar="SLIDE", help="slide file (.svs, .tif, .ndpi, .mrxs, …)")
+    p.add_argument("slide", type=Path, metavar="SLIDE", help="slide file (.svs, .tif, .ndpi, .mrxs, …) or DICOM slide (a folder of instances, or one .dcm)")
     p.add_argument("--mpp", type=float, default=None, metavar="UM",
                    help="level-0 µm/px if the slide lacks it (default: from the slide's metadata)")
     p.set_defaults(func=run)
@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
             mpp += f"; implausible, outside {PLAUSIBLE_MPP[0]:g}–{PLAUSIBLE_MPP[1]:g} µm/px: pass --mpp"
         print(f"slide:       {info.path}")
         print(f"vendor:      {info.vendor}")
+        print(f"reader:      {info.reader}" + (f" ({slide.reader_note})" if slide.reader_note else ""))
         print(f"size:        {w} × {h} px")
         print(f"µm/px:       {mpp}")
         if info.objective_power:

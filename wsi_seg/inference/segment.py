@@ -34,6 +34,7 @@ from wsi_seg.inference.streams import (
 from wsi_seg.inference.tiling import Block, TileGrid, make_grid
 from wsi_seg.lock import RunLock
 from wsi_seg.model.checkpoint import LoadedModel
+from wsi_seg.model.default import demo_on_real_warning
 from wsi_seg.model.predict_rules import PredictRules
 from wsi_seg.result.corrections import carry_over, carry_refusal
 from wsi_seg.result.format import (
@@ -148,6 +149,7 @@ def _provenance(info: SlideInfo, model: LoadedModel, grid: TileGrid, options: Se
             "path": str(Path(info.path).resolve()),
             "fingerprint": info.fingerprint,
             "vendor": info.vendor,
+            "reader": info.reader,  # the library that opened it (openslide, wsidicom)
             "dimensions_px": list(info.dimensions),
             "mpp": info.mpp,
             "mpp_source": info.mpp_source,
@@ -408,6 +410,9 @@ def _locked_steps(
         timings["tissue"] = time.perf_counter() - t
         info = slide.info()  # the fingerprint, once the run is known to be sane
         reader_plan = plan_reader(options.reader, slide, cfg.mpp, device)
+    warning = demo_on_real_warning(model.sha256, slide_path)  # the synthetic demo model on real tissue
+    if warning is not None:
+        log.warning("%s", warning)
     provenance = _provenance(info, model, grid, options)
     provenance["inference"] = {**rt.provenance(), "reader": reader_plan.provenance()}
     carry_from = _corrections_to_carry(out, provenance, options)  # refused here, before any compute

@@ -11,6 +11,7 @@ the hash reads a bounded sample, chosen so that two different scans cannot share
   whole slide), and of ``SAMPLE_TILES`` tiles spread evenly through each large one;
 - the slide's own metadata (OpenSlide properties such as ``aperio.ImageID``, scan date,
   scanner serial), without the ``openslide.*`` keys OpenSlide derives itself;
+- a DICOM slide (``wsi_seg.slide.dicom``): each of its files, as below;
 - formats that are not TIFF (MIRAX with its companion folder, plain images): every
   file whole up to ``WHOLE_FILE_BYTES``, else ``SAMPLE_CHUNKS`` chunks spread through it.
 """
@@ -32,14 +33,18 @@ SAMPLE_CHUNKS = 256
 CHUNK_BYTES = 64 << 10
 
 
-def slide_fingerprint(path: Path, properties: Mapping[str, str] | None = None) -> str:
-    """``v2:`` + 32 hex digits identifying the slide at ``path`` (a file, or a ``.mrxs`` with its folder)."""
+def slide_fingerprint(path: Path, properties: Mapping[str, str] | None = None,
+                      files: list[Path] | None = None) -> str:
+    """``v2:`` + 32 hex digits identifying the slide at ``path`` (a file, or a ``.mrxs`` with its
+    folder); ``files``: the files that make up a slide of several (a DICOM slide's instances)."""
     path = Path(path)
     h = hashlib.sha256(f"wsi-seg slide fingerprint v{FINGERPRINT_VERSION}\0".encode())
     for key in sorted(properties or {}):
         if not key.startswith("openslide."):
             h.update(f"{key}={properties[key]}\0".encode("utf-8", "surrogateescape"))
-    if not _hash_tiff(path, h):
+    if files:
+        _hash_files(sorted(Path(f) for f in files), h)
+    elif not _hash_tiff(path, h):
         _hash_files(_slide_files(path), h)
     return f"v{FINGERPRINT_VERSION}:{h.hexdigest()[:32]}"
 

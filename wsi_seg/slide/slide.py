@@ -1,5 +1,9 @@
 """Slide reading with OpenSlide: pyramid levels, µm/px, and reads at a target µm/px.
 
+DICOM whole-slide images (a folder of instances or one ``.dcm`` file) open through
+``wsi_seg.slide.dicom``: with OpenSlide where it reads them, else with wsidicom behind the
+same calls; ``Slide.reader`` says which.
+
 Regions are read from the pyramid level nearest to (and not coarser than) the wanted
 resolution, then resized; never from level 0 when a closer level exists. Plain images
 (PNG, JPEG, stripped TIFF) open as single-level slides through OpenSlide's ``ImageSlide``,
@@ -18,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from wsi_seg.errors import MissingMppError, SlideError
+from wsi_seg.slide.dicom import is_dicom_slide, open_dicom
 from wsi_seg.slide.fingerprint import slide_fingerprint
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,7 @@ class SlideInfo:
     mpp_source: str  # "metadata", "user" or "none"
     objective_power: float | None
     fingerprint: str
+    reader: str = "openslide"  # the library that opened it: "openslide" or "wsidicom"
 
 
 PLAIN_IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
@@ -95,8 +101,9 @@ class Slide:
         self.path = Path(path)
         if not self.path.exists():
             raise SlideError(f"{self.path}: slide file not found")
-        if self.path.is_dir() and self.path.suffix.lower() != ".mrxs":
-            raise SlideError(f"{self.path}: is a directory, not a slide file")
+        dicom = is_dicom_slide(self.path)
+        if self.path.is_dir() and self.path.suffix.lower() != ".mrxs" and not dicom:
+            raise SlideError(f"{self.path}: is a directory, not a slide file (nor a folder of DICOM files)")
         if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
             raise SlideError(f"{self.path}: --mpp must be a positive number of µm per pixel, got {mpp}")
         if self.path.suffix.lower() == ".mrxs" and not self.path.with_suffix("").is_dir():
@@ -105,8 +112,16 @@ class Slide:
                 "(Slidedat.ini and the Data*.dat files) next to the .mrxs file; copy that folder too"
             )
         self.plain_image: str | None = None  # the image format (PNG, JPEG, TIFF) of a plain image
+        self.reader = "openslide"  # the library that reads it: "openslide" or "wsidicom"
+        self.reader_note = ""  # why not OpenSlide, when not
+        self._files: list[Path] | None = None  # a DICOM slide's files (for the fingerprint)
         try:
-            self._osr = openslide.OpenSlide(str(self.path))
+            if dicom:
+                opened = open_dicom(self.path)
+                self._osr, self.reader, self._files, self.reader_note = (
+                    opened.handle, opened.reader, opened.files, opened.note)
+            else:
+                self._osr = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError as exc:
             plain = _open_plain_image(self.path)
             if plain is None:
@@ -115,6 +130,8 @@ class Slide:
                                      "its image directories cannot be read); copy the slide again") from exc
                 raise SlideError(f"{self.path}: unsupported or unreadable slide format") from exc
             self._osr, self.plain_image = plain
+        except SlideError:  # said already, naming the file (a DICOM slide's problems)
+            raise
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlideError(f"{self.path}: cannot open slide ({exc})") from exc
         props = self._osr.properties
@@ -186,7 +203,7 @@ class Slide:
     def fingerprint(self) -> str:
         """The slide's content fingerprint (``wsi_seg.slide.fingerprint``), computed once."""
         if self._fingerprint is None:
-            self._fingerprint = slide_fingerprint(self.path, self._osr.properties)
+            self._fingerprint = slide_fingerprint(self.path, self._osr.properties, self._files)
         return self._fingerprint
 
     def info(self) -> SlideInfo:
@@ -205,6 +222,7 @@ class Slide:
             mpp_source=self._mpp_source,
             objective_power=None if math.isnan(power) else power,
             fingerprint=self.fingerprint(),
+            reader=self.reader,
         )
 
     def level_for_mpp(self, target_mpp: float) -> int:

@@ -102,7 +102,8 @@ def find_jpeg_level(path: str | Path, size_px: tuple[int, int]) -> tuple[JpegLev
 def _unsupported(page: object) -> str:
     """Why a tiled page's tiles are not plain 8-bit 3-channel JPEG, or "" when they are."""
     checks = (
-        (page.compression == JPEG_COMPRESSION, f"compression {int(page.compression)} is not JPEG"),
+        (page.compression == JPEG_COMPRESSION, f"compression {int(page.compression)} is not JPEG"
+                                               + (" but JPEG 2000" if "2000" in getattr(page.compression, "name", "") else "")),
         (page.bitspersample == 8 and page.samplesperpixel == 3 and not page.extrasamples,
          "not 8-bit 3-channel"),
         (page.planarconfig == 1, "planar (separate) channels"),
