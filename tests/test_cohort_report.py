@@ -13,6 +13,7 @@ from conftest import blob_image, write_result, write_slide
 from wsi_seg.cli.main import main
 from wsi_seg.cohort.report import summarize
 from wsi_seg.cohort.run import SlideOutcome, write_summary
+from wsi_seg.errors import ResultError
 
 NAMES = ("TE", "NEC", "LYM")
 
@@ -61,7 +62,9 @@ def test_summarize_without_a_summary_finds_results_and_partials(cohort, tmp_path
     slide = tmp_path / "s0.tif"
     write_result(cohort / "p.zarr", mask_with(10, 10), slide, 0.5, 1.0, complete=False)
     (cohort / "not_ours.zarr").mkdir()
-    _, _, _, rows = summarize(cohort)
+    with pytest.raises(ResultError, match=r"1 result\(s\) not finished \(p.zarr.partial\).*--partial"):
+        summarize(cohort)
+    _, _, _, rows = summarize(cohort, partial=True)
     assert [(r.out.split("/")[-1], r.status) for r in rows] == [
         ("p.zarr.partial", "incomplete"), ("s0.zarr", "done"), ("s1.zarr", "done")]
     assert rows[0].tissue_mm2 == 20e-6
@@ -98,6 +101,12 @@ def test_summarize_cli(cohort, tmp_path, capsys):
     assert err.count("\n") == 1 and "no wsi-seg results" in err
     assert main(["summarize", str(tmp_path / "missing")]) == 2
     assert "results folder not found" in capsys.readouterr().err
+    write_result(cohort / "p.zarr", mask_with(10, 10), tmp_path / "s0.tif", 0.5, 1.0, complete=False)
+    assert main(["summarize", str(cohort)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not finished (p.zarr.partial)" in err
+    assert main(["summarize", str(cohort), "--partial"]) == 0
+    assert "p.zarr.partial: incomplete" in capsys.readouterr().out
     (cohort / "wsi_seg_summary.json").write_text("{not json")
     assert main(["summarize", str(cohort)]) == 2
     assert "cannot read the cohort summary" in capsys.readouterr().err

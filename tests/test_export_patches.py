@@ -148,3 +148,17 @@ def test_correct_export_fine_tune_raises_the_corrected_regions_iou(result, tmp_p
     iou_after = region_miou(Result.open(after).mask(0)[y : y + side, x : x + side], truth, before.class_names)
     print(f"corrected region mIoU {iou_before:.3f} → {iou_after:.3f}")
     assert iou_after > iou_before + 0.1
+
+
+def test_a_second_export_into_the_same_output_stops_at_once(result, tmp_path, capsys):
+    from wsi_seg.lock import LOCK_NAME, RunLock
+
+    _, res = result
+    for flag, out in (("--patches", tmp_path / "ds"), ("--geojson", tmp_path / "r.geojson")):
+        with RunLock(tmp_path / f".{out.name}{LOCK_NAME}", what=out):  # another export writing it
+            assert main(["export", str(res), flag, str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{out}: in use by pid" in err
+        assert not out.exists()
+        assert main(["export", str(res), flag, str(out), "--no-progress"]) == 0  # once it is free
+        assert out.exists() and not (tmp_path / f".{out.name}{LOCK_NAME}").exists()

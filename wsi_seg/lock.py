@@ -239,3 +239,17 @@ def folder_lock(folder: str | Path, what: Path | str | None = None, remove_empty
                     folder.rmdir()
             except OSError:
                 pass
+
+
+@contextmanager
+def sibling_lock(output: str | Path) -> Iterator[RunLock]:
+    """Hold the lock of an output written whole and renamed into place (an export's file or
+    folder): a hidden ``.<name>.wsi_seg_lock`` beside it, removed on release. A second
+    writer of the same output stops at once, naming the first."""
+    output = Path(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{output.parent}: cannot create the folder ({exc.strerror or exc})") from exc
+    with RunLock(output.parent / f".{output.name}{LOCK_NAME}", what=output) as lock:
+        yield lock

@@ -48,13 +48,15 @@ def run(args: argparse.Namespace) -> int:
     if args.only_corrected or args.slide is not None or args.min_tissue is not None:
         raise ConfigError("--only-corrected, --slide and --min-tissue go with --patches DIR")
     from wsi_seg.exports.geojson import export_geojson
+    from wsi_seg.lock import sibling_lock
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    summary = export_geojson(
-        args.result, args.geojson, level=args.level, simplify_px=args.simplify,
-        min_area_um2=args.min_area_um2, min_hole_um2=args.min_hole_um2, classes=classes,
-        overwrite=args.overwrite, progress=not args.no_progress,
-    )
+    with sibling_lock(args.geojson):  # two exports to one file: the second stops at once
+        summary = export_geojson(
+            args.result, args.geojson, level=args.level, simplify_px=args.simplify,
+            min_area_um2=args.min_area_um2, min_hole_um2=args.min_hole_um2, classes=classes,
+            overwrite=args.overwrite, progress=not args.no_progress,
+        )
     for line in summary.lines():
         print(line)
     print(f"{sum(summary.counts.values())} polygons → {summary.out} ({summary.seconds:.1f} s)")
@@ -63,11 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
 def run_patches(args: argparse.Namespace) -> int:
     from wsi_seg.exports.patches import DEFAULT_MIN_TISSUE, export_patches
+    from wsi_seg.lock import sibling_lock
 
-    done = export_patches(
-        args.result, args.patches, only_corrected=args.only_corrected, slide=args.slide,
-        min_tissue=DEFAULT_MIN_TISSUE if args.min_tissue is None else args.min_tissue, overwrite=args.overwrite,
-    )
+    with sibling_lock(args.patches):  # two exports into one folder: the second stops at once
+        done = export_patches(
+            args.result, args.patches, only_corrected=args.only_corrected, slide=args.slide,
+            min_tissue=DEFAULT_MIN_TISSUE if args.min_tissue is None else args.min_tissue, overwrite=args.overwrite,
+        )
     shares = ", ".join(f"{k} {v:,} px" for k, v in done.class_pixels.items())
     print(f"{done.patches} patches of {done.patch_px} px at {done.mpp:g} µm/px from labels/{done.labels} "
           f"→ {done.out} ({shares})")

@@ -13,13 +13,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Reads the results already in RESULTS_DIR (and its summary, if any); runs nothing.",
     )
     p.add_argument("results_dir", type=Path, metavar="RESULTS_DIR", help="a folder of wsi-seg results (segment --out-dir)")
+    p.add_argument("--partial", action="store_true",
+                   help="also summarize unfinished results, listed as incomplete with the areas written so far "
+                        "(default: refuse them)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from wsi_seg.cohort.report import summarize
 
-    csv_path, _, html_path, outcomes = summarize(args.results_dir)
+    csv_path, _, html_path, outcomes = summarize(args.results_dir, partial=args.partial)
     for o in outcomes:
         tissue = f", tissue {o.tissue_mm2:.4g} mm²" if o.tissue_mm2 is not None else ""
         print(f"{Path(o.out).name}: {o.status}{tissue}")

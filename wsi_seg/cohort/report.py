@@ -147,11 +147,13 @@ def _found_outcome(path: Path, raw: dict) -> SlideOutcome:
     return SlideOutcome(slide=str(prov.slide.path or ""), out=str(path), status=status)
 
 
-def summarize(results_dir: str | Path) -> tuple[Path, Path, Path, list[SlideOutcome]]:
+def summarize(results_dir: str | Path, partial: bool = False) -> tuple[Path, Path, Path, list[SlideOutcome]]:
     """Rebuild ``wsi_seg_summary.csv``/``.json`` and ``report.html`` of ``results_dir``.
 
     Returns (csv, json, html, rows). Nothing is segmented; areas come from each result's
-    label pyramid (the corrected labels when there are some).
+    label pyramid (the corrected labels when there are some). An unfinished result's areas
+    count only what was written, so one is refused (ResultError naming them) unless
+    ``partial``, which lists it with status ``incomplete``.
     """
     root = Path(results_dir)
     if not root.is_dir():
@@ -178,6 +180,11 @@ def summarize(results_dir: str | Path) -> tuple[Path, Path, Path, list[SlideOutc
     outcomes += found
     if not outcomes:
         raise ConfigError(f"{root}: no wsi-seg results (*.zarr) and no {SUMMARY_NAME}.json; nothing to summarize")
+    unfinished = [Path(o.out).name for o in outcomes if o.status == "incomplete"]
+    if unfinished and not partial:
+        names = ", ".join(unfinished[:3]) + (f" and {len(unfinished) - 3} more" if len(unfinished) > 3 else "")
+        raise ResultError(f"{root}: {len(unfinished)} result(s) not finished ({names}); rerun segment to finish "
+                          "them, or pass --partial to summarize what they hold")
     outcomes = [with_areas(o) for o in outcomes]
     csv_path, json_path = write_summary(root, outcomes)
     return csv_path, json_path, write_cohort_report(root, outcomes), outcomes
