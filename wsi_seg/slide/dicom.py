@@ -148,6 +148,13 @@ def open_dicom(path: Path) -> DicomOpened:
     return DicomOpened(handle, "wsidicom", files, note=f"OpenSlide cannot read it: {why}")
 
 
+def _said(exc: BaseException) -> str:
+    """An exception as a phrase: a KeyError's bare key says little on its own."""
+    if isinstance(exc, KeyError):
+        return f"missing DICOM element {exc.args[0] if exc.args else ''}".strip()
+    return str(exc).strip() or type(exc).__name__
+
+
 def _openslide_said(exc: BaseException) -> str:
     """OpenSlide's refusal, short: without the file it names, transfer syntaxes named."""
     from pydicom.uid import UID
@@ -184,7 +191,7 @@ class WsiDicomHandle:
             try:
                 wsi = WsiDicom.open(files)
             except Exception as exc:  # wsidicom's own errors, pydicom's, ValueError, OSError …
-                said = "; ".join([*quiet.problems, str(exc) or type(exc).__name__])
+                said = "; ".join([*quiet.problems, _said(exc)])
                 also = f"; OpenSlide: {openslide_said}" if openslide_said else ""
                 raise SlideError(f"{path}: cannot read this DICOM whole-slide image (wsidicom: {said}{also})") from exc
         try:
@@ -246,7 +253,7 @@ class _QuietWsidicom(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         exc = record.exc_info[1] if record.exc_info else None
-        self.problems.append(str(exc) if exc is not None else record.getMessage())
+        self.problems.append(_said(exc) if exc is not None else record.getMessage())
 
     def __enter__(self) -> _QuietWsidicom:
         self._propagate = self._logger.propagate
