@@ -68,7 +68,7 @@ class _ToyTrainer(Trainer):
         return {"val": float(torch.rand(()))}
 
     def save_result(self):
-        path = self.run_dir / "checkpoint"
+        path = self.result_root / "checkpoint"
         path.mkdir(exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path / "model.safetensors"))
         return path
@@ -111,8 +111,30 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
 
 def test_a_diverging_loss_stops_with_one_line(tmp_path):
-    with pytest.raises(ConfigError, match=r"loss became (inf|nan) at step \d+ \(epoch 1\); lower --lr"):
+    with pytest.raises(ConfigError, match=r"loss became (inf|nan) at step \d+ \(epoch 1\); no epoch had finished"):
         _ToyTrainer(_cfg(tmp_path, "big", lr=1e12)).run()
+    record = json.loads((tmp_path / "big" / "run.json").read_text())["diverged"]
+    assert record["epoch"] == 1 and record["step"] >= 1 and record["last_good"] is None
+    assert not (tmp_path / "big" / "checkpoint").exists() and not (tmp_path / "big" / "last_good").exists()
+
+
+def test_a_run_that_diverges_later_keeps_its_last_good_epoch(tmp_path):
+    trainer = _ToyTrainer(_cfg(tmp_path, "late", decay=False))
+
+    def blow_up(epoch, row):  # after epoch 1, an LR no loss survives
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = 1e12
+
+    with pytest.raises(ConfigError, match=r"\(epoch 2\); the weights after epoch 1 are in .*last_good/checkpoint"):
+        trainer.run(on_epoch_end=blow_up)
+    run = tmp_path / "late"
+    record = json.loads((run / "run.json").read_text())["diverged"]
+    assert record["epoch"] == 2 and 4 <= record["step"] <= 6 and record["last_good"].endswith("last_good/checkpoint")
+    kept = load_file(str(run / "last_good" / "checkpoint" / "model.safetensors"))
+    epoch1 = load_file(str(run / "state" / "model.safetensors"))
+    assert kept.keys() == epoch1.keys() and all(torch.equal(kept[k], epoch1[k]) for k in kept)
+    assert all(torch.isfinite(v).all() for v in kept.values())
+    assert not (run / "checkpoint").exists()  # nothing that looks like a finished run
 
 
 def test_the_batch_order_and_the_loss_noise_have_their_own_seeds():

@@ -230,7 +230,7 @@ class PretrainTrainer(Trainer):
         }
 
     def save_result(self) -> Path:
-        return save_encoder_weights(self.net.encoder, self.run_dir / WEIGHTS_NAME, self.model_cfg, _provenance(self))
+        return save_encoder_weights(self.net.encoder, self.result_root / WEIGHTS_NAME, self.model_cfg, _provenance(self))
 
 
 def train_pretrain(cfg: PretrainConfig, overwrite: bool = False,

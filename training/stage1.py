@@ -191,7 +191,7 @@ class Stage1Trainer(ValidatedTrainer):
 
     def save_result(self) -> Path:
         final_cfg = self.model_cfg.replace(provenance={**self.model_cfg.provenance, **_provenance(self)})
-        return save_checkpoint(self.net, self.run_dir / "checkpoint", config=final_cfg)
+        return save_checkpoint(self.net, self.result_root / "checkpoint", config=final_cfg)
 
 
 def poly_decay(step: int, total_steps: int, power: float) -> float:

@@ -207,7 +207,7 @@ class Stage2Trainer(ValidatedTrainer):
 
     def save_result(self) -> Path:
         final_cfg = self.net.cfg.replace(provenance=_provenance(self))
-        return save_checkpoint(self.net, self.run_dir / "checkpoint", config=final_cfg)
+        return save_checkpoint(self.net, self.result_root / "checkpoint", config=final_cfg)
 
 
 def train_stage2(cfg: Stage2Config, overwrite: bool = False,

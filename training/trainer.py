@@ -20,6 +20,7 @@ epoch loop and ``benchmarks/training_steps.py`` both call.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -56,7 +57,7 @@ from wsi_seg_training.loop import (
 )
 from wsi_seg_training.reproducibility import rng_state, seed_everything
 from wsi_seg_training.run_info import git_state, software_versions, write_run_json
-from wsi_seg_training.run_state import RunState, fingerprint, save_run_state
+from wsi_seg_training.run_state import STATE_DIR, RunState, fingerprint, save_run_state
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,17 @@ class TrainingParts:
     lr_factor: Callable[[int, int], float] | None = None
 
 
+LAST_GOOD_DIR = "last_good"  # a diverged run's last finished epoch, as a result
+
+
+class Diverged(ConfigError):
+    """The loss became non-finite at ``step`` (of ``epoch``, both from 1)."""
+
+    def __init__(self, loss: float, step: int, epoch: int) -> None:
+        super().__init__(f"loss became {loss} at step {step} (epoch {epoch}); lower --lr")
+        self.loss, self.step, self.epoch = loss, step, epoch
+
+
 class Trainer(ABC):
     """A training run of ``cfg`` into ``cfg.out``; see the module doc for who does what.
 
@@ -127,6 +139,8 @@ class Trainer(ABC):
         self.epoch = 0  # the epoch running (from 0)
         self.steps_done = 0
         self.epochs_history: list[dict[str, int]] = []  # each total given and the epoch it started from
+        self.result_root = self.run_dir  # where save_result writes (last_good/ after a divergence)
+        self.diverged: dict[str, Any] | None = None  # the step a non-finite loss stopped the run at
 
     # --- what a trainer supplies -------------------------------------------------------
 
@@ -212,8 +226,7 @@ class Trainer(ABC):
         losses = self.step(batch)
         values = {k: v.item() if isinstance(v, torch.Tensor) else float(v) for k, v in losses.items()}
         if not math.isfinite(values["loss"]) and not self.use_scaler:
-            raise ConfigError(f"loss became {values['loss']} at step {self.steps_done + 1} "
-                              f"(epoch {self.epoch + 1}); lower --lr")
+            raise Diverged(values["loss"], self.steps_done + 1, self.epoch + 1)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)
@@ -251,7 +264,10 @@ class Trainer(ABC):
                 remove_result(self.run_dir, self.result_name)
         barrier(dist)
         for epoch in range(start_epoch, cfg.epochs):
-            row = self._train_epoch(epoch)
+            try:
+                row = self._train_epoch(epoch)
+            except Diverged as exc:
+                raise (self._keep_last_good(exc, bool(history)) if dist.is_main else exc) from None
             history.append(row)
             if dist.is_main:
                 self._save_state(fp, history)
@@ -264,6 +280,28 @@ class Trainer(ABC):
             log.info("%s written to %s", self.result_name, output)
         barrier(dist)
         return RunResult(self.run_dir, output, history, start_epoch)
+
+    def _keep_last_good(self, exc: Diverged, epoch_saved: bool) -> ConfigError:
+        """After a non-finite loss: the weights of the last finished epoch written as this
+        run's result under ``last_good/`` (never where a finished run's result goes), and the
+        step recorded in run.json; the one-line error that says both."""
+        where = None
+        if epoch_saved:  # state/ holds the last finished epoch's weights
+            from safetensors.torch import load_file
+
+            self.net.load_state_dict(load_file(str(self.run_dir / STATE_DIR / "model.safetensors")))
+            self.diverged = {"loss": str(exc.loss), "step": exc.step, "epoch": exc.epoch}
+            self.result_root = self.run_dir / LAST_GOOD_DIR
+            self.result_root.mkdir(exist_ok=True)
+            where = self.save_result()
+        record = json.loads((self.run_dir / "run.json").read_text(encoding="utf-8"))
+        record["diverged"] = {"loss": str(exc.loss), "step": exc.step, "epoch": exc.epoch,
+                              "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "last_good": str(where) if where else None}
+        (self.run_dir / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        kept = (f"the weights after epoch {exc.epoch - 1} are in {where}" if where else "no epoch had finished")
+        return ConfigError(f"{self.run_dir}: loss became {exc.loss} at step {exc.step} (epoch {exc.epoch}); "
+                           f"{kept} (run.json records the step); lower --lr and rerun with --overwrite")
 
     def _report_resume(self, saved: SavedRun) -> None:
         """Follow the schedule of this run's total from the step reached, and say how the
@@ -344,6 +382,7 @@ class Trainer(ABC):
             "epochs_history": self.epochs_history,  # more than one entry: continued with more epochs
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
+            **({"diverged": self.diverged} if self.diverged else {}),  # a last_good/ result: the run stopped
             # every setting that changes what the run computes, as config.yaml holds it
             "settings": cfg.result_settings(),
             "run_dir": str(self.run_dir.resolve()),
