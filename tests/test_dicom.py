@@ -105,6 +105,8 @@ def test_segments(dicom_slides, tmp_path, capsys, checkpoints, layout):
     assert prov["slide"]["reader"] == LAYOUTS[layout][2] and prov["slide"]["vendor"] == "dicom"
     assert prov["slide"]["mpp"] == pytest.approx(1.0) and prov["slide"]["mpp_source"] == "metadata"
     assert prov["stats"]["patches_run"] > 0
+    if LAYOUTS[layout][2] == "wsidicom":  # the run's reader plan says through what it read
+        assert "wsidicom reads" in prov["inference"]["reader"]["reason"]
 
 
 def test_different_slides_differ(dicom_slides):

@@ -78,7 +78,9 @@ def plan_reader(requested: str, slide: Slide, model_mpp: float, device: torch.de
     ds = slide.level_downsamples[level]
     if requested == "openslide":
         return ReaderPlan(requested, "openslide", level, ds)
-    if slide.vendor not in JPEG_TILE_VENDORS:
+    if slide.reader != "openslide":  # "openslide" below then means Slide.read_at_mpp, through that library
+        jpeg, why = None, f"a {slide.vendor} slide that {slide.reader} reads (not OpenSlide), not read tile by tile"
+    elif slide.vendor not in JPEG_TILE_VENDORS:
         jpeg, why = None, f"OpenSlide format {slide.vendor!r} is not read tile by tile"
     else:
         jpeg, why = find_jpeg_level(slide.path, slide.level_dimensions[level])
