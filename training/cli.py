@@ -28,7 +28,7 @@ def _show_training_logs() -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate``, ``synth-dataset``, ``benchmark-method``,
-    ``check-dataset`` and ``fit``."""
+    ``check-dataset``, ``make-dataset`` and ``fit``."""
     _register_train(sub)
     _register_pretrain(sub)
     _register_pseudo_labels(sub)
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_synth_dataset(sub)
     _register_benchmark_method(sub)
     _register_check_dataset(sub)
+    _register_make_dataset(sub)
     _register_fit(sub)
 
 
@@ -113,14 +114,50 @@ def run_check_dataset(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _register_make_dataset(sub: argparse._SubParsersAction) -> None:
+    from wsi_seg_training.datasets.make import MakeDatasetConfig
+
+    p = sub.add_parser(
+        "make-dataset", help="cut a weakly labelled patch dataset (labels.csv) from pixel-annotated images",
+        description="Patches of pixel-annotated images (masks: single-channel index PNGs of the same stem, "
+                    "0 = unlabelled, k = class k of --classes) into the labels.csv layout: a train patch is "
+                    "labelled with the classes covering ≥ --min-fraction of it, glass is background (the "
+                    "thesis's seeding), splits are by image, val/test patches get their masks. Prints the "
+                    "dataset's counts and label co-occurrence as check-dataset does.",
+    )
+    add_config_flags(p, {"": MakeDatasetConfig})
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier make-dataset folder in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_make_dataset)
+
+
+def run_make_dataset(args: argparse.Namespace) -> int:
+    from wsi_seg_training.datasets import check_dataset
+    from wsi_seg_training.datasets.make import MakeDatasetConfig, make_dataset
+
+    cfg = MakeDatasetConfig(**config_overrides(args))
+    made = make_dataset(cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    print(made.summary())
+    report = check_dataset(made.out, "csv", decode=False)
+    print()
+    print(report.format_text())
+    mpp = f" --mpp {cfg.patch_mpp or cfg.mpp}" if (cfg.patch_mpp or cfg.mpp) else ""
+    print(f"\ntrain on it: wsi-seg train --stage 1 --data {made.out}{mpp} --out RUN, or "
+          f"wsi-seg benchmark-method --data {made.out} --work DIR")
+    return 0 if report.ok else 1
+
+
 def _register_benchmark_method(sub: argparse._SubParsersAction) -> None:
     from wsi_seg_training.config import MethodBenchmarkConfig
 
     p = sub.add_parser(
         "benchmark-method",
-        help="train and score CAM baseline vs PSCL, PSCL without background, stage 2 CE vs NR on synthetic data",
-        description="The thesis's comparisons on the synthetic WSSS benchmark, printed as its tables "
-                    "(both protocols). Resumable: rerun the same command to continue.",
+        help="train and score CAM baseline vs PSCL, PSCL without background, stage 2 CE vs NR on synthetic "
+             "data or a dataset",
+        description="The thesis's comparisons on the synthetic WSSS benchmark or on --data (e.g. a make-dataset "
+                    "folder), beside trivial baselines (every tissue pixel one class), printed as its tables "
+                    "(both protocols), with each run's settings read back from its config.yaml and whether its "
+                    "losses stayed finite. Resumable: rerun the same command to continue.",
     )
     p.add_argument("--work", type=Path, required=True, metavar="DIR", help="folder for the dataset, runs and results")
     add_config_flags(p, {"": MethodBenchmarkConfig})
@@ -138,7 +175,12 @@ def run_benchmark_method(args: argparse.Namespace) -> int:
     from wsi_seg.reports.metrics import PROTOCOLS
 
     _show_training_logs()
-    cfg = MethodBenchmarkConfig(work=str(args.work), **config_overrides(args))
+    over = config_overrides(args)
+    if over.get("data"):
+        sized = [flag for key, flag in (("n_train", "--n-train"), ("n_test", "--n-test")) if key in over]
+        if sized:
+            raise ConfigError(f"{', '.join(sized)}: sizes of the generated set, which --data replaces; drop them")
+    cfg = MethodBenchmarkConfig(work=str(args.work), **over)
     bench = benchmark_method(cfg)
     table = format_thesis_tables(bench)
     print(table)

@@ -57,7 +57,7 @@ class PatchExport:
     class_pixels: dict[str, int]
 
 
-def _starts(size: int, patch: int) -> list[int]:
+def patch_starts(size: int, patch: int) -> list[int]:
     """Patch origins covering ``size`` with whole patches (the last one flush with the edge)."""
     if size < patch:
         return []
@@ -65,6 +65,26 @@ def _starts(size: int, patch: int) -> list[int]:
     if starts[-1] + patch < size:
         starts.append(size - patch)
     return starts
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    """One patch of a ``labels.csv``: image path (relative to the folder), 0/1 per class,
+    split, mask path ("" when the patch has none)."""
+
+    filename: str
+    labels: tuple[int, ...]
+    split: str = "train"
+    mask: str = ""
+
+
+def write_labels_csv(path: Path, class_names: tuple[str, ...] | list[str], rows: list[CsvRow]) -> None:
+    """The ``labels.csv`` that ``wsi_seg_training.datasets`` reads: filename, one column per
+    class, split, mask. Shared by ``export --patches`` and ``make-dataset``."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["filename", *class_names, "split", "mask"])
+        writer.writerows([r.filename, *(str(int(v)) for v in r.labels), r.split, r.mask] for r in rows)
 
 
 def to_dataset_mask(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -132,14 +152,14 @@ def export_patches(
     h, w = labels0.shape
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    rows: list[list[str]] = []
+    rows: list[CsvRow] = []
     class_pixels = np.zeros(n + 1, np.int64)
     try:
         (tmp / "img").mkdir(parents=True)
         (tmp / "mask").mkdir()
         with Slide(slide_path, mpp=slide_mpp) as opened:
-            for y in _starts(h, patch_px):
-                for x in _starts(w, patch_px):
+            for y in patch_starts(h, patch_px):
+                for x in patch_starts(w, patch_px):
                     lab = np.asarray(labels0[y : y + patch_px, x : x + patch_px])
                     if (lab > 0).mean() < max(min_tissue, 1e-9):
                         continue
@@ -152,14 +172,11 @@ def export_patches(
                     Image.fromarray(to_dataset_mask(lab, n), mode="L").save(tmp / "mask" / name)
                     counts = np.bincount(lab.ravel(), minlength=n + 1)[: n + 1]
                     class_pixels += counts
-                    rows.append([f"img/{name}", *[str(int(c > 0)) for c in counts[1:]], "train", f"mask/{name}"])
+                    rows.append(CsvRow(f"img/{name}", tuple(int(c > 0) for c in counts[1:]), "train", f"mask/{name}"))
         if not rows:
             what = "changed by the corrections" if only_corrected else f"with ≥ {min_tissue:.0%} labelled tissue"
             raise ConfigError(f"{result.path}: no {patch_px}-px patch {what}; nothing to export")
-        with open(tmp / CSV_NAME, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["filename", *names, "split", "mask"])
-            writer.writerows(rows)
+        write_labels_csv(tmp / CSV_NAME, names, rows)
         (tmp / "export.json").write_text(json.dumps({
             "result": str(result.path.resolve()),
             "labels": labels,
@@ -172,7 +189,7 @@ def export_patches(
             "class_names": list(names),
             "class_colors": [list(c) for c in result.class_colors],
         }, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write the patches ({exc.strerror or exc})") from exc
     finally:
@@ -182,7 +199,7 @@ def export_patches(
                        {name: int(class_pixels[i + 1]) for i, name in enumerate(names)})
 
 
-def _replace_dir(new: Path, final: Path) -> None:
+def replace_dir(new: Path, final: Path) -> None:
     """Move the finished folder ``new`` to ``final`` (the old one, if any, removed after)."""
     old = None
     if final.exists():
