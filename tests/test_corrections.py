@@ -8,6 +8,7 @@ import stat
 
 import numpy as np
 import pytest
+import zarr
 from conftest import write_result
 
 import wsi_seg.result.corrections as corrections
@@ -17,6 +18,7 @@ from wsi_seg.result.corrections import (
     pending_chunks,
     save_corrections,
 )
+from wsi_seg.result.format import has_pending_corrections
 from wsi_seg.result.reader import Result
 
 CHUNK = 16
@@ -106,20 +108,46 @@ def test_crash_mid_save_leaves_chunks_old_or_new_and_the_next_save_heals_the_pyr
     monkeypatch.setattr(corrections, "_write_chunks", write_two_then_die)
     with pytest.raises(OutputError, match="saving corrections failed.*save again"):
         save_corrections(result, (0, 0), full, after)
-    res = Result.open(result)
-    got = res.mask(0, "corrected")[:]  # readable
+    assert has_pending_corrections(result)
+    group = zarr.open_group(str(result / "labels" / "corrected"), mode="r")
+    got = group["0"][:]  # readable
     for i in range(0, 64, CHUNK):
         for j in range(0, 80, CHUNK):
             block = got[i : i + CHUNK, j : j + CHUNK]
             assert np.array_equal(block, full[i : i + CHUNK, j : j + CHUNK]) or np.array_equal(
                 block, after[i : i + CHUNK, j : j + CHUNK])
-    assert len(pending_chunks(res)) == 20 and corrections_history(res) == []
+    assert len(group.attrs["wsi_seg_corrections"]["pending"]["chunks"]) == 20
 
     monkeypatch.setattr(corrections, "_write_chunks", real)
-    cur = res.mask(0, "corrected")[0:1, 0:1]
-    save_corrections(result, (0, 0), cur, np.where(cur == 1, 2, 1).astype(np.uint8))  # a tiny save
+
+
+@pytest.mark.parametrize("then", ["empty save", "report"])
+def test_an_interrupted_save_is_finished_by_the_next_save_or_read(result, monkeypatch, caplog, then):
+    """An empty save ("save again to finish" with nothing new) and any reader (report,
+    export, napari) rebuild the coarse levels an interrupted save left stale."""
     res = Result.open(result)
-    assert pending_chunks(res) == [] and pyramid_is_consistent(res, "corrected")
+    full = res.mask(0)[:]
+    after = np.where(full > 0, 4 - full, 0).astype(np.uint8)
+    real = corrections._write_chunks
+
+    def write_all_then_die(array, edits, values):  # level 0 written, the pyramid above it not
+        real(array, edits, values)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(corrections, "_write_chunks", write_all_then_die)
+    with pytest.raises(OutputError):
+        save_corrections(result, (0, 0), full, after)
+    monkeypatch.setattr(corrections, "_write_chunks", real)
+    assert has_pending_corrections(result)
+    with caplog.at_level("WARNING"):
+        if then == "empty save":
+            cur = full[:4, :4]
+            assert save_corrections(result, (0, 0), cur, cur).chunks == []
+        res = Result.open(result)
+    assert "finished an interrupted corrections save" in caplog.text
+    assert not has_pending_corrections(result) and pending_chunks(res) == []
+    assert pyramid_is_consistent(res, "corrected")
+    assert np.array_equal(res.mask(0, "corrected")[:], after)  # level 0 was all written
 
 
 def test_interrupted_first_copy_leaves_no_corrected_labels(result, monkeypatch):

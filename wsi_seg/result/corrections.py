@@ -219,6 +219,7 @@ def save_corrections(
     user = author or _login()
     utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if not changed.any():
+        finish_pending(result)  # "save again to finish" works with nothing new to save
         return CorrectionSave(user, utc, [], 0, level)
 
     import zarr
@@ -268,6 +269,28 @@ def save_corrections(
         ) from exc
     log.info("%s: %d level-0 pixels corrected in %d chunks", result.path, pixels, len(chunks))
     return record
+
+
+def finish_pending(result: Result) -> int:
+    """Finish an interrupted save: rebuild the coarser levels above its level-0 chunks and
+    clear its ``pending`` record. Returns the chunks finished (0 when none was pending)."""
+    import zarr
+
+    chunks = pending_chunks(result)
+    if not chunks:
+        return 0
+    group = zarr.open_group(str(labels_path(result.path, CORRECTED_NAME)), mode="r+")
+    try:
+        _rebuild_parents(group, result.levels, chunks)
+        state = dict(group.attrs.get(CORRECTIONS_KEY) or {})
+        state.pop("pending", None)
+        group.attrs[CORRECTIONS_KEY] = state
+    except OSError as exc:
+        raise OutputError(f"{result.path}: cannot finish an interrupted corrections save "
+                          f"({exc.strerror or exc}); its coarse levels are stale") from exc
+    log.warning("%s: finished an interrupted corrections save (%d chunks' coarser levels rebuilt)",
+                result.path, len(chunks))
+    return len(chunks)
 
 
 # what must match for corrections to be carried from one result onto a new one of the slide

@@ -77,3 +77,14 @@ def is_complete(path: str | Path) -> bool:
 def has_corrections(path: str | Path) -> bool:
     """True when the result at ``path`` holds a corrected label image."""
     return (labels_path(path, CORRECTED_NAME) / "zarr.json").is_file()
+
+
+def has_pending_corrections(path: str | Path) -> bool:
+    """True when a corrections save into the result at ``path`` was interrupted: its level-0
+    chunks are written but the coarser levels above them may be stale."""
+    meta = labels_path(path, CORRECTED_NAME) / "zarr.json"
+    try:
+        state = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {}).get(CORRECTIONS_KEY) or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(isinstance(state, dict) and (state.get("pending") or {}).get("chunks"))

@@ -29,6 +29,7 @@ from wsi_seg.result.format import (
     CORRECTED_NAME,
     LABEL_NAME,
     LABELS_GROUP,
+    has_pending_corrections,
     is_partial,
     read_provenance,
     result_name,
@@ -194,7 +195,12 @@ class Result:
         n = len(prov.class_names)
         if acts.ndim != 3 or acts.shape[0] != n or mask.ndim != 2 or acts.shape[1:] != mask.shape:
             raise ResultError(f"{p}: arrays of shape {acts.shape} and {mask.shape} do not match {n} classes")
-        return cls(p, prov, complete, tuple(levels), group)
+        result = cls(p, prov, complete, tuple(levels), group)
+        if has_pending_corrections(p):  # a corrections save was cut short: its coarse levels lag
+            from wsi_seg.result.corrections import finish_pending
+
+            finish_pending(result)
+        return result
 
     # -- what it is ------------------------------------------------------------------
     @property
