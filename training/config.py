@@ -443,9 +443,14 @@ class PretrainConfig(RunConfig):
 @dataclass
 class MethodBenchmarkConfig:
     """Sizes of the method benchmark (``wsi-seg benchmark-method``, :mod:`wsi_seg_training.experiment`);
-    the defaults finish in under an hour on 2 CPU cores."""
+    the defaults finish in under an hour on 2 CPU cores. ``data``: a dataset folder to run on
+    instead of the generated one (``n_train`` / ``n_val`` / ``n_test`` then do not apply)."""
 
     work: str = ""
+    data: str = setting("", flag="--data", metavar="DIR",
+                        default_text="a synthetic set of --n-train / --n-test patches written into --work",
+                        help="dataset to benchmark on (LUAD-HistoSeg / BCSS-WSSS layout or labels.csv, e.g. "
+                             "from make-dataset; needs masks on its test split)")
     n_train: int = setting(800, flag="--n-train", metavar="N", help="train patches")
     n_val: int = 32
     n_test: int = setting(128, flag="--n-test", metavar="N", help="test patches")
