@@ -162,3 +162,12 @@ def test_two_slides_in_one_folder_is_one_line(tmp_path, capsys):
             f.rename((tmp_path / "mixed").mkdir(exist_ok=True) or tmp_path / "mixed" / f.name)
     line = one_line_error(*run_cli(capsys, "info", tmp_path / "mixed")[::2])
     assert "2 DICOM whole-slide images" in line and "folder of its own" in line
+
+
+def test_no_pyramid_level_is_one_line(tmp_path, capsys):
+    src = write_dicom_wsi(tmp_path / "s", RGB[:128, :128])[0]
+    ds = pydicom.dcmread(src)
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]  # no flavour: OpenSlide "Couldn't get image flavor", wsidicom no level
+    ds.save_as(src)
+    line = one_line_error(*run_cli(capsys, "info", src.parent)[::2])
+    assert str(src.parent) in line and "ImageType value 3 is missing, not VOLUME" in line

@@ -144,7 +144,14 @@ def open_dicom(path: Path) -> DicomOpened:
     except (openslide.OpenSlideError, OSError) as exc:  # OpenSlideUnsupportedFormatError is an OpenSlideError
         why = _openslide_said(exc)
         log.debug("%s: OpenSlide refuses it (%s); reading it with wsidicom", path, why)
-    handle = WsiDicomHandle.open(path, files, openslide_said=why)
+    try:
+        handle = WsiDicomHandle.open(path, files, openslide_said=why)
+    except SlideError as exc:
+        flavors = sorted({_header(f).flavor for f in files})
+        if "VOLUME" not in flavors:  # the readers find levels by ImageType's third value
+            raise SlideError(f"{exc}; none of its files is a pyramid level: ImageType value 3 is "
+                             f"{'/'.join(v or 'missing' for v in flavors)}, not VOLUME") from exc
+        raise
     return DicomOpened(handle, "wsidicom", files, note=f"OpenSlide cannot read it: {why}")
 
 
