@@ -17,7 +17,18 @@ from pydicom.uid import JPEGBaseline8Bit, RLELossless, generate_uid
 from wsidicom import WsiDicom, WsiInstance
 from wsidicom.geometry import Point, Size, SizeMm
 from wsidicom.instance import NumpyImageData
-from wsidicom.metadata import Equipment, Image, Label, Patient, Pyramid, Series, Slide, SlideSample, Study, WsiMetadata
+from wsidicom.metadata import (
+    Equipment,
+    Image,
+    Label,
+    Patient,
+    Pyramid,
+    Series,
+    Slide,
+    SlideSample,
+    Study,
+    WsiMetadata,
+)
 from wsidicom.metadata.image import ImageType
 from wsidicom.metadata.schema.dicom.wsi import WsiMetadataDicomSchema
 from wsidicom.source import Source
@@ -122,9 +133,9 @@ def _columns(path: Path) -> int:
 def make_sparse(path: Path, glass_at_least: int = 225) -> int:
     """Rewrite a TILED_FULL file as TILED_SPARSE without its all-glass frames; returns the frames kept."""
     import pydicom
+    from pydicom.dataset import Dataset
     from pydicom.encaps import encapsulate, generate_frames
     from pydicom.sequence import Sequence
-    from pydicom.dataset import Dataset
     from wsidicom import WsiDicom as _Wsi
 
     ds = pydicom.dcmread(path)

@@ -86,12 +86,12 @@ def test_opens_reads_and_says_which_reader(dicom_slides, layout):
 def test_info_names_the_reader(dicom_slides, capsys):
     code, out, err = run_cli(capsys, "info", dicom_slides["rle-sparse-pyramid"])
     assert code == 0, err
-    assert re.search(r"^vendor:\s+dicom$", out, re.M) and "1.0000 (metadata)" in out and "level 3:" in out
-    assert re.search(r"^reader:\s+wsidicom \(OpenSlide cannot read it: .*\(RLE Lossless\)\)$", out, re.M), out
-    tissue = re.search(r"^tissue:\s+([\d.]+)% of the slide", out, re.M)
+    assert re.search(r"^vendor:\s+dicom$", out, re.MULTILINE) and "1.0000 (metadata)" in out and "level 3:" in out
+    assert re.search(r"^reader:\s+wsidicom \(OpenSlide cannot read it: .*\(RLE Lossless\)\)$", out, re.MULTILINE), out
+    tissue = re.search(r"^tissue:\s+([\d.]+)% of the slide", out, re.MULTILINE)
     assert tissue and 15 < float(tissue.group(1)) < 40, out  # the blob: π · 0.35 · 0.25 of the square
     code, out, err = run_cli(capsys, "info", dicom_slides["pyramid"])
-    assert code == 0 and re.search(r"^reader:\s+openslide$", out, re.M), out
+    assert code == 0 and re.search(r"^reader:\s+openslide$", out, re.MULTILINE), out
 
 
 @pytest.mark.parametrize("layout", ["sparse-pyramid", "rle-sparse-pyramid"])

@@ -56,9 +56,9 @@ def demo_warnings(caplog) -> list[str]:
 def test_cmu_info(capsys):
     code, out, err = run_cli(capsys, "info", CMU)
     assert code == 0, err
-    assert re.search(r"^vendor:\s+aperio$", out, re.M) and re.search(r"^reader:\s+openslide$", out, re.M)
+    assert re.search(r"^vendor:\s+aperio$", out, re.MULTILINE) and re.search(r"^reader:\s+openslide$", out, re.MULTILINE)
     assert "2220 × 2967 px" in out and "0.4990 (metadata)" in out and "objective:   20x" in out
-    tissue = re.search(r"^tissue:\s+([\d.]+)% of the slide", out, re.M)
+    tissue = re.search(r"^tissue:\s+([\d.]+)% of the slide", out, re.MULTILINE)
     assert tissue is not None, out
     assert CMU_TISSUE_PERCENT[0] <= float(tissue.group(1)) <= CMU_TISSUE_PERCENT[1], out
 
@@ -81,7 +81,7 @@ def test_cmu_segment_report_and_geojson(tmp_path, capsys, caplog):
     assert code == 0, err
     with Image.open(png) as im:
         assert im.width > 400 and im.height > 300
-    class_mm2 = [float(a) for a in re.findall(r"^\s*\S+:\s+([\d.]+) mm²", stdout, re.M)]
+    class_mm2 = [float(a) for a in re.findall(r"^\s*\S+:\s+([\d.]+) mm²", stdout, re.MULTILINE)]
     slide_mm2 = 2220 * 2967 * 0.499**2 / 1e6  # 1.64 mm²
     assert len(class_mm2) == len(prov["class_names"]), stdout
     # the segmented tissue (every class), against the eye-verified tissue fraction; a little
