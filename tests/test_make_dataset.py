@@ -109,7 +109,7 @@ def test_min_fraction_decides_the_weak_label(tmp_path):
     images.mkdir()
     masks.mkdir()
     _write_pair(images, masks, "one", sliver=20)  # 20 px of B in a 1024-px patch: 2 %
-    base = dict(images=str(images), masks=str(masks), classes="A,B", patch=32, fractions="1,0,0")
+    base = {"images": str(images), "masks": str(masks), "classes": "A,B", "patch": 32, "fractions": "1,0,0"}
     low = _rows(make_dataset(MakeDatasetConfig(out=str(tmp_path / "low"), min_fraction=0.01, **base)).out)
     high = _rows(make_dataset(MakeDatasetConfig(out=str(tmp_path / "high"), **base)).out)  # default 0.03
     first = "img/one_y0_x0.png"

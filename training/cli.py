@@ -115,7 +115,7 @@ def run_check_dataset(args: argparse.Namespace) -> int:
 
 
 def _register_make_dataset(sub: argparse._SubParsersAction) -> None:
-    from wsi_seg_training.datasets.make import MakeDatasetConfig
+    from wsi_seg_training.config import MakeDatasetConfig
 
     p = sub.add_parser(
         "make-dataset", help="cut a weakly labelled patch dataset (labels.csv) from pixel-annotated images",
@@ -132,8 +132,9 @@ def _register_make_dataset(sub: argparse._SubParsersAction) -> None:
 
 
 def run_make_dataset(args: argparse.Namespace) -> int:
+    from wsi_seg_training.config import MakeDatasetConfig
     from wsi_seg_training.datasets import check_dataset
-    from wsi_seg_training.datasets.make import MakeDatasetConfig, make_dataset
+    from wsi_seg_training.datasets.make import make_dataset
 
     cfg = MakeDatasetConfig(**config_overrides(args))
     made = make_dataset(cfg, overwrite=args.overwrite, progress=not args.no_progress)

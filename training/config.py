@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -462,6 +463,77 @@ class MethodBenchmarkConfig:
     stage2_batch_size: int = setting(16, flag="--stage2-batch-size", metavar="N", help="stage-2 batch")
     seed: int = setting(0, flag="--seed", metavar="N", help="seed of data and runs")
     device: str = setting("cpu", flag="--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class MakeDatasetConfig:
+    """What ``wsi-seg make-dataset`` cuts, and how (:mod:`wsi_seg_training.datasets.make`).
+
+    Not stated anywhere, chosen here: the 0.6 / 0.1 / 0.3 image split and the 0.03 share a
+    class must cover to enter a train patch's label (the issue's default); the glass seed
+    is the one training applies to a csv dataset (grey > 200, 200 px)."""
+
+    images: str = setting("", flag="--images", metavar="DIR", help="folder of RGB images")
+    masks: str = setting("", flag="--masks", metavar="DIR",
+                         help="folder of single-channel index PNGs named as the images (0 = unlabelled, "
+                              "k = class k of --classes)")
+    classes: str = setting("", flag="--classes", metavar="A,B,…", help="names of mask indices 1, 2, …")
+    out: str = setting("", flag="--out", metavar="DIR", help="new (or empty) folder for the dataset")
+    patch: int = setting(224, flag="--patch", metavar="PX", help="patch size in px")
+    mpp: float | None = setting(None, flag="--mpp", metavar="UM", default_text="unknown",
+                                help="µm/px of the images (recorded in make.json; train with the same --mpp)")
+    patch_mpp: float | None = setting(None, flag="--patch-mpp", metavar="UM", default_text="as --mpp",
+                                      help="resample the images to this µm/px before cutting (needs --mpp)")
+    min_fraction: float = setting(0.03, flag="--min-fraction", metavar="F",
+                                  help="share of a patch a class must cover to be in its image-level label")
+    other_class: str = setting("", flag="--other-class", metavar="NAME", default_text="none",
+                               help="a class for tissue the masks leave unlabelled (0 and not glass); "
+                                    "without it such tissue is background")
+    fractions: str = setting("0.6,0.1,0.3", flag="--fractions", metavar="TRAIN,VAL,TEST",
+                             help="shares of the images per split")
+    seed: int = setting(0, flag="--seed", metavar="N", help="seed of the split")
+    bkg_gray_threshold: float = setting(200.0, help="glass seed: grey level above which a pixel is glass")
+    bkg_min_size_px: int = setting(200, help="glass seed: white regions smaller than this are tissue")
+
+    def class_names(self) -> tuple[str, ...]:
+        """The dataset's classes: --classes, then --other-class when given."""
+        names = tuple(n.strip() for n in self.classes.split(",") if n.strip())
+        return (*names, self.other_class.strip()) if self.other_class.strip() else names
+
+    def split_fractions(self) -> tuple[float, float, float]:
+        try:
+            parts = tuple(float(v) for v in self.fractions.split(","))
+        except ValueError:
+            parts = ()
+        if len(parts) != 3 or any(v < 0 or not math.isfinite(v) for v in parts) or parts[0] <= 0:
+            raise ConfigError(f"--fractions {self.fractions}: expected three shares TRAIN,VAL,TEST ≥ 0, "
+                              "train > 0 (e.g. 0.6,0.1,0.3)")
+        total = sum(parts)
+        return parts[0] / total, parts[1] / total, parts[2] / total
+
+    def check(self) -> None:
+        """ConfigError naming the first setting no run could use."""
+        for name in ("images", "masks", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"no --{name} given")
+        names = self.class_names()
+        if not self.classes.strip():
+            raise ConfigError("no --classes given (names of mask indices 1, 2, …, comma separated)")
+        if len(set(names)) != len(names) or any(n.lower() in ("filename", "split", "mask") for n in names):
+            raise ConfigError(f"--classes {','.join(names)}: class names must be distinct and not "
+                              "filename, split or mask")
+        if self.patch < 16:
+            raise ConfigError(f"--patch must be at least 16 px, got {self.patch}")
+        if not 0.0 < self.min_fraction <= 1.0:
+            raise ConfigError(f"--min-fraction must be in (0, 1], got {self.min_fraction}")
+        if self.patch_mpp is not None and self.mpp is None:
+            raise ConfigError("--patch-mpp needs --mpp (the µm/px of the images)")
+        for name in ("mpp", "patch_mpp"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        self.split_fractions()
+
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
