@@ -3,8 +3,11 @@
 Prints one Markdown row per case: exit code, the last line of stderr, and what is left
 on disk. Run it against any checkout to compare versions side by side::
 
-    PYTHONPATH=/path/to/old/checkout python benchmarks/misuse_matrix.py --work /tmp/m_old
     python benchmarks/misuse_matrix.py --work /tmp/m_new
+    python benchmarks/misuse_matrix.py --work /tmp/m_old --python OLD_VENV/bin/python
+
+``--python``: the interpreter whose ``wsi_seg`` runs the cases (an environment with the old
+checkout installed); the fixtures are made by this one. Cases run in their own folders.
 
 Cases that never end on their own (absurd resolutions, huge sparse slides) are stopped
 after ``--timeout`` seconds and reported as such, with the peak size of what they wrote.
@@ -32,6 +35,7 @@ from wsi_seg.synthetic.files import (
 )
 
 CLI = [sys.executable, "-c", "import sys; from wsi_seg.cli.main import main; sys.exit(main())"]
+PY = [sys.executable, "-c"]  # set-up steps, with the same interpreter as the CLI
 
 
 def tiny_checkpoint(root: Path, **overrides: object) -> Path:
@@ -118,7 +122,9 @@ def main() -> None:
     ap.add_argument("--hang-timeout", type=float, default=90.0,
                     help="seconds before a case known to run for hours in old versions is stopped")
     ap.add_argument("--only", default="", help="comma-separated case-name prefixes")
+    ap.add_argument("--python", default=sys.executable, help="interpreter of the wsi-seg version under test")
     args = ap.parse_args()
+    CLI[0] = PY[0] = args.python
     m = Matrix(args.work, args.timeout, args.hang_timeout)
     print("| case | exit | message (last stderr line) | left on disk |\n|---|---|---|---|", flush=True)
     for fn in CASES:
@@ -301,9 +307,166 @@ def plain_images(m: Matrix) -> None:
     m.add("non-pyramidal stripped TIFF with `--mpp 0.5`", rc, err, d)
 
 
+# --- issue 22: nothing lost, nothing silently wrong -----------------------------------------
+# Set-up steps run in a subprocess too, so they use the version under test (old or new paths).
+_CORRECT = """
+import sys
+try:
+    from wsi_seg.result.corrections import save_corrections
+    from wsi_seg.result.reader import Result
+except ImportError:  # before the engine moved into rooms
+    from wsi_seg.corrections import save_corrections
+    from wsi_seg.result import Result
+out = sys.argv[1]
+mask = Result.open(out).mask(0)[:32, :32]
+save_corrections(out, (0, 0), mask, (mask % 4) + 1)
+"""
+
+
+def _segment(m: Matrix, d: Path, out: str = "o.zarr") -> None:
+    rc, err, _ = m.run("segment", m.slide, "--out", out, cwd=d)
+    assert rc == "0", err
+
+
+def _labels_state(out: Path) -> str:
+    return "labels/corrected " + ("kept" if (out / "labels" / "corrected").is_dir() else "GONE")
+
+
+def overwrite_corrected(m: Matrix) -> None:
+    d = m.case("overwrite a corrected result")
+    _segment(m, d)
+    subprocess.run([*PY, _CORRECT, str(d / "o.zarr")], check=True, capture_output=True, cwd=d)
+    rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--overwrite", cwd=d)
+    m.add("`segment --overwrite` of a result holding napari corrections", rc, err, d, "; " + _labels_state(d / "o.zarr"))
+    rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--overwrite", "--discard-corrections", cwd=d)
+    m.add("… with `--discard-corrections`", rc, err, d, "; " + _labels_state(d / "o.zarr"))
+
+
+def two_trainings(m: Matrix) -> None:
+    d = m.case("two trainings one out")
+    rc, err, _ = m.run("synth-dataset", "data", "--n-train", "8", "--n-val", "2", "--n-test", "0", cwd=d)
+    assert rc == "0", err
+    base = [*CLI, "train", "--stage", "1", "--data", "data", "--out", "cd", "--preset", "tiny", "--device", "cpu",
+            "--epochs", "3", "--batch-size", "4", "--no-progress"]
+    a = subprocess.Popen([*base, "--seed", "1"], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    b = subprocess.run([*base, "--seed", "2"], cwd=d, capture_output=True, text=True, timeout=600)
+    _, err_a = a.communicate(timeout=600)
+    seed = "?"
+    if (d / "cd" / "config.yaml").exists():
+        seed = next((ln.split(":")[1].strip() for ln in (d / "cd" / "config.yaml").read_text().splitlines()
+                     if ln.startswith("seed:")), "?")
+    m.add("two `train --stage 1 --out cd` at once (seeds 1, 2): the second", str(b.returncode), b.stderr, d)
+    m.add("… the first", str(a.returncode), err_a, d, f"; cd/config.yaml says seed {seed}")
+
+
+def replaced_leftover(m: Matrix) -> None:
+    d = m.case("killed during the overwrite swap")
+    _segment(m, d)
+    (d / "o.zarr").rename(d / "o.zarr.replaced")  # the state a SIGKILL between the two renames leaves
+    rc, err, _ = m.run("report", "o.zarr", "--out", "r.png", cwd=d)
+    m.add("only `o.zarr.replaced` left (killed mid-swap), then `report o.zarr`", rc, err, d)
+
+
+def report_incomplete(m: Matrix) -> None:
+    import json as _json
+
+    d = m.case("report an incomplete result")
+    _segment(m, d)
+    meta = d / "o.zarr" / "zarr.json"
+    doc = _json.loads(meta.read_text())
+    doc["attributes"]["wsi_seg"]["complete"] = False
+    meta.write_text(_json.dumps(doc))
+    rc, err, _ = m.run("report", "o.zarr", "--out", "r.png", cwd=d)
+    m.add("`report` of an incomplete result", rc, err, d)
+    rc, err, _ = m.run("summarize", ".", cwd=d)
+    m.add("`summarize` of a folder holding it", rc, err, d)
+
+
+def nan_weights(m: Matrix) -> None:
+    d = m.case("nan weights")
+    ck = edited_checkpoint(m.ckpt, d / "ckpt")
+    subprocess.run([*PY, "import sys, torch; from safetensors.torch import load_file, save_file; p = sys.argv[1]; "
+                    "w = load_file(p); [v.fill_(float('nan')) for v in w.values() if v.is_floating_point()]; "
+                    "save_file(w, p)", str(ck / "model.safetensors")], check=True, cwd=d)
+    rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--model", ck, "--device", "cpu", "--no-progress",
+                       cwd=d, model=False)
+    m.add("checkpoint whose weights are NaN (a diverged training)", rc, err, d)
+
+
+def many_classes(m: Matrix) -> None:
+    d = m.case("300 classes")
+    names = [f"c{i}" for i in range(300)]
+    ck = edited_checkpoint(m.ckpt, d / "ckpt", class_names=names, class_colors=[[i % 256, 0, 0] for i in range(300)])
+    rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--model", ck, "--device", "cpu", "--no-progress",
+                       cwd=d, model=False)
+    m.add("checkpoint config with 300 classes (the mask is uint8)", rc, err, d)
+
+
+def _check_dataset(m: Matrix, d: Path, name: str) -> None:
+    """``check-dataset`` prints its findings on stdout: the row shows the first problem line."""
+    p = subprocess.run([*CLI, "check-dataset", "data", "--no-progress"], cwd=d, capture_output=True, text=True,
+                       timeout=m.timeout)
+    lines = p.stdout.splitlines()
+    found = [ln.strip() for ln in lines[next((i for i, ln in enumerate(lines) if "problem" in ln), len(lines)):]]
+    m.add(name, str(p.returncode), "\n".join([*p.stderr.splitlines(), *(found[:2] or ["no problems reported"])]), d)
+
+
+def bad_training_data(m: Matrix) -> None:
+    import numpy as _np
+    from PIL import Image
+
+    d = m.case("16-bit image and duplicate rows")
+    rc, err, _ = m.run("synth-dataset", "data", "--n-train", "6", "--n-val", "0", "--n-test", "0", "--format", "csv",
+                       cwd=d)
+    assert rc == "0", err
+    first = sorted((d / "data").rglob("*.png"))[0]
+    grey16 = (_np.asarray(Image.open(first).convert("L")).astype(_np.uint16) * 257)
+    Image.fromarray(grey16).save(first)
+    _check_dataset(m, d, "`check-dataset`: one patch is a 16-bit greyscale PNG")
+    Image.open(sorted((d / "data").rglob("*.png"))[1]).convert("RGB").save(first)
+    csv_path = next((d / "data").rglob("labels.csv"))
+    lines = csv_path.read_text().splitlines()
+    name, *labels = lines[1].split(",")
+    flipped = ",".join([name, *[("0" if v.strip() == "1" else "1") if v.strip() in "01" else v for v in labels]])
+    csv_path.write_text("\n".join([*lines, flipped]) + "\n")
+    _check_dataset(m, d, "`check-dataset`: `labels.csv` lists one patch twice with opposite labels")
+
+
+def absurd_runtime(m: Matrix) -> None:
+    d = m.case("absurd batch and workers")
+    rc, err, secs = m.run("segment", m.slide, "--out", "o.zarr", "--batch-size", "100000", cwd=d)
+    m.add("`--batch-size 100000` (89 tissue patches)", rc, err, d, f"; {secs:.1f} s")
+    rc, err, secs = m.run("segment", m.slide, "--out", "p.zarr", "--workers", "1000", cwd=d)
+    m.add("`--workers 1000` on 2 CPUs", rc, err, d, f"; {secs:.1f} s")
+
+
+def truncated_slide(m: Matrix) -> None:
+    d = m.case("truncated slide")
+    data = m.slide.read_bytes()
+    (d / "cut.tif").write_bytes(data[: len(data) // 2])
+    rc, err, _ = m.run("segment", "cut.tif", "--out", "o.zarr", cwd=d)
+    m.add("a slide cut short (half its bytes)", rc, err, d)
+
+
+def diverging_training(m: Matrix) -> None:
+    import json as _json
+
+    d = m.case("diverging training")
+    rc, err, _ = m.run("synth-dataset", "data", "--n-train", "8", "--n-val", "0", "--n-test", "0", cwd=d)
+    assert rc == "0", err
+    rc, err, _ = m.run("train", "--stage", "1", "--data", "data", "--out", "run", "--preset", "tiny", "--device", "cpu",
+                       "--epochs", "2", "--batch-size", "4", "--lr", "1e30", "--momentum", "0.9", "--no-progress", cwd=d)
+    record = _json.loads((d / "run" / "run.json").read_text()).get("diverged") if (d / "run" / "run.json").exists() else None
+    m.add("`train --lr 1e30` (the loss becomes NaN)", rc, err, d, f"; run.json diverged: {record}")
+
+
 CASES = [own_foreign_folder, own_existing_file, own_failed_overwrite, concurrent, stale_lock,
          fingerprint_collision, absurd_72dpi, absurd_mpp, huge_sparse, unknown_backbone, mpp_inf,
-         broken_pipe, long_name, config_defaults, mrxs, plain_images]
+         broken_pipe, long_name, config_defaults, mrxs, plain_images,
+         # issue 22
+         overwrite_corrected, two_trainings, replaced_leftover, report_incomplete, nan_weights, many_classes,
+         bad_training_data, absurd_runtime, truncated_slide, diverging_training]
 
 if __name__ == "__main__":
     main()

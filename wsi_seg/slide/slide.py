@@ -69,6 +69,23 @@ class SlideInfo:
 PLAIN_IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
+def _tiff_cut_short(path: Path) -> str | None:
+    """Why the TIFF at ``path`` is damaged or cut short (its directories unreadable, or its
+    image data reaching past the end of the file), or None when every page is whole."""
+    import tifffile
+
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            end = max((int(o) + int(n) for page in tif.pages
+                       for o, n in zip(page.dataoffsets, page.databytecounts) if n), default=0)
+    except Exception as exc:  # tifffile's errors on a broken IFD chain
+        return f"its image directories cannot be read ({exc})"
+    if end > size:
+        return f"its image data runs to byte {end:,}, past the end of the file ({size:,} bytes)"
+    return None
+
+
 def _open_plain_image(path: Path) -> tuple[object, str] | None:
     """(``openslide.ImageSlide``, format) of a plain PNG/JPEG/TIFF image, or None if it is not one."""
     import openslide
@@ -123,6 +140,9 @@ class Slide:
             else:
                 self._osr = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError as exc:
+            damage = _tiff_cut_short(self.path) if _is_tiff(self.path) else None
+            if damage is not None:  # a slide OpenSlide no longer recognises: cut short, most often
+                raise SlideError(f"{self.path}: damaged or cut-short TIFF slide: {damage}; copy the slide again") from exc
             plain = _open_plain_image(self.path)
             if plain is None:
                 if _is_tiff(self.path):  # a TIFF (SVS, NDPI, …) OpenSlide cannot parse: cut short, most often
