@@ -87,6 +87,22 @@ def test_cuts_weak_labels_splits_by_image_and_writes_eval_masks(source, tmp_path
     assert report.ok and report.cooccurrence.shape == (3, 3)
     made = json.loads((out / "make.json").read_text())
     assert made["splits"]["train"]["images"] == 6 and made["class_names"] == ["A", "B", "other"]
+    # A is in half the train patches, B and other in a quarter each: no class is flagged
+    assert made["uninformative_classes"] == [] and "WARNING" not in printed
+
+
+def test_a_class_in_almost_every_train_label_is_flagged(tmp_path, capsys):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(3):
+        _write_pair(images, masks, f"s{i}")
+    # 64-px patches hold the A and B columns both (the glass column's patch still holds B)
+    assert main(["make-dataset", "--images", str(images), "--masks", str(masks), "--classes", "A,B", "--out",
+                 str(tmp_path / "ds"), "--patch", "64", "--fractions", "1,0,0", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "WARNING: B is in the label of 6 of 6 train patches" in printed
+    assert json.loads((tmp_path / "ds" / "make.json").read_text())["uninformative_classes"] == ["B"]
 
 
 def test_glass_the_mask_labels_is_background_and_unlabelled_tissue_too(tmp_path):

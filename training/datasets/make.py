@@ -54,6 +54,7 @@ from wsi_seg_training.datasets.layout import SPLITS
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "make.json"
+UNINFORMATIVE_SHARE = 0.9  # a class in this share of the train labels or more is flagged
 
 
 @dataclass
@@ -76,6 +77,14 @@ class MadeDataset:
     out: Path
     class_names: tuple[str, ...]
     sources: list[SourceImage] = field(default_factory=list)
+    train_label_counts: list[int] = field(default_factory=list)  # train patches labelled with each class
+
+    def uninformative(self, share: float = UNINFORMATIVE_SHARE) -> list[str]:
+        """Classes in the label of at least ``share`` of the train patches: a label that is
+        (almost) always 1 says nothing about where the class is, so CAMs learnt from it tend
+        to paint the class over every patch (docs/method.md, "Real tissue")."""
+        train = self.counts()["train"]["patches"]
+        return [n for n, c in zip(self.class_names, self.train_label_counts) if train and c >= share * train]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images, patches and skipped patches per split."""
@@ -89,6 +98,11 @@ class MadeDataset:
         for split, c in self.counts().items():
             lines.append(f"  {split:<5} {c['images']:>4} images  {c['patches']:>5} patches"
                          f"  ({c['skipped']} without a class ≥ min-fraction skipped)")
+        train = self.counts()["train"]["patches"]
+        for name in self.uninformative():
+            count = self.train_label_counts[self.class_names.index(name)]
+            lines.append(f"WARNING: {name} is in the label of {count} of {train} train patches: a label that is "
+                         f"almost always 1 says nothing about where {name} is, and CAMs tend to paint it everywhere")
         return "\n".join(lines)
 
 
@@ -243,13 +257,17 @@ def make_dataset(cfg: MakeDatasetConfig, overwrite: bool = False, progress: bool
         if not rows:
             raise DatasetError(f"{cfg.images}: no {p}-px patch holds a class covering ≥ {cfg.min_fraction:g} of it; "
                                "nothing written (lower --min-fraction or --patch)")
-        made = MadeDataset(out, names, sources)
+        train_labels = [r.labels for r in rows if r.split == "train"]
+        made = MadeDataset(out, names, sources, np.asarray(train_labels, np.int64).sum(axis=0).tolist()
+                           if train_labels else [0] * n)
         write_labels_csv(tmp / CSV_NAME, names, rows)
         (tmp / MANIFEST_NAME).write_text(json.dumps({
             "settings": asdict(cfg),
             "class_names": list(names),
             "mpp": cfg.patch_mpp if cfg.patch_mpp is not None else cfg.mpp,
             "splits": made.counts(),
+            "train_label_counts": dict(zip(names, made.train_label_counts)),
+            "uninformative_classes": made.uninformative(),
             "images": [{"image": str(s.image), "mask": str(s.mask), "split": s.split, "patches": s.patches}
                        for s in sources],
         }, indent=1) + "\n", encoding="utf-8")
