@@ -84,3 +84,22 @@ def test_several_streams_give_the_result_of_one(tmp_path, blob_slide, checkpoint
     a, b = outs[1], outs[3]
     for name in ("0", "labels/mask/0", "1", "labels/mask/1"):
         assert np.array_equal(a[name][:], b[name][:]), name
+
+
+def test_the_model_time_estimate_is_measured_once_per_network_and_settings(checkpoints, monkeypatch):
+    """A cohort's later slides reuse the first slide's estimate: no noise batches again."""
+    import wsi_seg.inference.streams as streams_mod
+    from wsi_seg.inference.runtime import resolve_runtime
+
+    net = load_checkpoint(checkpoints[2]).net.eval()
+    rt = resolve_runtime("cpu", "fp32", workers=0, batch_size=2, threads=1, streams=1)
+    calls = []
+    real = streams_mod.run_batch
+    monkeypatch.setattr(streams_mod, "run_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with InferenceStreams(1) as pool:
+        first = streams_mod.seconds_per_patch(net, rt, 224, True, pool)
+        assert calls and first > 0
+        n = len(calls)
+        assert streams_mod.seconds_per_patch(net, rt, 224, True, pool) == first and len(calls) == n
+        streams_mod.seconds_per_patch(net, rt, 224, False, pool)  # other settings: measured
+        assert len(calls) > n
