@@ -1,4 +1,4 @@
-"""``wsi-seg train | pretrain | pseudo-labels | evaluate``: thin wrappers over the training library.
+"""``wsi-seg train | pretrain | pseudo-labels | evaluate | finetune …``: thin wrappers over the training library.
 
 Joined to the ``wsi-seg`` CLI through the ``wsi_seg.commands`` entry-point group
 (:func:`register`). ``python -m wsi_seg_training …`` runs the same commands without the
@@ -28,7 +28,7 @@ def _show_training_logs() -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``train``, ``pretrain``, ``pseudo-labels``, ``evaluate``, ``synth-dataset``, ``benchmark-method``,
-    ``check-dataset``, ``make-dataset`` and ``fit``."""
+    ``check-dataset``, ``make-dataset``, ``fit`` and ``finetune``."""
     _register_train(sub)
     _register_pretrain(sub)
     _register_pseudo_labels(sub)
@@ -38,6 +38,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_check_dataset(sub)
     _register_make_dataset(sub)
     _register_fit(sub)
+    _register_finetune(sub)
+
+
+def _register_finetune(sub: argparse._SubParsersAction) -> None:
+    from wsi_seg_training.finetune_config import FinetuneConfig
+
+    p = sub.add_parser(
+        "finetune", help="teach a stage-2 model the corrections saved in results, replaying what it already knows",
+        description="Fine-tune the stage-2 model the RESULTs were segmented with on their corrections "
+                    "(labels/corrected, saved in napari): the corrected pixels weigh more, the rest of a corrected "
+                    "patch is ignored, and patches of the model's own uncorrected labels (and of the original "
+                    "training set, --data) are replayed beside them so that the rest of the slide is not "
+                    "forgotten. Writes RUN/checkpoint, whose provenance names the results and corrections it "
+                    "learned from. Rerun to resume.",
+    )
+    p.add_argument("results", nargs="+", metavar="RESULT", help="corrected results (wsi-seg segment outputs)")
+    _add_run_flags(p, {"": FinetuneConfig})
+    p.set_defaults(func=run_finetune)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from wsi_seg_training.finetune import finetune
+    from wsi_seg_training.finetune_config import FinetuneConfig
+
+    from wsi_seg_training.config import load_config
+
+    _show_training_logs()
+    cfg = load_config(FinetuneConfig, args.config, config_overrides(args)).validate()
+    result = finetune(cfg, [str(r) for r in args.results], overwrite=args.overwrite)
+    if result.checkpoint is not None:
+        last = result.history[-1] if result.history else {}
+        print(f"finetune: {len(result.history)} epochs on {len(args.results)} result(s), loss "
+              f"{last.get('loss', float('nan')):.4f} → {result.checkpoint}")
+    return 0
 
 
 def _register_fit(sub: argparse._SubParsersAction) -> None:

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,8 +122,15 @@ def export_patches(
     slide: str | Path | None = None,
     min_tissue: float = DEFAULT_MIN_TISSUE,
     overwrite: bool = False,
+    origins: Iterable[tuple[int, int]] | None = None,
+    model_masks: bool = False,
 ) -> PatchExport:
-    """Write the patches of ``result_path`` to ``out`` (see the module doc)."""
+    """Write the patches of ``result_path`` to ``out`` (see the module doc).
+
+    ``origins``: only the patches of these level-0 (y, x) corners (``wsi-seg finetune``
+    picks them), else the whole grid. ``model_masks``: also write the model's own labels
+    of each patch to ``DIR/model_mask/<name>.png`` (dataset convention), so that the
+    pixels the corrections changed can be told apart."""
     out = Path(out)
     if not 0.0 <= min_tissue <= 1.0:
         raise ConfigError(f"--min-tissue must be in [0, 1], got {min_tissue}")
@@ -157,22 +165,28 @@ def export_patches(
     try:
         (tmp / "img").mkdir(parents=True)
         (tmp / "mask").mkdir()
+        if model_masks:
+            (tmp / "model_mask").mkdir()
+        grid = ([(y, x) for y in patch_starts(h, patch_px) for x in patch_starts(w, patch_px)]
+                if origins is None else sorted(set(origins)))
         with Slide(slide_path, mpp=slide_mpp) as opened:
-            for y in patch_starts(h, patch_px):
-                for x in patch_starts(w, patch_px):
-                    lab = np.asarray(labels0[y : y + patch_px, x : x + patch_px])
-                    if (lab > 0).mean() < max(min_tissue, 1e-9):
-                        continue
-                    if only_corrected and not np.any(lab != mask0[y : y + patch_px, x : x + patch_px]):
-                        continue
-                    box = (x / scale, y / scale, (x + patch_px) / scale, (y + patch_px) / scale)
-                    rgb = opened.read_at_mpp(box, (patch_px, patch_px))
-                    name = f"{result.name}_y{y}_x{x}.png"
-                    Image.fromarray(rgb).save(tmp / "img" / name)
-                    Image.fromarray(to_dataset_mask(lab, n), mode="L").save(tmp / "mask" / name)
-                    counts = np.bincount(lab.ravel(), minlength=n + 1)[: n + 1]
-                    class_pixels += counts
-                    rows.append(CsvRow(f"img/{name}", tuple(int(c > 0) for c in counts[1:]), "train", f"mask/{name}"))
+            for y, x in grid:
+                lab = np.asarray(labels0[y : y + patch_px, x : x + patch_px])
+                if lab.shape != (patch_px, patch_px) or (lab > 0).mean() < max(min_tissue, 1e-9):
+                    continue
+                own = np.asarray(mask0[y : y + patch_px, x : x + patch_px]) if labels != LABEL_NAME else lab
+                if only_corrected and not np.any(lab != own):
+                    continue
+                box = (x / scale, y / scale, (x + patch_px) / scale, (y + patch_px) / scale)
+                rgb = opened.read_at_mpp(box, (patch_px, patch_px))
+                name = f"{result.name}_y{y}_x{x}.png"
+                Image.fromarray(rgb).save(tmp / "img" / name)
+                Image.fromarray(to_dataset_mask(lab, n), mode="L").save(tmp / "mask" / name)
+                if model_masks:
+                    Image.fromarray(to_dataset_mask(own, n), mode="L").save(tmp / "model_mask" / name)
+                counts = np.bincount(lab.ravel(), minlength=n + 1)[: n + 1]
+                class_pixels += counts
+                rows.append(CsvRow(f"img/{name}", tuple(int(c > 0) for c in counts[1:]), "train", f"mask/{name}"))
         if not rows:
             what = "changed by the corrections" if only_corrected else f"with ≥ {min_tissue:.0%} labelled tissue"
             raise ConfigError(f"{result.path}: no {patch_px}-px patch {what}; nothing to export")
@@ -186,6 +200,7 @@ def export_patches(
             "mpp": result.mpp,
             "patch_size_px": patch_px,
             "patches": len(rows),
+            "model_masks": model_masks,
             "class_names": list(names),
             "class_colors": [list(c) for c in result.class_colors],
         }, indent=2) + "\n", encoding="utf-8")
