@@ -20,6 +20,7 @@ from wsi_seg.cli import (
     export_cmd,
     info_cmd,
     report_cmd,
+    review_cmd,
     segment_cmd,
     summarize_cmd,
 )
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (segment_cmd, info_cmd, demo_cmd, export_cmd, report_cmd, summarize_cmd):
+    for module in (segment_cmd, info_cmd, demo_cmd, export_cmd, report_cmd, review_cmd, summarize_cmd):
         module.register(sub)
     for ep in sorted(entry_points(group="wsi_seg.commands"), key=lambda e: e.name):
         ep.load()(sub)
