@@ -84,3 +84,21 @@ def test_a_slide_cut_short_reads_as_damaged_not_unsupported(tmp_path, blob_slide
     text.write_text("not a slide")
     with pytest.raises(SlideError, match="unsupported or unreadable slide format"):
         Slide(text)
+
+
+def test_thumbnail_of_jpeg_tiles_is_decoded_at_reduced_scale_and_matches_openslide(tmp_path, monkeypatch):
+    """Tissue detection's thumbnail comes from the level's JPEG tiles at 1/8 scale (libjpeg
+    skips most of the work), close to OpenSlide's full decode and box resize."""
+    from wsi_seg.slide.tissue import tissue_mask
+    from wsi_seg.synthetic import write_demo_slide
+
+    demo = write_demo_slide(tmp_path / "two.tif", size_px=(4096, 4096), mpp=0.25, seed=1, levels=2)
+    with Slide(demo.path) as slide:
+        assert slide.level_dimensions[1] == (1024, 1024)
+        fast, mpp = slide.thumbnail(8.0)  # level 1 is 1 µm/px: 1/8 scale gives 8 µm/px
+        assert slide._jpeg_thumbnail(1, (128, 128)) is not None
+        monkeypatch.setattr(slide, "_jpeg_thumbnail", lambda *a: None)
+        slow, mpp_slow = slide.thumbnail(8.0)
+    assert fast.shape == slow.shape == (128, 128, 3) and mpp == mpp_slow == 8.0
+    assert np.abs(fast.astype(int) - slow).mean() < 4
+    assert (tissue_mask(fast, mpp) == tissue_mask(slow, mpp)).mean() > 0.99

@@ -303,6 +303,9 @@ class Slide:
                 f"would take {math.ceil(lw * lh / _STRIP_PIXELS):,} strip reads of 16 Mpx (at most "
                 f"{MAX_THUMBNAIL_STRIPS}); {_CONVERT_HINT}"
             )
+        reduced = self._jpeg_thumbnail(level, (out_w, out_h))
+        if reduced is not None:
+            return reduced, self.mpp * w0 / out_w
         out = np.empty((out_h, out_w, 3), np.uint8)
         for oy in range(0, out_h, rows_per_strip):
             oy1 = min(out_h, oy + rows_per_strip)
@@ -311,6 +314,29 @@ class Slide:
             img = Image.fromarray(strip).resize((out_w, oy1 - oy), Image.Resampling.BOX)
             out[oy:oy1] = np.asarray(img)
         return out, self.mpp * w0 / out_w
+
+    def _jpeg_thumbnail(self, level: int, out_size_px: tuple[int, int]) -> np.ndarray | None:
+        """The thumbnail from ``level``'s raw JPEG tiles decoded at 1/2, 1/4 or 1/8 scale
+        (libjpeg skips most of the work), when the level is plain JPEG tiles of a TIFF at
+        least twice finer than the thumbnail; else None (read through OpenSlide)."""
+        from wsi_seg.slide.decode.reduced import dct_reduction, read_region
+        from wsi_seg.slide.decode.tiff_jpeg import TileFile, find_jpeg_level
+
+        lw, lh = self.level_dimensions[level]
+        reduce = dct_reduction(lw / out_size_px[0])
+        if reduce == 1 or self.plain_image is not None or self.reader != "openslide" or not _is_tiff(self.path):
+            return None
+        jpeg, _ = find_jpeg_level(self.path, (lw, lh))
+        if jpeg is None:
+            return None
+        tiles = TileFile(self.path)
+        try:
+            return read_region(tiles, jpeg, (0.0, 0.0, float(lw), float(lh)), out_size_px, reduce)
+        except SlideError as exc:  # a damaged tile: OpenSlide's path says it in its own words
+            log.debug("%s: reduced JPEG thumbnail failed (%s); reading through OpenSlide", self.path, exc)
+            return None
+        finally:
+            tiles.close()
 
     def close(self) -> None:
         self._osr.close()
