@@ -75,12 +75,16 @@ def _tiff_cut_short(path: Path) -> str | None:
     import tifffile
 
     size = path.stat().st_size
+    quiet = logging.getLogger("tifffile")  # it logs the broken offsets it meets; we say it once
+    level, quiet.level = quiet.level, logging.CRITICAL
     try:
         with tifffile.TiffFile(path) as tif:
             end = max((int(o) + int(n) for page in tif.pages
                        for o, n in zip(page.dataoffsets, page.databytecounts) if n), default=0)
     except Exception as exc:  # tifffile's errors on a broken IFD chain
         return f"its image directories cannot be read ({exc})"
+    finally:
+        quiet.setLevel(level)
     if end > size:
         return f"its image data runs to byte {end:,}, past the end of the file ({size:,} bytes)"
     return None
