@@ -397,7 +397,14 @@ def nan_weights(m: Matrix) -> None:
 def many_classes(m: Matrix) -> None:
     d = m.case("300 classes")
     names = [f"c{i}" for i in range(300)]
-    ck = edited_checkpoint(m.ckpt, d / "ckpt", class_names=names, class_colors=[[i % 256, 0, 0] for i in range(300)])
+    colors = [[i % 256, 0, 0] for i in range(300)]
+    # a real 300-class network where the version under test builds one; else its config edited
+    made = subprocess.run([*PY, "import sys, torch; from wsi_seg.model import PsclNet, preset_config, save_checkpoint; "
+                           "torch.manual_seed(0); n = 300; save_checkpoint(PsclNet(preset_config('tiny', stage=1, "
+                           "mpp=0.5, class_names=tuple(f'c{i}' for i in range(n)), class_colors=tuple((i % 256, 0, 0) "
+                           "for i in range(n)))), sys.argv[1])", str(d / "ckpt")], capture_output=True, cwd=d)
+    ck = d / "ckpt" if made.returncode == 0 else edited_checkpoint(m.ckpt, d / "ckpt", class_names=names,
+                                                                     class_colors=colors)
     rc, err, _ = m.run("segment", m.slide, "--out", "o.zarr", "--model", ck, "--device", "cpu", "--no-progress",
                        cwd=d, model=False)
     m.add("checkpoint config with 300 classes (the mask is uint8)", rc, err, d)
@@ -428,7 +435,7 @@ def bad_training_data(m: Matrix) -> None:
     csv_path = next((d / "data").rglob("labels.csv"))
     lines = csv_path.read_text().splitlines()
     name, *labels = lines[1].split(",")
-    flipped = ",".join([name, *[("0" if v.strip() == "1" else "1") if v.strip() in "01" else v for v in labels]])
+    flipped = ",".join([name, *[("0" if v.strip() == "1" else "1") if v.strip() in ("0", "1") else v for v in labels]])
     csv_path.write_text("\n".join([*lines, flipped]) + "\n")
     _check_dataset(m, d, "`check-dataset`: `labels.csv` lists one patch twice with opposite labels")
 
