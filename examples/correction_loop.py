@@ -1,15 +1,21 @@
-"""The correction loop end to end: segment → correct a wrong region → export → fine-tune → segment again.
+"""The correction loop end to end: segment → correct a wrong region → fine-tune → segment again.
 
 On a generated demo slide (whose ground truth is known) the "user" corrects the square
 region where the model is most wrong by painting the true classes into it — what
 napari's brush does through ``wsi_seg.result.corrections.save_corrections`` — then the
-corrected patches are exported (``wsi-seg export --patches --only-corrected``), the
-model is fine-tuned on them (``wsi-seg train --stage 2 --init CKPT --data DIR``), the
-slide is segmented again, and the region's mIoU against the ground truth is printed
-before → after::
+model is fine-tuned on the corrected result (``wsi-seg finetune RESULT --model CKPT --out
+RUN``: corrected pixels weighted, the model's own uncorrected labels replayed), the slide
+is segmented again, and the mIoU against the ground truth is printed before → after, in
+the corrected square and in the rest of the slide::
 
     python examples/correction_loop.py --work /tmp/loop            # bundled demo model
-    python examples/correction_loop.py --work /tmp/loop --model CKPT --size 4096 --epochs 10
+    python examples/correction_loop.py --work /tmp/loop --old      # the old recipe: train --stage 2 on the
+                                                                   # exported corrected patches alone, 10 epochs
+    python examples/correction_loop.py --work /tmp/loop --set epochs=5 --set encoder.freeze=true
+
+The slide, the first segmentation and the correction are kept in ``--work`` and reused by
+a rerun; each fine-tune goes to its own folder (``--name``). The settings printed are read
+back from the run's ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 log = logging.getLogger("correction_loop")
 
@@ -35,28 +42,32 @@ def worst_region(pred: np.ndarray, gt: np.ndarray, side: int) -> tuple[int, int]
     return corner
 
 
+def _value(text: str) -> object:
+    return yaml.safe_load(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="folder for the slide, results, patches and runs")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the slide, results and runs")
     parser.add_argument("--model", type=Path, default=None, help="stage-2 checkpoint (default: the bundled demo model)")
     parser.add_argument("--size", type=int, default=4096, help="demo slide side in px (default: 4096)")
     parser.add_argument("--seed", type=int, default=3, help="demo slide seed (default: 3)")
     parser.add_argument("--region-patches", type=int, default=2, help="side of the corrected square, in patches")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--old", action="store_true",
+                        help="fine-tune the old way: train --stage 2 on the exported corrected patches, 10 epochs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a finetune setting (dotted key of FinetuneConfig, e.g. epochs=5, encoder.lr_scale=1)")
+    parser.add_argument("--name", default=None, help="run folder name under --work (default: from the settings)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from wsi_seg_training.config import Stage2Config, load_config
-    from wsi_seg_training.stage2 import train_stage2
-
-    from wsi_seg.exports.patches import export_patches
     from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model import load_checkpoint
     from wsi_seg.model.default import default_model_path
     from wsi_seg.reports.evaluate_slide import ground_truth_at, region_miou
-    from wsi_seg.result.corrections import save_corrections
+    from wsi_seg.result.corrections import corrections_history, save_corrections
+    from wsi_seg.result.format import is_complete
     from wsi_seg.result.reader import Result
     from wsi_seg.synthetic import write_demo_slide
 
@@ -65,36 +76,77 @@ def main(argv: list[str] | None = None) -> int:
     demo = write_demo_slide(work / "slide.tif", size_px=(args.size, args.size), seed=args.seed)
     ckpt = args.model or default_model_path()
     options = SegmentOptions(device=args.device, overwrite=True, progress=False)
-    first = segment_slide(demo.path, work / "before.zarr", load_checkpoint(ckpt), options).out
+    first = work / "before.zarr"
+    if not is_complete(first):
+        segment_slide(demo.path, first, load_checkpoint(ckpt), options)
     result = Result.open(first)
     gt = ground_truth_at(demo.mask_path, result.mpp, result.level_shape(0))
     pred = result.mask(0)[:]
     side = args.region_patches * int(result.provenance.patch_size_px)
     y, x = worst_region(pred, gt, side)
     names = result.class_names
-    before = region_miou(pred[y : y + side, x : x + side], gt[y : y + side, x : x + side], names)
-
     crop = pred[y : y + side, x : x + side]
-    fixed = np.where(gt[y : y + side, x : x + side] > 0, gt[y : y + side, x : x + side], crop).astype(np.uint8)
-    record = save_corrections(first, (y, x), crop, fixed, author="correction_loop.py")
-    patches = export_patches(first, work / "patches", only_corrected=True, overwrite=True)
-    cfg = load_config(Stage2Config, None, {
-        "data.path": str(patches.out), "init": str(ckpt), "out": str(work / "finetune"), "epochs": args.epochs,
-        "batch_size": min(4, patches.patches), "optim.lr": args.lr, "data.workers": 0, "device": args.device,
-        "val_every": 0, "progress": False})
-    run = train_stage2(cfg, overwrite=True)
-    second = segment_slide(demo.path, work / "after.zarr", load_checkpoint(run.checkpoint), options).out
+    if not corrections_history(result):  # the "user" paints the truth into the square, once
+        fixed = np.where(gt[y : y + side, x : x + side] > 0, gt[y : y + side, x : x + side], crop).astype(np.uint8)
+        save_corrections(first, (y, x), crop, fixed, author="correction_loop.py")
+    changed = sum(s["pixels_changed"] for s in corrections_history(Result.open(first)))
+
+    overrides = dict(item.split("=", 1) for item in args.set)
+    name = args.name or ("old" if args.old else "finetune" + "".join(f"_{k}-{v}" for k, v in sorted(overrides.items())))
+    run_dir = work / name
+    if args.old:
+        checkpoint, settings = _old_recipe(first, work, run_dir, ckpt, args.device)
+    else:
+        checkpoint, settings = _finetune(first, run_dir, ckpt, args.device, overrides)
+    second = segment_slide(demo.path, work / f"after_{name}.zarr", load_checkpoint(checkpoint), options).out
     pred2 = Result.open(second).mask(0)[:]
-    after = region_miou(pred2[y : y + side, x : x + side], gt[y : y + side, x : x + side], names)
-    rest = np.ones_like(gt, bool)
-    rest[y : y + side, x : x + side] = False
-    rest_before = region_miou(np.where(rest, pred, 0), np.where(rest, gt, 0), names)
-    rest_after = region_miou(np.where(rest, pred2, 0), np.where(rest, gt, 0), names)
-    print(f"corrected region: {side} × {side} px at (y {y}, x {x}), {record.pixels_changed:,} px changed, "
-          f"{patches.patches} patches exported, {args.epochs} epochs of fine-tuning")
-    print(f"corrected region mIoU: {before:.1%} → {after:.1%}")
-    print(f"rest of the slide mIoU: {rest_before:.1%} → {rest_after:.1%}")
+    inside = np.zeros_like(gt, bool)
+    inside[y : y + side, x : x + side] = True
+
+    def score(p: np.ndarray, where: np.ndarray) -> float:
+        return region_miou(np.where(where, p, 0), np.where(where, gt, 0), names)
+
+    print(f"corrected region: {side} × {side} px at (y {y}, x {x}), {changed:,} px changed; run {run_dir}")
+    print(f"settings (config.yaml): {settings}")
+    print(f"| mIoU vs ground truth (MLPS) | before | after |\n|---|---|---|")
+    print(f"| the corrected square | {score(pred, inside):.1%} | {score(pred2, inside):.1%} |")
+    print(f"| the rest of the slide | {score(pred, ~inside):.1%} | {score(pred2, ~inside):.1%} |")
     return 0
+
+
+def _finetune(result: Path, run_dir: Path, ckpt: Path, device: str, overrides: dict[str, str]) -> tuple[Path, str]:
+    """``wsi-seg finetune RESULT --model CKPT --out RUN`` with ``overrides``; its checkpoint and settings."""
+    from wsi_seg_training.config import load_config
+    from wsi_seg_training.finetune import finetune
+    from wsi_seg_training.finetune_config import FinetuneConfig
+
+    base = {"model": str(ckpt), "out": str(run_dir), "device": device, "progress": False}
+    cfg = load_config(FinetuneConfig, None, {**base, **{k: _value(v) for k, v in overrides.items()}}).validate()
+    done = run_dir / "checkpoint" / "model.safetensors"
+    if not done.is_file():
+        finetune(cfg, [str(result)], overwrite=True)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    shown = {"epochs": saved["epochs"], "batch_size": saved["batch_size"], "lr": saved["optim"]["lr"],
+             "encoder": saved["encoder"], "replay": saved["replay"]}
+    return run_dir / "checkpoint", str(shown)
+
+
+def _old_recipe(result: Path, work: Path, run_dir: Path, ckpt: Path, device: str) -> tuple[Path, str]:
+    """The recipe before ``finetune``: ``export --patches --only-corrected`` then ``train --stage 2 --init``."""
+    from wsi_seg_training.config import Stage2Config, load_config
+    from wsi_seg_training.stage2 import train_stage2
+
+    from wsi_seg.exports.patches import export_patches
+
+    patches = export_patches(result, work / "patches_old", only_corrected=True, overwrite=True)
+    cfg = load_config(Stage2Config, None, {
+        "data.path": str(patches.out), "init": str(ckpt), "out": str(run_dir), "epochs": 10,
+        "batch_size": min(4, patches.patches), "optim.lr": 1e-4, "data.workers": 0, "device": device,
+        "val_every": 0, "progress": False})
+    if not (run_dir / "checkpoint" / "model.safetensors").is_file():
+        train_stage2(cfg, overwrite=True)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    return run_dir / "checkpoint", str({"epochs": saved["epochs"], "patches": patches.patches, "lr": saved["optim"]["lr"]})
 
 
 if __name__ == "__main__":

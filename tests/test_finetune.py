@@ -74,6 +74,22 @@ def test_weighted_loss_ignores_pixels_without_target_and_weighs_images():
     assert float(weighted_segmentation_loss(logits, torch.full_like(right, IGNORE_LABEL), torch.ones(2))) == 0.0
 
 
+def test_distillation_keeps_the_starting_models_probabilities():
+    from wsi_seg_training.finetune import distillation_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 5, 4, 4)
+    everywhere, nowhere = torch.ones(2, 16, 16), torch.zeros(2, 16, 16)
+    assert float(distillation_loss(teacher, teacher, everywhere)) == pytest.approx(0.0, abs=1e-6)
+    moved = teacher.clone()
+    moved[1] += torch.randn(5, 4, 4)
+    first_only = nowhere.clone()
+    first_only[0] = 1
+    assert float(distillation_loss(moved, teacher, first_only)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(moved, teacher, 1 - first_only)) > 0.01
+    assert float(distillation_loss(moved, teacher, nowhere)) == 0.0
+
+
 def test_corrected_patch_targets_only_the_changed_pixels(result, checkpoints, tmp_path):
     from wsi_seg.exports.patches import export_patches
     from wsi_seg.model import load_checkpoint
@@ -92,6 +108,14 @@ def test_corrected_patch_targets_only_the_changed_pixels(result, checkpoints, tm
     target = sample["mask"].numpy()
     assert np.array_equal(target != IGNORE_LABEL, labels != own)  # the rest of the patch is ignored
     assert np.array_equal(target[labels != own], labels[labels != own]) and float(sample["weight"]) == 4.0
+    assert not sample["distill"].any()
+    rest = FinetuneDataset([Item(out / "img" / name, "corrected", out / "mask" / name, out / "model_mask" / name)], 4, 4.0,
+                           keep_rest=True)
+    rest.transform = None  # --keep-rest: the unchanged pixels keep the starting model's probabilities
+    assert np.array_equal(rest[0]["distill"].numpy() == 1, labels == own)
+    replayed = FinetuneDataset([Item(out / "img" / name, "result", out / "mask" / name, out / "model_mask" / name)], 4, 4.0)
+    soft = replayed[0]  # a replayed patch keeps the starting model's probabilities: no hard target
+    assert bool(soft["distill"].all()) and bool((soft["mask"] == IGNORE_LABEL).all())
     assert load_checkpoint(checkpoints[2]).config.patch_size_px == 224
 
 
@@ -145,7 +169,9 @@ def test_finetune_learns_the_corrections_and_records_them(result, checkpoints, t
     assert learned["patches"] == {"corrected": 2, "result": 2, "data": 0}
     saved = yaml.safe_load((run / "config.yaml").read_text())  # the settings took effect as given
     assert saved["replay"]["corrected_weight"] == 3.0 and saved["replay"]["result_ratio"] == 1.0
-    assert saved["encoder"] == {"freeze": False, "lr_scale": 0.1}
+    assert saved["encoder"] == {"freeze": False, "lr_scale": 0.1} and saved["replay"]["targets"] == "soft"
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("epoch,loss,ce,distill") and metrics[1].split(",")[3] != ""
     assert json.loads((run / "run.json").read_text())["finetune"]["patches"]["corrected"] == 2
     assert main(_args(result, checkpoints[2], run, *given)) == 2  # finished: a rerun says so
     assert "already holds a finished run" in capsys.readouterr().err

@@ -12,10 +12,12 @@ So an epoch here mixes (:class:`wsi_seg_training.finetune_config.ReplayConfig`):
 * **corrected patches** (those holding a pixel the corrections changed): only the changed
   pixels are targets, weighted ``corrected_weight``; the patch's other pixels are ignored,
   since nobody said they are right;
-* **replay of the model's own labels**: patches of the same results that no correction
-  touched, the model's mask as the target (what it already does there, it should keep);
+* **replay of what the model already does**: patches of the same results that no correction
+  touched, whose target is the starting model's own class probabilities (distillation,
+  as in learning without forgetting; its hard labels with ``--replay-targets hard``, which
+  measured worse: self-training on its own argmax drifts a weak class away);
 * **replay of the original training set** (``--data``): its train patches with their masks,
-  or, without masks, the starting model's own predictions.
+  or, without masks, distilled like the above.
 
 The encoder trains at a tenth of the heads' rate (or frozen), for a few epochs. Patches
 are cut by ``wsi_seg.exports.patches.export_patches`` (into ``RUN/patches/``) and the
@@ -81,26 +83,30 @@ class ResultPlan:
 
 @dataclass(frozen=True)
 class Item:
-    """One training patch: image, labels (internal convention) and what they are.
+    """One training patch: its image, its labels (internal convention) and what they teach.
 
-    ``kind``: ``corrected`` (targets: the pixels where ``labels`` differs from ``own``),
-    ``result`` (the model's own labels) or ``data`` (the original set: its mask, or
-    ``predicted`` when it has none)."""
+    ``kind``: ``corrected`` (targets: the pixels where ``labels`` differs from the model's
+    ``own``), ``result`` (a replayed patch of a result: the starting model's probabilities,
+    or with ``hard`` its ``labels``) or ``data`` (the original set: its mask ``labels``, or
+    like a replayed patch without one)."""
 
     image: Path
     kind: str
     labels: Path | None = None
     own: Path | None = None
-    predicted: np.ndarray | None = None
 
 
 class FinetuneDataset(Dataset):
-    """Items as dicts of tensors: ``image`` (3, P, P) uint8, ``mask`` (P, P) uint8 targets with
-    :data:`IGNORE_LABEL` where there are none, ``weight`` () float32 per-pixel loss weight;
-    image and mask flipped together."""
+    """Items as dicts of tensors: ``image`` (3, P, P) uint8; ``mask`` (P, P) uint8 hard targets,
+    :data:`IGNORE_LABEL` where there are none; ``weight`` () float32, the loss weight of its
+    hard targets; ``distill`` (P, P) uint8, 1 where the starting model's probabilities are
+    to be kept (a soft-replayed patch; with ``keep_rest`` also the unchanged pixels of a
+    corrected patch). All flipped together."""
 
-    def __init__(self, items: list[Item], num_classes: int, corrected_weight: float) -> None:
+    def __init__(self, items: list[Item], num_classes: int, corrected_weight: float, hard_replay: bool = False,
+                 keep_rest: bool = False) -> None:
         self.items, self.num_classes, self.corrected_weight = items, num_classes, corrected_weight
+        self.hard_replay, self.keep_rest = hard_replay, keep_rest
         self.transform = flips()
 
     def __len__(self) -> int:
@@ -109,19 +115,26 @@ class FinetuneDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = self.items[i]
         rgb = read_rgb(item.image)
-        if item.predicted is not None:
-            target = item.predicted
-        else:
-            target = read_mask(item.labels, self.num_classes, rgb.shape[:2])
+        hw = rgb.shape[:2]
         weight = 1.0
+        keep = np.zeros(hw, np.uint8)  # 1: keep the starting model's probabilities here
         if item.kind == "corrected":
-            own = read_mask(item.own, self.num_classes, rgb.shape[:2])
+            target = read_mask(item.labels, self.num_classes, hw)
+            own = read_mask(item.own, self.num_classes, hw)
             target = np.where(target != own, target, IGNORE_LABEL).astype(np.uint8)
             weight = self.corrected_weight
+            if self.keep_rest:
+                keep[target == IGNORE_LABEL] = 1
+        elif item.labels is not None and (item.kind == "data" or self.hard_replay):
+            target = read_mask(item.labels, self.num_classes, hw)
+        else:  # soft replay: no hard target
+            target = np.full(hw, IGNORE_LABEL, np.uint8)
+            keep[:] = 1
         image_t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-        image_t, mask_t = apply_joint_many(self.transform, image_t, torch.from_numpy(np.ascontiguousarray(target)))
+        image_t, mask_t, keep_t = apply_joint_many(self.transform, image_t, torch.from_numpy(np.ascontiguousarray(target)),
+                                                   torch.from_numpy(keep))
         return {"image": image_t.contiguous(), "mask": mask_t.contiguous(),
-                "weight": torch.tensor(weight, dtype=torch.float32)}
+                "weight": torch.tensor(weight, dtype=torch.float32), "distill": keep_t.contiguous()}
 
 
 def weighted_segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -135,6 +148,19 @@ def weighted_segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, weight:
     if float(total) == 0.0:
         return logits.sum() * 0.0
     return (per_pixel * valid).sum() / total
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher ‖ student) of the per-pixel class distributions over the pixels
+    ``where`` (B, P, P) selects (averaged down to the logits' resolution); 0 where none is."""
+    weight = F.adaptive_avg_pool2d(where.float()[:, None], tuple(logits.shape[-2:]))[:, 0]
+    total = weight.sum()
+    if float(total) == 0.0:
+        return logits.sum() * 0.0
+    student = F.log_softmax(logits.float(), dim=1)
+    teacher = F.log_softmax(teacher_logits.float(), dim=1)
+    kl = (teacher.exp() * (teacher - student)).sum(dim=1)  # (B, h, w)
+    return (kl * weight).sum() / total
 
 
 # -- checking and planning ------------------------------------------------------------------
@@ -186,7 +212,8 @@ def _corrections_state(result: Result) -> dict[str, Any]:
 
 
 def corrected_origins(result: Result, patch_px: int) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Level-0 origins of the export grid's patches that hold a pixel the corrections changed,
+    """Level-0 origins of the export grid's patches that hold a pixel the corrections changed
+    (every patch that overlaps one: the grid's last row and column overlap the one before),
     and per label value (0 = background, 1..N) the pixels the corrections took from it. Only
     the chunks the saves recorded are read."""
     n = len(result.class_names)
@@ -208,11 +235,14 @@ def corrected_origins(result: Result, patch_px: int) -> tuple[list[tuple[int, in
         y0, x0 = i * chunk, j * chunk
         before = np.asarray(mask[y0 : y0 + chunk, x0 : x0 + chunk])
         diff = before != np.asarray(corrected[y0 : y0 + chunk, x0 : x0 + chunk])
+        if not diff.any():
+            continue
         taken += np.bincount(before[diff].ravel(), minlength=n + 1)[: n + 1]
-        ys, xs = np.nonzero(diff)
-        for y, x in zip(ys + y0, xs + x0):
-            iy, ix = min(int(y) // patch_px, len(ys_start) - 1), min(int(x) // patch_px, len(xs_start) - 1)
-            found.add((ys_start[iy], xs_start[ix]))
+        for sy in (s for s in ys_start if s < y0 + diff.shape[0] and s + patch_px > y0):
+            for sx in (s for s in xs_start if s < x0 + diff.shape[1] and s + patch_px > x0):
+                window = diff[max(0, sy - y0) : sy + patch_px - y0, max(0, sx - x0) : sx + patch_px - x0]
+                if window.any():
+                    found.add((sy, sx))
     return sorted(found), taken
 
 
@@ -300,6 +330,7 @@ class FinetuneTrainer(Stage2Trainer):
     """Stage 2's trainer over a mix of corrected and replayed patches, with a weighted loss."""
 
     cfg: FinetuneConfig  # type: ignore[assignment]
+    metrics_columns = ("epoch", "loss", "ce", "distill", "lr", "seconds", "val_miou", "val_seconds")
 
     def __init__(self, cfg: FinetuneConfig, results: list[str]) -> None:
         super().__init__(cfg)  # type: ignore[arg-type]
@@ -337,7 +368,12 @@ class FinetuneTrainer(Stage2Trainer):
         self.val_loader = (self.make_val_loader(self.index, BackgroundSeedParams(enabled=False))
                            if self.index is not None else None)
         self.train_items = items
-        dataset = FinetuneDataset(items, len(self.init.config.class_names), cfg.replay.corrected_weight)
+        dataset = FinetuneDataset(items, len(self.init.config.class_names), cfg.replay.corrected_weight,
+                                  hard_replay=cfg.replay.targets == "hard", keep_rest=cfg.replay.keep_rest)
+        self.teacher = None
+        if cfg.replay.keep_rest or (cfg.replay.targets == "soft"
+                                    and any(it.kind == "result" or it.labels is None for it in items)):
+            self.teacher = _SegmentationForward(stage2_network(self.init)).to(self.device).eval().requires_grad_(False)
         if len(dataset) < cfg.batch_size:
             raise ConfigError(f"{len(dataset)} patches to train on, fewer than one batch of {cfg.batch_size}; "
                               "lower --batch-size")
@@ -363,15 +399,14 @@ class FinetuneTrainer(Stage2Trainer):
         return items
 
     def _data_items(self, n: int) -> list[Item]:
-        """``n`` train patches of ``--data`` (seeded): their masks, or the starting model's
-        predictions where they have none."""
+        """``n`` train patches of ``--data`` (seeded): their masks are targets; those without
+        one keep the starting model's probabilities, or with hard replay are left out."""
         records: list[PatchRecord] = list(self.index.split("train"))
+        if self.cfg.replay.targets == "hard":
+            records = [r for r in records if r.mask is not None]
         picked = random.Random(self.cfg.seed + 1).sample(records, min(n, len(records)))
-        need = [r for r in picked if r.mask is None]
-        predicted = _predict(self.init, [r.image for r in need], self.device) if need else []
-        by_image = {r.image: p for r, p in zip(need, predicted)}
         self.counts["data"] = len(picked)
-        return [Item(r.image, "data", labels=r.mask, predicted=by_image.get(r.image)) for r in picked]
+        return [Item(r.image, "data", labels=r.mask) for r in picked]
 
     def start_epoch(self, noise_seed: int) -> None:
         """No loss of its own draws random numbers (stage 2's Gumbel softmax is not used)."""
@@ -381,7 +416,14 @@ class FinetuneTrainer(Stage2Trainer):
         with self.autocast:
             logits = self.forward(images)
         mask = batch["mask"].to(self.device, non_blocking=True)
-        return {"loss": weighted_segmentation_loss(logits, mask, batch["weight"].to(self.device))}
+        ce = weighted_segmentation_loss(logits, mask, batch["weight"].to(self.device))
+        if self.teacher is None:
+            return {"loss": ce, "ce": ce.detach()}
+        which = batch["distill"].to(self.device)
+        with torch.no_grad(), self.autocast:
+            teacher = self.teacher(images) if float(which.sum()) else logits.detach()
+        kd = distillation_loss(logits, teacher, which)
+        return {"loss": ce + self.cfg.replay.distill_weight * kd, "ce": ce.detach(), "distill": kd.detach()}
 
     def run_facts(self) -> dict[str, Any]:
         return {"finetune": self._learned(), "init": {"path": str(Path(self.cfg.model).resolve()),
@@ -416,18 +458,6 @@ class FinetuneTrainer(Stage2Trainer):
             **self.provenance(),
         }}
         return save_checkpoint(self.net, self.result_root / "checkpoint", config=self.net.cfg.replace(provenance=provenance))
-
-
-@torch.no_grad()
-def _predict(model: LoadedModel, images: list[Path], device: torch.device, batch: int = 8) -> list[np.ndarray]:
-    """The model's (P, P) uint8 masks of image files (no background seed)."""
-    net = model.net.to(device).eval()
-    out: list[np.ndarray] = []
-    for i in range(0, len(images), batch):
-        rgb = np.stack([read_rgb(p) for p in images[i : i + batch]])
-        x = torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous().to(device)
-        out += [m.astype(np.uint8) for m in net.predict(x).mask.cpu().numpy()]
-    return out
 
 
 def finetune(cfg: FinetuneConfig, results: list[str], overwrite: bool = False,

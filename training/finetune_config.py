@@ -49,12 +49,24 @@ class FinetuneEncoder(EncoderTraining):
 class ReplayConfig:
     """What a fine-tuning epoch is made of, per corrected patch (a patch holding a pixel the
     corrections changed): ``result_ratio`` patches of the same results that no correction
-    touched, with the model's own labels as targets, and ``data_ratio`` patches of the
-    original training set (with ``--data``). In a corrected patch only the changed pixels
-    are targets, weighted ``corrected_weight``; its other pixels are ignored."""
+    touched and ``data_ratio`` patches of the original training set (with ``--data``). In a
+    corrected patch only the changed pixels are targets, weighted ``corrected_weight``; its
+    other pixels are ignored. A replayed patch teaches the starting model's own class
+    probabilities (``targets`` soft: distillation, weighted ``distill_weight``; measured to
+    forget less than its labels, docs/benchmarks.md), or its labels (hard); an original
+    patch with a mask teaches its mask."""
 
     corrected_weight: float = setting(4.0, flag="--corrected-weight", metavar="W",
                                       help="loss weight of a corrected pixel (a replayed pixel weighs 1)")
+    targets: str = setting("soft", flag="--replay-targets", choices=("soft", "hard"),
+                           help="what a replayed patch without a mask teaches: soft: the starting model's own "
+                                "class probabilities (distillation); hard: its labels (argmax)")
+    keep_rest: bool = setting(False, flag="--keep-rest",
+                              help="the pixels of a corrected patch the corrections left alone keep the starting "
+                                   "model's probabilities (distilled) instead of being ignored")
+    distill_weight: float = setting(1.0, flag="--distill-weight", metavar="L",
+                                    help="weight of the distillation term (soft replay targets) beside the "
+                                         "cross-entropy of the corrected pixels")
     result_ratio: float = setting(2.0, flag="--replay", metavar="R",
                                   help="patches of the model's own uncorrected labels per corrected patch")
     data_ratio: float = setting(2.0, flag="--data-replay", metavar="R",
@@ -67,6 +79,8 @@ class ReplayConfig:
     def checks(self) -> list[tuple[bool, str]]:
         return [
             (self.corrected_weight > 0, f"corrected weight must be positive, got {self.corrected_weight}"),
+            (self.targets in ("soft", "hard"), f"replay targets must be soft or hard, got {self.targets!r}"),
+            (self.distill_weight >= 0, f"--distill-weight must be ≥ 0, got {self.distill_weight}"),
             (self.result_ratio >= 0, f"--replay must be ≥ 0, got {self.result_ratio}"),
             (self.data_ratio >= 0, f"--data-replay must be ≥ 0, got {self.data_ratio}"),
             (0.0 <= self.min_tissue <= 1.0, f"--min-tissue must be in [0, 1], got {self.min_tissue}"),
