@@ -27,14 +27,14 @@ TINY = ["--preset", "tiny", "--epochs", "1", "--stage2-epochs", "1", "--stage1-b
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> Path:
-    """8 images of 128×192 px, 64-px patches: class A on the left third, B in the middle
+    """4 images of 128×192 px, 64-px patches: class A on the left third, B in the middle
     (every other image: unlabelled tissue → other), glass on the right."""
     root = tmp_path_factory.mktemp("made")
     images, masks = root / "images", root / "masks"
     images.mkdir()
     masks.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(8):
+    for i in range(4):
         rgb = np.empty((128, 192, 3), np.uint8)
         rgb[:, :64] = (190, 90, 150)
         rgb[:, 64:128] = (120, 60, 160)
