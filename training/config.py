@@ -473,12 +473,14 @@ class MakeDatasetConfig:
     class must cover to enter a train patch's label (the issue's default); the glass seed
     is the one training applies to a csv dataset (grey > 200, 200 px)."""
 
-    images: str = setting("", flag="--images", metavar="DIR", help="folder of RGB images")
+    images: str = setting("", flag="--images", metavar="DIR", help="folder of RGB images", required="no --images given")
     masks: str = setting("", flag="--masks", metavar="DIR",
                          help="folder of single-channel index PNGs named as the images (0 = unlabelled, "
-                              "k = class k of --classes)")
-    classes: str = setting("", flag="--classes", metavar="A,B,…", help="names of mask indices 1, 2, …")
-    out: str = setting("", flag="--out", metavar="DIR", help="new (or empty) folder for the dataset")
+                              "k = class k of --classes)", required="no --masks given")
+    classes: str = setting("", flag="--classes", metavar="A,B,…", help="names of mask indices 1, 2, …",
+                           required="no --classes given")
+    out: str = setting("", flag="--out", metavar="DIR", help="new (or empty) folder for the dataset",
+                       required="no --out given")
     patch: int = setting(224, flag="--patch", metavar="PX", help="patch size in px")
     mpp: float | None = setting(None, flag="--mpp", metavar="UM", default_text="unknown",
                                 help="µm/px of the images (recorded in make.json; train with the same --mpp)")
