@@ -113,6 +113,18 @@ def test_corrected_patch_targets_only_the_changed_pixels(result, checkpoints, tm
                            keep_rest=True)
     rest.transform = None  # --keep-rest: the unchanged pixels keep the starting model's probabilities
     assert np.array_equal(rest[0]["distill"].numpy() == 1, labels == own)
+    # the edited region the user left as it was is reviewed: targets too (each save records its region)
+    from wsi_seg.result.corrections import corrections_history
+    from wsi_seg_training.finetune import _local_boxes
+
+    region = corrections_history(Result.open(result))[0]["region"]
+    assert region == [250, 420, 290, 460]
+    boxes = _local_boxes([region], (224, 224), 224)
+    assert boxes == ((26, 196, 66, 224),)
+    seen = FinetuneDataset([Item(out / "img" / name, "corrected", out / "mask" / name, out / "model_mask" / name,
+                                 boxes)], 4, 4.0)
+    seen.transform = None
+    assert int((seen[0]["mask"] != IGNORE_LABEL).sum()) == 40 * 28
     replayed = FinetuneDataset([Item(out / "img" / name, "result", out / "mask" / name, out / "model_mask" / name)], 4, 4.0)
     soft = replayed[0]  # a replayed patch keeps the starting model's probabilities: no hard target
     assert bool(soft["distill"].all()) and bool((soft["mask"] == IGNORE_LABEL).all())

@@ -9,9 +9,10 @@ Why not ``train --stage 2`` on the exported corrections alone: a few patches of 
 over-fit the model, which then gets worse where nobody corrected it (docs/benchmarks.md).
 So an epoch here mixes (:class:`wsi_seg_training.finetune_config.ReplayConfig`):
 
-* **corrected patches** (those holding a pixel the corrections changed): only the changed
-  pixels are targets, weighted ``corrected_weight``; the patch's other pixels are ignored,
-  since nobody said they are right;
+* **corrected patches** (those holding a pixel the corrections changed): the changed pixels
+  are targets, and so are those of the region the user edited and left as they were (each
+  save records its region; ``--no-reviewed`` leaves them out); the patch's other pixels are
+  ignored, since nobody said they are right; all weighted ``corrected_weight``;
 * **replay of what the model already does**: patches of the same results that no correction
   touched, whose target is the starting model's own class probabilities (distillation,
   as in learning without forgetting; its hard labels with ``--replay-targets hard``, which
@@ -94,6 +95,7 @@ class Item:
     kind: str
     labels: Path | None = None
     own: Path | None = None
+    reviewed: tuple[tuple[int, int, int, int], ...] = ()  # boxes (y0, x0, y1, x1) of the patch the user reviewed
 
 
 class FinetuneDataset(Dataset):
@@ -121,7 +123,10 @@ class FinetuneDataset(Dataset):
         if item.kind == "corrected":
             target = read_mask(item.labels, self.num_classes, hw)
             own = read_mask(item.own, self.num_classes, hw)
-            target = np.where(target != own, target, IGNORE_LABEL).astype(np.uint8)
+            seen = target != own
+            for y0, x0, y1, x1 in item.reviewed:  # reviewed and left as it was: the user's answer too
+                seen[y0:y1, x0:x1] = True
+            target = np.where(seen, target, IGNORE_LABEL).astype(np.uint8)
             weight = self.corrected_weight
             if self.keep_rest:
                 keep[target == IGNORE_LABEL] = 1
@@ -388,10 +393,13 @@ class FinetuneTrainer(Stage2Trainer):
             out = self.run_dir / PATCHES_DIR / f"{k}-{plan.result.name}"
             export = export_patches(plan.result.path, out, origins=[*plan.corrected, *plan.replay], min_tissue=0.0,
                                     overwrite=True, model_masks=True)
-            corrected = {f"{plan.result.name}_y{y}_x{x}.png" for y, x in plan.corrected}
+            corrected = {f"{plan.result.name}_y{y}_x{x}.png": (y, x) for y, x in plan.corrected}
+            regions = [s["region"] for s in plan.saves if s.get("region")] if cfg.replay.reviewed else []
             for name in sorted(p.name for p in (export.out / "img").iterdir()):
                 kind = "corrected" if name in corrected else "result"
-                item = Item(export.out / "img" / name, kind, export.out / "mask" / name, export.out / "model_mask" / name)
+                reviewed = _local_boxes(regions, corrected[name], export.patch_px) if kind == "corrected" else ()
+                item = Item(export.out / "img" / name, kind, export.out / "mask" / name, export.out / "model_mask" / name,
+                            reviewed)
                 items += [item] * (cfg.replay.repeat if kind == "corrected" else 1)
                 self.counts[kind] += 1
         if self.index is not None and cfg.replay.data_ratio > 0:
@@ -435,7 +443,7 @@ class FinetuneTrainer(Stage2Trainer):
         return {
             "results": [{**digest, "corrected_patches": len(p.corrected), "replayed_patches": len(p.replay),
                          "pixels_changed": p.pixels_changed,
-                         "saves": [{k: s.get(k) for k in ("author", "utc", "pixels_changed")} for s in p.saves]}
+                         "saves": [{k: s.get(k) for k in ("author", "utc", "pixels_changed", "region")} for s in p.saves]}
                         for p, digest in zip(self.plans, corrections_digest(self.plans))],
             "patches": dict(self.counts),
             "data": str(self.index.root.resolve()) if self.index is not None else None,
@@ -458,6 +466,17 @@ class FinetuneTrainer(Stage2Trainer):
             **self.provenance(),
         }}
         return save_checkpoint(self.net, self.result_root / "checkpoint", config=self.net.cfg.replace(provenance=provenance))
+
+
+def _local_boxes(regions: list[list[int]], origin: tuple[int, int], patch_px: int) -> tuple[tuple[int, int, int, int], ...]:
+    """The level-0 boxes ``regions`` (y0, x0, y1, x1) clipped to the patch at ``origin``, in its pixels."""
+    oy, ox = origin
+    out = []
+    for y0, x0, y1, x1 in regions:
+        box = (max(0, y0 - oy), max(0, x0 - ox), min(patch_px, y1 - oy), min(patch_px, x1 - ox))
+        if box[2] > box[0] and box[3] > box[1]:
+            out.append(box)
+    return tuple(out)
 
 
 def finetune(cfg: FinetuneConfig, results: list[str], overwrite: bool = False,

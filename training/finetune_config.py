@@ -61,6 +61,10 @@ class ReplayConfig:
     targets: str = setting("soft", flag="--replay-targets", choices=("soft", "hard"),
                            help="what a replayed patch without a mask teaches: soft: the starting model's own "
                                 "class probabilities (distillation); hard: its labels (argmax)")
+    reviewed: bool = setting(True, flag="--reviewed", negatable=True,
+                             help="the pixels of an edited region the user left as they were are targets too "
+                                  "(each correction save records its region); --no-reviewed: only the changed "
+                                  "pixels are")
     keep_rest: bool = setting(False, flag="--keep-rest",
                               help="the pixels of a corrected patch the corrections left alone keep the starting "
                                    "model's probabilities (distilled) instead of being ignored")

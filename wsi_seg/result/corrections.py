@@ -15,7 +15,8 @@ pyramid over the chunks the interrupted one recorded.
 
 Provenance, in ``labels/corrected``'s attributes under ``wsi_seg_corrections``: one
 entry per save with who (login name), when (UTC), which level-0 chunks and how many
-level-0 pixels changed.
+level-0 pixels changed, and the edited crop (``region``, level-0 px: what the user
+reviewed; absent in older saves).
 """
 
 from __future__ import annotations
@@ -60,10 +61,14 @@ class CorrectionSave:
     chunks: list[tuple[int, int]]  # level-0 chunk indices (row, col) written
     pixels_changed: int  # level-0 pixels whose class changed
     edit_level: int  # pyramid level the edit was painted at
+    # the edited crop, level-0 px (y0, x0, y1, x1): what the user saw and left as it was is
+    # reviewed (``wsi-seg finetune`` learns it); None in saves written before it was recorded
+    region: tuple[int, int, int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["chunks"] = [list(c) for c in self.chunks]
+        d["region"] = list(self.region) if self.region is not None else None
         return d
 
 
@@ -258,7 +263,9 @@ def save_corrections(
         group.attrs[CORRECTIONS_KEY] = {**state, "pending": {"utc": utc, "author": user, "chunks": [list(c) for c in chunks]}}
         pixels = _write_chunks(base, edits, values)
         _rebuild_parents(group, result.levels, set(chunks) | set(interrupted))
-        record = CorrectionSave(user, utc, chunks, pixels, level)
+        h0e, w0e = after.shape[0] * f, after.shape[1] * f
+        region = (max(0, level0_yx[0]), max(0, level0_yx[1]), min(h0, level0_yx[0] + h0e), min(w0, level0_yx[1] + w0e))
+        record = CorrectionSave(user, utc, chunks, pixels, level, region)
         state.pop("pending", None)
         state["saves"] = [*(state.get("saves") or []), record.to_json()]
         group.attrs[CORRECTIONS_KEY] = state
