@@ -190,6 +190,7 @@ class CorrectionsWidget(Container):
             levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1,
             name=f"{result.name}: {UNCERTAINTY_NAME}", colormap="inferno", contrast_limits=(0, 255), opacity=0.6,
             blending="translucent", scale=tuple(mask_layer.scale[-2:]), translate=tuple(mask_layer.translate[-2:]),
+            units=tuple(mask_layer.units[-2:]),
             metadata={RESULT_KEY: {**mask_layer.metadata[RESULT_KEY], "kind": UNCERTAINTY_KIND}})
         self.status.value = "Uncertainty: bright where the top two classes are close (1 − their margin)."
         return layer

@@ -187,3 +187,18 @@ def test_finetune_learns_the_corrections_and_records_them(result, checkpoints, t
     assert json.loads((run / "run.json").read_text())["finetune"]["patches"]["corrected"] == 2
     assert main(_args(result, checkpoints[2], run, *given)) == 2  # finished: a rerun says so
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_finetune_replays_the_original_training_set(result, checkpoints, tmp_path):
+    from wsi_seg.model import load_checkpoint
+    from wsi_seg_training.synthetic_dataset import write_dataset
+
+    _correct(result)
+    write_dataset(tmp_path / "data", n_train=6, n_val=2, n_test=1, format="luad", seed=0, mpp=0.5)
+    run = tmp_path / "run"
+    assert main(_args(result, checkpoints[2], run, "--data", str(tmp_path / "data"), "--data-replay", "1")) == 0
+    learned = load_checkpoint(run / "checkpoint").config.provenance["training"]["finetune"]
+    assert learned["patches"]["data"] == 2 and learned["data"] == str((tmp_path / "data").resolve())
+    row = (run / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert row[6] != ""  # the original set's val masks scored the epoch

@@ -50,17 +50,19 @@ def uncertainty_at(result: Result, level: int, window: tuple[slice, slice] | Non
 
 
 def uncertainty_pyramid(result: Result) -> list[Any]:
-    """Lazy (dask) uint8 uncertainty maps, 0–255, one per pyramid level, finest first: what
-    napari shows as the uncertainty layer."""
+    """Lazy (dask) uint8 uncertainty maps, 0–255 (0 on background), one per pyramid level,
+    finest first: what napari shows as the uncertainty layer."""
     import dask.array as da
 
     bg = has_background_channel(result)
+    labels_name = result.current_labels
     out = []
     for level in result.levels:
-        acts = da.from_zarr(result.activations(level))
+        labels = da.from_zarr(result.mask(level, labels_name))
+        acts = da.from_zarr(result.activations(level)).rechunk({0: -1, 1: labels.chunks[0], 2: labels.chunks[1]})
 
-        def block(a: np.ndarray, _bg: bool = bg) -> np.ndarray:
-            return (uncertainty_of(a, _bg) * 255).round().astype(np.uint8)
+        def block(a: np.ndarray, lab: np.ndarray, _bg: bool = bg) -> np.ndarray:
+            return np.where(lab[0] > 0, (uncertainty_of(a, _bg) * 255).round(), 0).astype(np.uint8)
 
-        out.append(acts.map_blocks(block, drop_axis=0, dtype=np.uint8, chunks=acts.chunks[1:]))
+        out.append(da.map_blocks(block, acts, labels[None], drop_axis=0, dtype=np.uint8, chunks=labels.chunks))
     return out
