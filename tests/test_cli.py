@@ -27,6 +27,7 @@ def assert_one_line_error(code, err, *needles):
     assert "Traceback" not in err
     for needle in needles:
         assert str(needle) in lines[0]
+    return lines[0]
 
 
 def test_segment_prints_a_summary(tmp_path, capsys, blob_slide, checkpoints):

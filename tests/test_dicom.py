@@ -17,8 +17,9 @@ import pydicom
 import pytest
 from conftest import blob_image
 from dicom_wsi import write_dicom_wsi
+from test_cli import assert_one_line_error as one_line_error
+from test_cli import run_cli
 
-from wsi_seg.cli.main import main
 from wsi_seg.errors import SlideError
 from wsi_seg.result.format import is_complete, read_provenance
 from wsi_seg.slide.slide import Slide
@@ -39,20 +40,6 @@ def dicom_slides(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dicom")
     return {name: write_dicom_wsi(root / name, RGB, mpp=1.0, tile_px=64, **kw)[0].parent
             for name, (kw, _, _) in LAYOUTS.items()}
-
-
-def run_cli(capsys, *argv):
-    code = main([*map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str) -> str:
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("wsi-seg: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

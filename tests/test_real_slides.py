@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_cli import assert_one_line_error as one_line_error
+from test_cli import run_cli
 
-from wsi_seg.cli.main import main
 from wsi_seg.result.format import is_complete, read_provenance
 
 CMU = Path(__file__).parent / "data" / "CMU-1-Small-Region.svs"
@@ -32,20 +33,6 @@ needs_tcga = pytest.mark.skipif(not TCGA.is_file(), reason=f"the J2K TCGA slide 
 # middle, a white cleft inside it, a thin strand to the left); the detector fills the cleft's
 # small holes and gives 39.9 %. Anything outside 33–45 % is not what the picture shows.
 CMU_TISSUE_PERCENT = (33.0, 45.0)
-
-
-def run_cli(capsys, *argv):
-    code = main([*map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str) -> str:
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("wsi-seg: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def demo_warnings(caplog) -> list[str]:
