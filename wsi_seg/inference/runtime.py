@@ -231,11 +231,12 @@ def resolve_streams(device: torch.device, streams: int | None, threads: int) -> 
     """Batches the model runs at once for ``streams`` (None: auto), given ``threads`` CPU
     threads for the model.
 
-    Auto is one stream per thread on the CPU (up to 8), each with one torch thread: two
-    streams of one thread ran swin-t 1.5–1.6× and the ``small`` preset 1.3–1.5× as fast as
-    one stream of two threads on 2 cores (``benchmarks/segment_throughput.py --streams``),
-    because a batch of small operators leaves a second intra-op thread waiting at every
-    barrier. 1 on CUDA, where the GPU queues the work.
+    Auto is one stream per thread on the CPU (up to 8), each with one torch thread: on 2
+    cores two streams of one thread ran the model alone 1.2–1.3× (``small``) and 1.17×
+    (swin-t) as fast as one stream of two threads, and whole runs 1.65× and 1.12×
+    (``benchmarks/segment_throughput.py --streams 1,auto``, docs/benchmarks.md), because a
+    batch of small operators leaves a second intra-op thread waiting at every barrier.
+    1 on CUDA, where the GPU queues the work.
     """
     if streams is not None:
         return streams
