@@ -1,5 +1,5 @@
-"""What the screenshot examples share: their command line, a work folder, demo slides
-segmented with the bundled (or a given) model, and letting Qt draw before a capture."""
+"""What the examples share: the screenshot scripts' command line, a work folder, demo slides
+segmented with the bundled (or a given) model and their ground truth, and letting Qt draw."""
 
 from __future__ import annotations
 
@@ -61,3 +61,19 @@ def save_screenshot(viewer, out: Path) -> None:
     viewer.screenshot(path=str(out), canvas_only=False)
     viewer.close()
     print(f"screenshot: {out}")
+
+
+def segmented_with_truth(demo, out: Path, checkpoint: Path, device: str):
+    """``demo`` (a DemoSlide) segmented by ``checkpoint`` into ``out`` (reused when it is
+    complete): (the Result, the ground-truth class mask on its level-0 grid)."""
+    from wsi_seg.inference.segment import SegmentOptions, segment_slide
+    from wsi_seg.model import load_checkpoint
+    from wsi_seg.reports.evaluate_slide import ground_truth_at
+    from wsi_seg.result.format import is_complete
+    from wsi_seg.result.reader import Result
+
+    if not is_complete(out):
+        segment_slide(demo.path, out, load_checkpoint(checkpoint),
+                      SegmentOptions(device=device, overwrite=True, progress=False))
+    result = Result.open(out)
+    return result, ground_truth_at(demo.mask_path, result.mpp, result.level_shape(0))

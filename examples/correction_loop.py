@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from _screenshot import segmented_with_truth
 
 log = logging.getLogger("correction_loop")
 
@@ -65,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.reports.evaluate_slide import ground_truth_at, region_miou
+    from wsi_seg.reports.evaluate_slide import region_miou
     from wsi_seg.result.corrections import corrections_history, save_corrections
-    from wsi_seg.result.format import is_complete
     from wsi_seg.result.reader import Result
     from wsi_seg.synthetic import write_demo_slide
 
@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = args.model or default_model_path()
     options = SegmentOptions(device=args.device, overwrite=True, progress=False)
     first = work / "before.zarr"
-    if not is_complete(first):
-        segment_slide(demo.path, first, load_checkpoint(ckpt), options)
-    result = Result.open(first)
-    gt = ground_truth_at(demo.mask_path, result.mpp, result.level_shape(0))
+    result, gt = segmented_with_truth(demo, first, ckpt, args.device)
     pred = result.mask(0)[:]
     side = args.region_patches * int(result.provenance.patch_size_px)
     y, x = worst_region(pred, gt, side)
@@ -108,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"corrected region: {side} × {side} px at (y {y}, x {x}), {changed:,} px changed; run {run_dir}")
     print(f"settings (config.yaml): {settings}")
-    print(f"| mIoU vs ground truth (MLPS) | before | after |\n|---|---|---|")
+    print("| mIoU vs ground truth (MLPS) | before | after |\n|---|---|---|")
     print(f"| the corrected square | {score(pred, inside):.1%} | {score(pred2, inside):.1%} |")
     print(f"| the rest of the slide | {score(pred, ~inside):.1%} | {score(pred2, ~inside):.1%} |")
     return 0

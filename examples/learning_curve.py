@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from _screenshot import segmented_with_truth
 
 log = logging.getLogger("learning_curve")
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_seg.inference.segment import SegmentOptions, segment_slide
     from wsi_seg.model import load_checkpoint
     from wsi_seg.model.default import default_model_path
-    from wsi_seg.reports.evaluate_slide import ground_truth_at, region_miou
+    from wsi_seg.reports.evaluate_slide import region_miou
     from wsi_seg.reports.review import rank_regions
     from wsi_seg.reports.review_options import ReviewOptions
     from wsi_seg.result.format import is_complete
@@ -63,10 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt0 = args.model or default_model_path()
     options = SegmentOptions(device=args.device, overwrite=True, progress=False)
     first = work / "start.zarr"
-    if not is_complete(first):
-        segment_slide(demo.path, first, load_checkpoint(ckpt0), options)
-    start = Result.open(first)
-    gt = ground_truth_at(demo.mask_path, start.mpp, start.level_shape(0))
+    start, gt = segmented_with_truth(demo, first, ckpt0, args.device)
     pred0 = start.mask(0)[:]
     names = start.class_names
     review = ReviewOptions(top=10_000, region_patches=args.region_patches)

@@ -126,3 +126,11 @@ def interrupted_then_resumed(train, cfg, after_epoch: int = 1):
     resumed = train(cfg)
     assert resumed.resumed_from_epoch == after_epoch
     return resumed
+
+
+def boxes_mask(shape: tuple[int, int], boxes: dict[int, tuple[int, int, int, int]]) -> np.ndarray:
+    """A uint8 class mask of ``shape``: 0 (glass) but each class's (y0, y1, x0, x1) box."""
+    mask = np.zeros(shape, np.uint8)
+    for value, (y0, y1, x0, x1) in boxes.items():
+        mask[y0:y1, x0:x1] = value
+    return mask

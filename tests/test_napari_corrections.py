@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_image, write_result, write_slide
+from conftest import blob_image, boxes_mask, write_result, write_slide
 
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -29,10 +29,7 @@ SLIDE_MPP, MPP = 0.5, 1.0
 
 def striped_mask() -> np.ndarray:
     """256 × 256 px at 1 µm/px: TE left half, NEC right half, glass in a border."""
-    m = np.zeros((256, 256), np.uint8)
-    m[16:240, 16:128] = 1
-    m[16:240, 128:240] = 2
-    return m
+    return boxes_mask((256, 256), {1: (16, 240, 16, 128), 2: (16, 240, 128, 240)})
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import blob_image, write_result, write_slide
+from conftest import blob_image, boxes_mask, write_result, write_slide
 from PIL import Image
 
 from wsi_seg.cli.main import main
@@ -19,10 +19,7 @@ SLIDE_MPP, MPP = 0.5, 1.0  # the mask is half the slide's size
 
 def known_mask() -> np.ndarray:
     """128 × 128 px at 1 µm/px: TE 40 × 50, NEC 20 × 20, the rest glass."""
-    m = np.zeros((128, 128), np.uint8)
-    m[10:50, 20:70] = 1
-    m[80:100, 80:100] = 2
-    return m
+    return boxes_mask((128, 128), {1: (10, 50, 20, 70), 2: (80, 100, 80, 100)})
 
 
 @pytest.fixture

@@ -35,21 +35,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-
-from wsi_seg.errors import DatasetError, OutputError
-from wsi_seg.exports.patches import CSV_NAME, CsvRow, patch_starts, replace_dir, to_dataset_mask, write_labels_csv
-from wsi_seg.slide.tissue import BackgroundSeedParams
-
 from wsi_seg_training.config import MakeDatasetConfig
 from wsi_seg_training.datasets.io import IMAGE_SUFFIXES, MASK_MODES, read_rgb
 from wsi_seg_training.datasets.layout import SPLITS
+
+from wsi_seg.errors import DatasetError, OutputError
+from wsi_seg.exports.patches import (
+    CSV_NAME,
+    CsvRow,
+    patch_starts,
+    to_dataset_mask,
+    write_labels_csv,
+    written_whole,
+)
+from wsi_seg.slide.tissue import BackgroundSeedParams
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +227,10 @@ def make_dataset(cfg: MakeDatasetConfig, overwrite: bool = False, progress: bool
     _assign_splits(sources, cfg.split_fractions(), cfg.seed)
 
     # pass 2: cut, label and write into a temporary folder
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     rows: list[CsvRow] = []
     p = cfg.patch
-    try:
-        (tmp / "img").mkdir(parents=True)
+    with written_whole(out, "the dataset") as tmp:
+        (tmp / "img").mkdir()
         (tmp / "mask").mkdir()
         for src in tqdm(sources, desc="cut", unit="image", disable=not progress, leave=False):
             rgb, mask = load(src.image, src.mask)
@@ -271,11 +273,6 @@ def make_dataset(cfg: MakeDatasetConfig, overwrite: bool = False, progress: bool
             "images": [{"image": str(s.image), "mask": str(s.mask), "split": s.split, "patches": s.patches}
                        for s in sources],
         }, indent=1) + "\n", encoding="utf-8")
-        replace_dir(tmp, out)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot write the dataset ({exc.strerror or exc})") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return made
 
 

@@ -28,7 +28,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,12 +159,10 @@ def export_patches(
     n = len(names)
     mask0, labels0 = result.mask(0, LABEL_NAME), result.mask(0, labels)
     h, w = labels0.shape
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     rows: list[CsvRow] = []
     class_pixels = np.zeros(n + 1, np.int64)
-    try:
-        (tmp / "img").mkdir(parents=True)
+    with written_whole(out, "the patches") as tmp:
+        (tmp / "img").mkdir()
         (tmp / "mask").mkdir()
         if model_masks:
             (tmp / "model_mask").mkdir()
@@ -204,14 +203,26 @@ def export_patches(
             "class_names": list(names),
             "class_colors": [list(c) for c in result.class_colors],
         }, indent=2) + "\n", encoding="utf-8")
-        replace_dir(tmp, out)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot write the patches ({exc.strerror or exc})") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("%s: %d patches → %s", result.path, len(rows), out)
     return PatchExport(out, len(rows), labels, patch_px, result.mpp,
                        {name: int(class_pixels[i + 1]) for i, name in enumerate(names)})
+
+
+@contextmanager
+def written_whole(out: Path, what: str) -> Iterator[Path]:
+    """A fresh temporary folder beside ``out`` to write into; it becomes ``out`` only when
+    the block ends without error, and is removed either way. An OSError becomes one line:
+    ``out: cannot write <what> (…)``."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        replace_dir(tmp, out)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write {what} ({exc.strerror or exc})") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(new: Path, final: Path) -> None:
