@@ -98,7 +98,7 @@ def _assert_arrived(overrides: dict, cls: type, config: dict, settings: dict, ba
 def data(tmp_path_factory):
     from wsi_seg_training.synthetic_dataset import write_dataset
 
-    return write_dataset(tmp_path_factory.mktemp("walk") / "data", n_train=8, n_val=2, n_test=0, seed=0)
+    return write_dataset(tmp_path_factory.mktemp("walk") / "data", n_train=8, n_val=2, n_test=2, seed=0)
 
 
 def test_every_stage_1_and_2_flag_arrives_in_config_and_checkpoint(tmp_path, data):
@@ -141,3 +141,27 @@ def test_every_pretrain_flag_arrives_in_config_and_weights(tmp_path, data):
     with safe_open(str(out / WEIGHTS_NAME), "pt") as f:
         meta = json.loads(f.metadata()[METADATA_KEY])
     _assert_arrived(overrides, PretrainConfig, config, meta["provenance"]["settings"])
+
+
+def test_every_fit_flag_arrives_in_its_steps_config_and_checkpoint(tmp_path, data):
+    """``fit``'s own flags (over its recipe) reach stage 1's and stage 2's config.yaml and
+    checkpoints: each is set against what the recipe says."""
+    import argparse
+
+    parser = build_parser()
+    fit = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["fit"]
+    flags = {s for a in fit._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+    assert flags == {"--data", "--out", "--config", "--epochs", "--stage2-epochs", "--device", "--no-progress"}, \
+        "a fit flag has no check in this walk"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("device: auto\nseed: 0\nworkers: 0\npretrain: null\n"
+                      "stage1: {epochs: 1, batch_size: 4, model: {preset: tiny, pretrained: none}, val_every: 0}\n"
+                      "stage2: {epochs: 1, batch_size: 4, val_every: 0}\nevaluate: {split: test, batch_size: 4}\n")
+    out = tmp_path / "fit"
+    assert cli.main(["fit", "--data", str(data), "--out", str(out), "--config", str(recipe), "--epochs", "2",
+                     "--stage2-epochs", "2", "--device", "cpu", "--no-progress"]) == 0
+    for step in ("stage1", "stage2"):
+        config = yaml.safe_load((out / step / "config.yaml").read_text())
+        assert (config["epochs"], config["device"], config["progress"]) == (2, "cpu", False), step
+        settings = json.loads((out / step / "checkpoint" / "config.json").read_text())["provenance"]["training"]
+        assert settings["settings"]["epochs"] == 2 and settings["epochs"] == 2, step
