@@ -77,3 +77,17 @@ def segmented_with_truth(demo, out: Path, checkpoint: Path, device: str):
                       SegmentOptions(device=device, overwrite=True, progress=False))
     result = Result.open(out)
     return result, ground_truth_at(demo.mask_path, result.mpp, result.level_shape(0))
+
+
+def loop_parser(description: str, seed: int, region_patches: int) -> argparse.ArgumentParser:
+    """--work, --model, --size, --seed, --region-patches and --device, as the correction-loop
+    scripts take them."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--work", type=Path, required=True, help="folder for the slide, results and runs")
+    parser.add_argument("--model", type=Path, default=None, help="stage-2 checkpoint (default: the bundled demo model)")
+    parser.add_argument("--size", type=int, default=4096, help="demo slide side in px (default: 4096)")
+    parser.add_argument("--seed", type=int, default=seed, help=f"demo slide seed (default: {seed})")
+    parser.add_argument("--region-patches", type=int, default=region_patches,
+                        help=f"side of a corrected region, in model patches (default: {region_patches})")
+    parser.add_argument("--device", default="cpu")
+    return parser

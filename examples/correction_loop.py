@@ -20,13 +20,12 @@ back from the run's ``config.yaml``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import numpy as np
 import yaml
-from _screenshot import segmented_with_truth
+from _screenshot import loop_parser, segmented_with_truth
 
 log = logging.getLogger("correction_loop")
 
@@ -48,18 +47,12 @@ def _value(text: str) -> object:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="folder for the slide, results and runs")
-    parser.add_argument("--model", type=Path, default=None, help="stage-2 checkpoint (default: the bundled demo model)")
-    parser.add_argument("--size", type=int, default=4096, help="demo slide side in px (default: 4096)")
-    parser.add_argument("--seed", type=int, default=3, help="demo slide seed (default: 3)")
-    parser.add_argument("--region-patches", type=int, default=2, help="side of the corrected square, in patches")
+    parser = loop_parser(__doc__.splitlines()[0], seed=3, region_patches=2)
     parser.add_argument("--old", action="store_true",
                         help="fine-tune the old way: train --stage 2 on the exported corrected patches, 10 epochs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a finetune setting (dotted key of FinetuneConfig, e.g. epochs=5, encoder.lr_scale=1)")
     parser.add_argument("--name", default=None, help="run folder name under --work (default: from the settings)")
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

@@ -20,7 +20,6 @@ run's ``config.yaml``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -29,23 +28,17 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from _screenshot import segmented_with_truth
+from _screenshot import loop_parser, segmented_with_truth
 
 log = logging.getLogger("learning_curve")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="folder for the slide, results and runs")
-    parser.add_argument("--model", type=Path, default=None, help="stage-2 checkpoint (default: the bundled demo model)")
-    parser.add_argument("--size", type=int, default=4096, help="demo slide side in px (default: 4096)")
-    parser.add_argument("--seed", type=int, default=5, help="demo slide seed (default: 5)")
+    parser = loop_parser(__doc__.splitlines()[0], seed=5, region_patches=1)
     parser.add_argument("--rounds", type=int, default=3, help="rounds: 1, 2, 4 … regions corrected in all (default: 3)")
-    parser.add_argument("--region-patches", type=int, default=1, help="side of a region, in model patches (default: 1)")
     parser.add_argument("--stain-variation", type=float, default=None, metavar="V",
                         help="a shifted generator: the slide's stain drawn with this variation (the demo slides use "
                              "0.5; 2 gives other colours, as a new hospital's slides differ) (default: as the demo)")
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
