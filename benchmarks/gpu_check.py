@@ -6,7 +6,9 @@
 2. Reading alone (no model), patches/s per reader-process count (1, 2, 4, 8, every
    usable core) for the openslide, jpeg-cpu (reduced-DCT) and jpeg-device (nvJPEG)
    paths, over the first ``--read-blocks`` blocks.
-3. Last line: ``ratio end_to_end/model_only = X.XX`` for swin-t fp16 at the engine's
+3. The engine's ceiling: ``segment_slide`` with a null model (``engine_ceiling.py``), per
+   reader-process count: what the engine around the model can feed.
+4. Last line: ``ratio end_to_end/model_only = X.XX`` for swin-t fp16 at the engine's
    default CUDA batch, reader auto.
 
 End-to-end figures are over the inference phase (reading + model + writing, which
@@ -37,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import demo_slide, print_table, random_model, work_folder  # noqa: E402
 from reader_scaling import make_dataset, reader_throughput  # noqa: E402
+from engine_ceiling import NullNet  # noqa: E402
 from segment_throughput import model_only  # noqa: E402
 
 from wsi_seg.inference.allocator import pin_malloc_thresholds  # noqa: E402
@@ -48,6 +51,7 @@ from wsi_seg.inference.runtime import (  # noqa: E402
     resolve_runtime,
 )
 from wsi_seg.inference.segment import SegmentOptions, segment_slide  # noqa: E402
+from wsi_seg.model.checkpoint import LoadedModel  # noqa: E402
 from wsi_seg.result.format import read_provenance
 
 
@@ -163,6 +167,16 @@ def main() -> None:
         print_table(["reader processes", *readers, "jpeg-cpu/openslide", "jpeg-device/openslide"],
                     [[w, *[reading[r][i] for r in readers], reading["jpeg-cpu"][i] / reading["openslide"][i],
                       reading["jpeg-device"][i] / reading["openslide"][i]] for i, w in enumerate(counts)])
+
+        print("\n3. the engine's ceiling: segment with a null model (engine_ceiling.py), per reader-process count")
+        null = LoadedModel(NullNet(model.net), model.config, model.path, model.sha256)
+        ceiling = []
+        for w in counts:
+            res = segment_slide(slide, work / "null.zarr", null,
+                                SegmentOptions(device=str(device), workers=w, overwrite=True, progress=False))
+            ceiling.append([w, res.patches_run, res.seconds, res.patches_per_second,
+                            res.patches_run / res.timings["inference"]])
+        print_table(["reader processes", "patches", "whole s", "whole p/s", "loop p/s"], ceiling)
 
     batch = default_batch if (first_precision, default_batch, "auto") in e2e_of else int(args.batches.split(",")[0])
     infer, mo = e2e_of[first_precision, batch, "auto"]

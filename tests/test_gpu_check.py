@@ -17,7 +17,7 @@ def test_gpu_check_quick_runs_on_the_cpu(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "model-only vs end-to-end" in out and "reading alone" in out
+    assert "model-only vs end-to-end" in out and "reading alone" in out and "null model" in out
     header = out.splitlines()[0]
     assert "; malloc " in header and "malloc glibc default" not in header  # thresholds set as the CLI sets them
     for reader in ("openslide", "jpeg-cpu", "jpeg-device"):
