@@ -18,7 +18,7 @@ from wsi_seg.result.corrections import (
     pending_chunks,
     save_corrections,
 )
-from wsi_seg.result.format import has_pending_corrections
+from wsi_seg.result.format import pending_corrections
 from wsi_seg.result.reader import Result
 
 CHUNK = 16
@@ -108,7 +108,7 @@ def test_crash_mid_save_leaves_chunks_old_or_new_and_the_next_save_heals_the_pyr
     monkeypatch.setattr(corrections, "_write_chunks", write_two_then_die)
     with pytest.raises(OutputError, match="saving corrections failed.*save again"):
         save_corrections(result, (0, 0), full, after)
-    assert has_pending_corrections(result)
+    assert pending_corrections(result)
     group = zarr.open_group(str(result / "labels" / "corrected"), mode="r")
     got = group["0"][:]  # readable
     for i in range(0, 64, CHUNK):
@@ -138,14 +138,14 @@ def test_an_interrupted_save_is_finished_by_the_next_save_or_read(result, monkey
     with pytest.raises(OutputError):
         save_corrections(result, (0, 0), full, after)
     monkeypatch.setattr(corrections, "_write_chunks", real)
-    assert has_pending_corrections(result)
+    assert pending_corrections(result)
     with caplog.at_level("WARNING"):
         if then == "empty save":
             cur = full[:4, :4]
             assert save_corrections(result, (0, 0), cur, cur).chunks == []
         res = Result.open(result)
     assert "finished an interrupted corrections save" in caplog.text
-    assert not has_pending_corrections(result) and pending_chunks(res) == []
+    assert not pending_corrections(result) and pending_chunks(res) == []
     assert pyramid_is_consistent(res, "corrected")
     assert np.array_equal(res.mask(0, "corrected")[:], after)  # level 0 was all written
 

@@ -10,8 +10,8 @@ Crash safety: zarr's local store writes each chunk to a temporary file and renam
 (zarr ≥ 3.1.3), so every chunk is either its old or its new content. Before writing, a
 save records the chunks it will touch (``pending``); it clears that record last. A save
 interrupted half-way therefore leaves a readable label image whose chunks are each
-either the previous or the new corrected state, and the next save also rebuilds the
-pyramid over the chunks the interrupted one recorded.
+either the previous or the new corrected state; the next ``Result.open`` (any read, and
+every save) rebuilds the pyramid over the chunks the interrupted one recorded.
 
 Provenance, in ``labels/corrected``'s attributes under ``wsi_seg_corrections``: one
 entry per save with who (login name), when (UTC), which level-0 chunks and how many
@@ -42,6 +42,7 @@ from wsi_seg.result.format import (
     LABELS_GROUP,
     is_partial,
     labels_path,
+    pending_corrections,
     read_provenance,
 )
 from wsi_seg.result.pyramid import halve_mask
@@ -131,8 +132,7 @@ def corrections_history(result: Result) -> list[dict[str, Any]]:
 
 def pending_chunks(result: Result) -> list[tuple[int, int]]:
     """Level-0 chunks of an interrupted save (their pyramid may lag), [] when none."""
-    pending = _state(result).get("pending") or {}
-    return [tuple(c) for c in pending.get("chunks") or []]
+    return pending_corrections(result.path)
 
 
 def _ensure_corrected(result: Result) -> None:
@@ -224,8 +224,7 @@ def save_corrections(
     user = author or _login()
     utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if not changed.any():
-        finish_pending(result)  # "save again to finish" works with nothing new to save
-        return CorrectionSave(user, utc, [], 0, level)
+        return CorrectionSave(user, utc, [], 0, level)  # an interrupted save was finished on open
 
     import zarr
 
@@ -257,12 +256,11 @@ def save_corrections(
                 edits[(i, j)] = where
                 values[(i, j)] = after[np.ix_(ryc, rxc)]
     state = dict(group.attrs.get(CORRECTIONS_KEY) or {"source": LABEL_NAME, "saves": []})
-    interrupted = [tuple(c) for c in (state.get("pending") or {}).get("chunks") or []]
     chunks = sorted(edits)
     try:
         group.attrs[CORRECTIONS_KEY] = {**state, "pending": {"utc": utc, "author": user, "chunks": [list(c) for c in chunks]}}
         pixels = _write_chunks(base, edits, values)
-        _rebuild_parents(group, result.levels, set(chunks) | set(interrupted))
+        _rebuild_parents(group, result.levels, chunks)
         h0e, w0e = after.shape[0] * f, after.shape[1] * f
         region = (max(0, level0_yx[0]), max(0, level0_yx[1]), min(h0, level0_yx[0] + h0e), min(w0, level0_yx[1] + w0e))
         record = CorrectionSave(user, utc, chunks, pixels, level, region)

@@ -79,12 +79,12 @@ def has_corrections(path: str | Path) -> bool:
     return (labels_path(path, CORRECTED_NAME) / "zarr.json").is_file()
 
 
-def has_pending_corrections(path: str | Path) -> bool:
-    """True when a corrections save into the result at ``path`` was interrupted: its level-0
-    chunks are written but the coarser levels above them may be stale."""
+def pending_corrections(path: str | Path) -> list[tuple[int, int]]:
+    """The level-0 chunks of a corrections save into the result at ``path`` that was
+    interrupted (written, but the coarser levels above them may be stale); [] when none."""
     meta = labels_path(path, CORRECTED_NAME) / "zarr.json"
     try:
         state = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {}).get(CORRECTIONS_KEY) or {}
-    except (OSError, ValueError, AttributeError):
-        return False
-    return bool(isinstance(state, dict) and (state.get("pending") or {}).get("chunks"))
+        return [(int(i), int(j)) for i, j in (state.get("pending") or {}).get("chunks") or []]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []

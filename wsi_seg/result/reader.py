@@ -29,8 +29,8 @@ from wsi_seg.result.format import (
     CORRECTED_NAME,
     LABEL_NAME,
     LABELS_GROUP,
-    has_pending_corrections,
     is_partial,
+    pending_corrections,
     read_provenance,
     result_name,
 )
@@ -196,7 +196,7 @@ class Result:
         if acts.ndim != 3 or acts.shape[0] != n or mask.ndim != 2 or acts.shape[1:] != mask.shape:
             raise ResultError(f"{p}: arrays of shape {acts.shape} and {mask.shape} do not match {n} classes")
         result = cls(p, prov, complete, tuple(levels), group)
-        if has_pending_corrections(p):  # a corrections save was cut short: its coarse levels lag
+        if pending_corrections(p):  # a corrections save was cut short: its coarse levels lag
             from wsi_seg.result.corrections import finish_pending
 
             finish_pending(result)
