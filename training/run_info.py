@@ -68,3 +68,11 @@ def write_run_json(run_dir: Path, facts: dict[str, Any]) -> Path:
     path = run_dir / "run.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def update_run_json(run_dir: Path, facts: dict[str, Any]) -> Path:
+    """``RUN_DIR/run.json`` with ``facts`` added to what it holds (a run that stopped says why)."""
+    path = run_dir / "run.json"
+    payload = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(json.dumps({**payload, **facts}, indent=2, default=str) + "\n", encoding="utf-8")
+    return path

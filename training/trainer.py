@@ -20,7 +20,6 @@ epoch loop and ``benchmarks/training_steps.py`` both call.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -56,7 +55,7 @@ from wsi_seg_training.loop import (
     write_metrics_csv,
 )
 from wsi_seg_training.reproducibility import rng_state, seed_everything
-from wsi_seg_training.run_info import git_state, software_versions, write_run_json
+from wsi_seg_training.run_info import git_state, software_versions, update_run_json, write_run_json
 from wsi_seg_training.run_state import STATE_DIR, RunState, fingerprint, save_run_state
 
 log = logging.getLogger(__name__)
@@ -294,11 +293,9 @@ class Trainer(ABC):
             self.result_root = self.run_dir / LAST_GOOD_DIR
             self.result_root.mkdir(exist_ok=True)
             where = self.save_result()
-        record = json.loads((self.run_dir / "run.json").read_text(encoding="utf-8"))
-        record["diverged"] = {"loss": str(exc.loss), "step": exc.step, "epoch": exc.epoch,
-                              "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              "last_good": str(where) if where else None}
-        (self.run_dir / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        update_run_json(self.run_dir, {"diverged": {
+            "loss": str(exc.loss), "step": exc.step, "epoch": exc.epoch,
+            "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "last_good": str(where) if where else None}})
         kept = (f"the weights after epoch {exc.epoch - 1} are in {where}" if where else "no epoch had finished")
         return ConfigError(f"{self.run_dir}: loss became {exc.loss} at step {exc.step} (epoch {exc.epoch}); "
                            f"{kept} (run.json records the step); lower --lr and rerun with --overwrite")
