@@ -30,11 +30,12 @@ from typing import Any
 
 import torch
 from common import demo_slide, print_table, random_model, slide_arguments, work_folder
+from reader_scaling import make_dataset, reader_throughput
 from torch import nn
 
 from wsi_seg.inference.allocator import pin_malloc_thresholds
 from wsi_seg.inference.options import SegmentOptions
-from wsi_seg.inference.reader import BlockReader, plan_reader
+from wsi_seg.inference.reader import plan_reader
 from wsi_seg.inference.segment import plan, segment_slide
 from wsi_seg.model.checkpoint import LoadedModel
 from wsi_seg.model.heads import PatchPrediction
@@ -59,27 +60,6 @@ def _seconds(fn: Any) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
-
-
-def read_seconds(slide_path: Path, model: LoadedModel, options: SegmentOptions, seeded: bool) -> tuple[float, int]:
-    """Seconds to read (and seed) every tissue block in this process, and the patches read."""
-    from dataclasses import replace
-
-    from wsi_seg.slide.tissue import BackgroundSeedParams
-
-    cfg = model.config
-    with Slide(slide_path) as slide:
-        grid, tissue = plan(slide, cfg.mpp, cfg.patch_size_px, options)
-        reader_plan = plan_reader(options.reader, slide, cfg.mpp, torch.device("cpu"))
-        mpp = slide.mpp
-    seed = BackgroundSeedParams.of_model(cfg)
-    seed = seed if seeded else replace(seed, enabled=False)
-    blocks = grid.blocks(tissue)
-    reader = BlockReader(reader_plan, str(slide_path), mpp, grid, blocks, seed, torch.device("cpu"), 0)
-    reader.prefetch_thread = False
-    t = time.perf_counter()
-    n = sum(int(item["patches"].shape[0]) for item in reader)
-    return time.perf_counter() - t, n
 
 
 def startup_seconds(slide_path: Path, checkpoint: Path, work: Path) -> tuple[float, float]:
@@ -133,8 +113,12 @@ def main() -> None:
                                       for _ in range(args.repeats))
             reader_plan = statistics.median(_seconds(lambda: plan_reader(args.reader, s, cfg.mpp, torch.device("cpu")))
                                             for _ in range(args.repeats))
-        read, n_read = min(read_seconds(slide.path, tiny, options, False) for _ in range(args.repeats))
-        read_seed, _ = min(read_seconds(slide.path, tiny, options, True) for _ in range(args.repeats))
+        # reading alone, as reader_scaling.py measures it (the BlockReader segment builds)
+        plain, n_read = make_dataset(slide.path, seeding=False)
+        seeded, _ = make_dataset(slide.path, seeding=True)
+        cpu = torch.device("cpu")
+        read = n_read / max(reader_throughput(plain, args.reader, 0, cpu) for _ in range(args.repeats))
+        read_seed = n_read / max(reader_throughput(seeded, args.reader, 0, cpu) for _ in range(args.repeats))
         whole = statistics.median(r.seconds for r in runs)
         pyramid = statistics.median(r.timings["pyramid"] for r in runs)
         help_s, startup = startup_seconds(slide.path, tiny.path, work)
