@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from wsi_seg.slide.tissue import TissueParams, background_seed, tissue_mask
 
@@ -31,3 +32,15 @@ def test_pale_but_stained_tissue_is_tissue():
     rgb[:20] = (235, 200, 225)  # bright eosin: gray > 220 but saturated
     mask = tissue_mask(rgb, 8.0, TissueParams(min_tissue_um2=0, max_hole_um2=0))
     assert mask[:20].all() and not mask[20:].any()
+
+
+@pytest.mark.parametrize("threshold", [200, 220, 0, 254.5, 128.25, 210.3])
+def test_the_integer_gray_threshold_agrees_with_rgb2gray_on_every_colour(threshold):
+    """Background seeding compares gray values in integers where that is exact: the same
+    map as skimage's float path for all 2²⁴ colours (210.3 takes the float path)."""
+    from wsi_seg.slide.tissue import _brighter_than, _gray_uint8
+
+    rg = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), -1).reshape(256, 256, 2)
+    for blue in range(0, 256, 1 if threshold == 200 else 5):
+        rgb = np.concatenate([rg, np.full((256, 256, 1), blue)], -1).astype(np.uint8)
+        assert np.array_equal(_brighter_than(rgb, threshold), _gray_uint8(rgb) > threshold), blue
