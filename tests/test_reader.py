@@ -290,3 +290,72 @@ def test_prefetched_items_keep_order_raise_errors_and_stop_early():
     assert next(it) == 0
     it.close()  # the consumer stops: the thread ends
     assert threading.active_count() <= before
+
+
+def test_ordered_map_keeps_order_raises_errors_and_stops_early():
+    import threading
+    import time
+
+    from wsi_seg.inference.reader import ordered_map
+
+    def slow_first(i):  # later items finish first; they still come in order
+        time.sleep(0.02 if i == 0 else 0)
+        return i * i
+
+    assert list(ordered_map(slow_first, 12, threads=3)) == [i * i for i in range(12)]
+
+    def failing(i):
+        if i == 2:
+            raise SlideError("x.svs: cannot decode")
+        return i
+
+    it = ordered_map(failing, 10, threads=2)
+    assert [next(it), next(it)] == [0, 1]
+    with pytest.raises(SlideError, match="cannot decode"):
+        next(it)
+    started = []
+    before = threading.active_count()
+    it = ordered_map(lambda i: started.append(i) or i, 1000, threads=2, depth=3)
+    assert next(it) == 0
+    it.close()  # the consumer stops: nothing more starts, the threads end
+    assert len(started) <= 4 and threading.active_count() <= before
+
+
+def test_reading_threads_give_the_blocks_one_thread_gives(demo_jpeg):
+    """Several threads read a slide's blocks at once (one TIFF descriptor, pread): the
+    items, in order, are those of one thread; reader processes hand theirs over in
+    shared memory."""
+    from wsi_seg.inference.reader import BlockReader
+    from wsi_seg.inference.segment import plan as plan_run
+
+    with Slide(demo_jpeg) as slide:
+        grid, tissue = plan_run(slide, 0.5, 224, SegmentOptions())
+        reader_plan = plan_reader("auto", slide, 0.5, CPU)
+        mpp = slide.mpp
+    assert reader_plan.used == "jpeg-cpu" and reader_plan.parallel_reads
+    blocks = grid.blocks(tissue)
+    seed = BackgroundSeedParams()
+
+    def items(workers, threads):
+        return list(BlockReader(reader_plan, str(demo_jpeg), mpp, grid, blocks, seed, CPU, workers, threads))
+
+    one, three, procs = items(0, 1), items(0, 3), items(1, 1)
+    assert len(one) == len(blocks) > 1
+    for a, b, c in zip(one, three, procs):
+        assert a["block"] == b["block"] == c["block"]
+        for key in ("patches", "background"):
+            assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key])
+    assert all(c["patches"].is_shared() for c in procs)  # made in shared memory by the reader process
+    assert one[0]["patches"].shape[1:] == (3, 224, 224) and one[0]["patches"].is_contiguous()
+
+
+def test_slides_whose_library_is_not_known_thread_safe_are_read_on_one_thread(tmp_path, demo_jpeg):
+    """OpenSlide's PNG reader broke when two threads read at once: plain images (and
+    DICOM through wsidicom) are read by one thread, TIFF slides by several."""
+    png = tmp_path / "image.png"
+    Image.fromarray(blob_image(300)).save(png)
+    with Slide(png, mpp=0.5) as slide:
+        assert not plan_reader("auto", slide, 0.5, CPU).parallel_reads
+        assert not plan_reader("openslide", slide, 0.5, CPU).parallel_reads
+    with Slide(demo_jpeg) as slide:
+        assert plan_reader("openslide", slide, 0.5, CPU).parallel_reads

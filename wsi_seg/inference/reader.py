@@ -21,13 +21,15 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from wsi_seg.errors import ConfigError, SlideError, WsiSegError
 from wsi_seg.inference.options import READERS
@@ -54,6 +56,9 @@ class ReaderPlan:
     dct_reduction: int = 1  # jpeg-cpu: tiles decoded at 1/dct_reduction scale
     jpeg: JpegLevel | None = None
     reason: str = ""  # why JPEG tiles are not used, when they are not
+    # blocks may be read by several threads at once (our JPEG tile reader, OpenSlide on TIFF
+    # slides); else one thread reads
+    parallel_reads: bool = True
 
     def provenance(self) -> dict[str, Any]:
         out: dict[str, Any] = {"requested": self.requested, "used": self.used, "level": self.level}
@@ -76,8 +81,11 @@ def plan_reader(requested: str, slide: Slide, model_mpp: float, device: torch.de
         raise ConfigError(f"unknown reader {requested!r}; use one of {', '.join(READERS)}")
     level = slide.level_for_mpp(model_mpp)
     ds = slide.level_downsamples[level]
+    # OpenSlide reads TIFF-based slides on any thread (a TIFF handle each); its PNG reader
+    # failed when two threads read at once ("broken PNG file"), and wsidicom has no such promise
+    parallel = slide.reader == "openslide" and slide.vendor in JPEG_TILE_VENDORS
     if requested == "openslide":
-        return ReaderPlan(requested, "openslide", level, ds)
+        return ReaderPlan(requested, "openslide", level, ds, parallel_reads=parallel)
     if slide.reader != "openslide":  # "openslide" below then means Slide.read_at_mpp, through that library
         jpeg, why = None, f"a {slide.vendor} slide that {slide.reader} reads (not OpenSlide), not read tile by tile"
     elif slide.vendor not in JPEG_TILE_VENDORS:
@@ -86,7 +94,7 @@ def plan_reader(requested: str, slide: Slide, model_mpp: float, device: torch.de
         jpeg, why = find_jpeg_level(slide.path, slide.level_dimensions[level])
     if jpeg is None:
         if requested == "auto":
-            return ReaderPlan(requested, "openslide", level, ds, reason=why)
+            return ReaderPlan(requested, "openslide", level, ds, reason=why, parallel_reads=parallel)
         raise ConfigError(f"{slide.path}: --reader {requested} needs pyramid level {level} in JPEG tiles "
                           f"({why}); use --reader auto or openslide")
     used = requested if requested != "auto" else ("jpeg-device" if device.type == "cuda" else "jpeg-cpu")
@@ -129,12 +137,18 @@ class BlockDataset(Dataset):
         self.background_seed = background_seed
         self.plan = plan
         self._slide: Slide | JpegRegionReader | None = None
+        self._opening = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.blocks)
 
     def _open(self) -> Slide | JpegRegionReader:
-        # opened lazily so each DataLoader worker process has its own handle
+        # opened lazily so each DataLoader worker process has its own handle; once for
+        # the reading threads of a process
+        with self._opening:
+            return self._open_once()
+
+    def _open_once(self) -> Slide | JpegRegionReader:
         if self._slide is None:
             p = self.plan
             if p is not None and p.used == "jpeg-cpu" and p.jpeg is not None:
@@ -145,8 +159,11 @@ class BlockDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_slide"] = None
+        state["_slide"], state["_opening"] = None, None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _opening=threading.Lock())
 
     def read_block(self, block: Block) -> np.ndarray:
         """(H, W, 3) uint8 RGB of the block's read window at the model's µm/px."""
@@ -166,17 +183,28 @@ class BlockDataset(Dataset):
         bkg = self.background_seed.seed(rgb) if self.background_seed.enabled else None
         p, s = self.grid.patch_px, self.grid.stride_px
         n = len(block.patches)
-        patches = np.empty((n, p, p, 3), np.uint8)
-        backgrounds = np.zeros((n, p, p) if bkg is not None else (0, p, p), bool)
+        # in a reader process the item is made in shared memory, which is how it reaches
+        # the main process: handed over without another copy
+        shared = get_worker_info() is not None
+        patches = _empty((n, 3, p, p), torch.uint8, shared)
+        backgrounds = _empty((n, p, p) if bkg is not None else (0, p, p), torch.bool, shared)
+        chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))  # one transposition for the block
+        out_p, out_b = patches.numpy(), backgrounds.numpy()
         for k, (i, j) in enumerate(block.patches):
-            patches[k] = rgb[i * s : i * s + p, j * s : j * s + p]
+            out_p[k] = chw[:, i * s : i * s + p, j * s : j * s + p]
             if bkg is not None:
-                backgrounds[k] = bkg[i * s : i * s + p, j * s : j * s + p]
-        return {
-            "block": idx,
-            "patches": torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous(),
-            "background": torch.from_numpy(backgrounds),
-        }
+                out_b[k] = bkg[i * s : i * s + p, j * s : j * s + p]
+        return {"block": idx, "patches": patches, "background": backgrounds}
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor, made in shared memory when ``shared`` (as DataLoader's
+    default_collate makes a worker's batch: ``share_memory_()`` would copy it there)."""
+    n = math.prod(shape)
+    if not shared or n == 0:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(n * torch.empty((), dtype=dtype).element_size())
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 class TileBytesDataset(Dataset):
@@ -205,9 +233,9 @@ class TileBytesDataset(Dataset):
         return {"block": idx, "streams": streams, "where": where}
 
 
-# Read on one background thread ahead of the model when there are no reader processes, and
-# decode there for jpeg-device: decoding (simplejpeg, OpenSlide, PIL, the GPU) releases the
-# GIL and fills the gaps the model leaves.
+# In-process reading runs on background threads ahead of the model (``Runtime.read_threads``
+# for blocks decoded on the CPU, one thread for jpeg-device): decoding (simplejpeg,
+# OpenSlide, PIL, the GPU), the blur and most of the seeding release the GIL.
 PREFETCH_THREAD = True
 _PREFETCH_DEPTH = 2
 
@@ -253,6 +281,25 @@ def prefetched(items: Iterator[Any], depth: int = _PREFETCH_DEPTH) -> Iterator[A
         thread.join()
 
 
+def ordered_map(fn: Callable[[int], Any], n: int, threads: int, depth: int | None = None) -> Iterator[Any]:
+    """``fn(0) … fn(n - 1)`` computed on ``threads`` background threads, at most ``depth``
+    (default 2 per thread) ahead, yielded in order. An exception is raised here at its
+    item; stopping early (break, error, GC) cancels what has not started and waits for
+    the rest."""
+    depth = max(1, depth if depth is not None else 2 * threads)
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="wsi-seg-reader")
+    pending: deque[Future] = deque()
+    try:
+        for i in range(n):
+            pending.append(pool.submit(fn, i))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class _Raised:
     exc: BaseException
@@ -264,9 +311,11 @@ class BlockReader:
     resized and seeded on ``device`` (their tensors are already there)."""
 
     def __init__(self, plan: ReaderPlan, slide_path: str, slide_mpp: float, grid: TileGrid, blocks: list[Block],
-                 background_seed: BackgroundSeedParams, device: torch.device, workers: int) -> None:
+                 background_seed: BackgroundSeedParams, device: torch.device, workers: int,
+                 read_threads: int = 1) -> None:
         self.plan, self.grid, self.blocks, self.background_seed, self.device = plan, grid, blocks, background_seed, device
         self.prefetch_thread = PREFETCH_THREAD
+        self.read_threads = read_threads
         self.decoder = None
         if plan.used == "jpeg-device" and plan.jpeg is not None:
             from wsi_seg.slide.decode.device import TileDecoder
@@ -285,10 +334,13 @@ class BlockReader:
         return len(self.blocks)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        items = self._produce()
-        # in-process reading, and device decoding, run on a thread ahead of the model
-        if self.prefetch_thread and (self.loader.num_workers == 0 or self.decoder is not None):
-            items = prefetched(items)
+        if self.prefetch_thread and self.loader.num_workers == 0 and self.decoder is None:
+            items = self._read_in_threads()  # in-process CPU decoding, on read_threads threads
+        else:
+            items = self._produce()
+            # device decoding runs on a thread ahead of the model (reader processes do their own)
+            if self.prefetch_thread and (self.loader.num_workers == 0 or self.decoder is not None):
+                items = prefetched(items)
         for item in items:
             ready = item.pop("ready", None)
             if ready is not None:  # made on the reader's CUDA stream: the model's waits for it
@@ -296,6 +348,16 @@ class BlockReader:
                 stream.wait_event(ready)
                 item["patches"].record_stream(stream)
                 item["background"].record_stream(stream)
+            yield item
+
+    def _read_in_threads(self) -> Iterator[dict[str, Any]]:
+        """Blocks read and seeded in this process by ``read_threads`` threads, in order;
+        pinned for a copy to CUDA that overlaps the model, as the loader would pin them."""
+        dataset = self.loader.dataset
+        threads = self.read_threads if self.plan.parallel_reads else 1
+        for item in ordered_map(dataset.__getitem__, len(dataset), threads):
+            if self.loader.pin_memory and "patches" in item:
+                item["patches"], item["background"] = item["patches"].pin_memory(), item["background"].pin_memory()
             yield item
 
     def _produce(self) -> Iterator[dict[str, Any]]:

@@ -224,6 +224,24 @@ def resolve_workers(device: torch.device, workers: int | None, cpus: int) -> int
     return max(1, min(8, cpus - 1))
 
 
+MAX_READ_THREADS = 4
+MAX_WRITERS = 4
+
+
+def resolve_read_threads(workers: int, cpus: int) -> int:
+    """Threads reading blocks in this process: one per CPU (up to 4) when there are no
+    reader processes, else 1 (the processes read). Decoding, the bilinear-match blur and
+    most of the seeding release the GIL, so on 2 cores two reading threads keep both
+    busy where one left the null-model loop waiting on it (``benchmarks/engine_ceiling.py``)."""
+    return max(1, min(MAX_READ_THREADS, cpus)) if workers == 0 else 1
+
+
+def resolve_writers(cpus: int) -> int:
+    """Threads writing finished blocks: one per CPU, up to 4. Blocks are separate zarr
+    chunks, so they are written at once; zarr's own threads compress each block's chunks."""
+    return max(1, min(MAX_WRITERS, cpus))
+
+
 MAX_CPU_STREAMS = 8
 
 
@@ -256,6 +274,8 @@ class Runtime:
     batch_size: int
     cpus: CpuBudget
     streams: int  # batches in flight at once, each on its own thread
+    read_threads: int = 1  # in-process reading threads (no reader processes)
+    writers: int = 1  # threads writing finished blocks
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)
@@ -269,6 +289,8 @@ class Runtime:
             "batch_size": self.batch_size,
             "torch_threads": self.torch_threads,
             "streams": self.streams,
+            "read_threads": self.read_threads,
+            "writers": self.writers,
             "cpus": self.cpus.cpus,
             "cpus_source": self.cpus.source,
             "malloc": malloc_state(),
@@ -292,14 +314,17 @@ def resolve_runtime(
     budget = available_cpus(env)
     total = threads if threads is not None else budget.cpus
     n_streams = resolve_streams(dev, streams, total)
+    n_workers = resolve_workers(dev, workers, budget.cpus)
     return Runtime(
         device=dev,
         precision=resolve_precision(dev, precision),
         torch_threads=max(1, total // n_streams),
         streams=n_streams,
-        reader_workers=resolve_workers(dev, workers, budget.cpus),
+        reader_workers=n_workers,
         batch_size=resolve_batch_size(dev, batch_size),
         cpus=budget,
+        read_threads=resolve_read_threads(n_workers, budget.cpus),
+        writers=resolve_writers(budget.cpus),
     )
 
 

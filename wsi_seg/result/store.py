@@ -8,6 +8,7 @@ inside it lists finished blocks so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -69,6 +70,7 @@ class ResultStore:
         self._progress = None
         self._pyramid: StreamingPyramid | None = None
         self._levels: dict[int, tuple[Any, Any]] = {}
+        self._recording = threading.Lock()
 
     # -- creation / reopening -------------------------------------------------
     @classmethod
@@ -144,17 +146,19 @@ class ResultStore:
         self._progress = open(self.root / PROGRESS_FILE, "a", encoding="utf-8")
 
     def write_block(self, index: tuple[int, int], y0: int, x0: int, activations: np.ndarray, mask: np.ndarray) -> None:
-        """Write level-0 chunk ``index`` (its whole extent), record it as done, feed the pyramid."""
+        """Write level-0 chunk ``index`` (its whole extent), record it as done, feed the pyramid.
+        Threads may write different blocks at once."""
         h, w = mask.shape
         try:
             self._act[:, y0 : y0 + h, x0 : x0 + w] = activations
             self._mask[y0 : y0 + h, x0 : x0 + w] = mask
-            self._progress.write(f"{index[0]},{index[1]}\n")
-            self._progress.flush()
+            with self._recording:  # one block at a time from here: the record and the open parents
+                self._progress.write(f"{index[0]},{index[1]}\n")
+                self._progress.flush()
+                if self._pyramid is not None:
+                    self._pyramid.add(index, activations, mask)
         except OSError as exc:
             raise OutputError(f"{self.root}: write failed ({exc.strerror or exc})") from exc
-        if self._pyramid is not None:
-            self._pyramid.add(index, activations, mask)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,7 @@ class TileFile:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._fd: int | None = None
+        self._opening = threading.Lock()
 
     def read(self, level: JpegLevel, row: int, col: int) -> bytes | None:
         """The complete JPEG stream of tile (row, col), or None for a tile not stored
@@ -130,12 +132,17 @@ class TileFile:
         offset, count = level.offsets[k], level.byte_counts[k]
         if count == 0 or offset == 0:
             return None
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        raw = os.pread(self._fd, count, offset)
+        raw = os.pread(self._descriptor(), count, offset)
         if len(raw) != count:
             raise OSError(f"tile ({row}, {col}) is truncated: {len(raw)} of {count} bytes")
         return level.stream(raw)
+
+    def _descriptor(self) -> int:
+        # pread needs no shared file position, so reading threads share one descriptor
+        with self._opening:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            return self._fd
 
     def close(self) -> None:
         if self._fd is not None:
@@ -144,6 +151,9 @@ class TileFile:
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "_fd": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _opening=threading.Lock())
 
     def __del__(self) -> None:
         self.close()
