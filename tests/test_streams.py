@@ -2,6 +2,7 @@
 
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -86,20 +87,58 @@ def test_several_streams_give_the_result_of_one(tmp_path, blob_slide, checkpoint
         assert np.array_equal(a[name][:], b[name][:]), name
 
 
-def test_the_model_time_estimate_is_measured_once_per_network_and_settings(checkpoints, monkeypatch):
-    """A cohort's later slides reuse the first slide's estimate: no noise batches again."""
+def test_the_plan_estimate_comes_from_the_runs_own_batches_and_is_reused(checkpoints, blob_slide, tmp_path, monkeypatch):
+    """No model call of its own: the plan's model time is measured on the run's first
+    batches, and a cohort's later slides have it before their first batch."""
+    import wsi_seg.inference.segment as segment_mod
     import wsi_seg.inference.streams as streams_mod
-    from wsi_seg.inference.runtime import resolve_runtime
 
-    net = load_checkpoint(checkpoints[2]).net.eval()
-    rt = resolve_runtime("cpu", "fp32", workers=0, batch_size=2, threads=1, streams=1)
-    calls = []
-    real = streams_mod.run_batch
-    monkeypatch.setattr(streams_mod, "run_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
-    with InferenceStreams(1) as pool:
-        first = streams_mod.seconds_per_patch(net, rt, 224, True, pool)
-        assert calls and first > 0
-        n = len(calls)
-        assert streams_mod.seconds_per_patch(net, rt, 224, True, pool) == first and len(calls) == n
-        streams_mod.seconds_per_patch(net, rt, 224, False, pool)  # other settings: measured
-        assert len(calls) > n
+    model = load_checkpoint(checkpoints[2])
+    calls: list[int] = []
+    real = segment_mod.run_batch
+
+    def counted(net, rt, patches, *rest):
+        calls.append(patches.shape[0])
+        return real(net, rt, patches, *rest)
+
+    monkeypatch.setattr(segment_mod, "run_batch", counted)
+    monkeypatch.setattr(streams_mod, "_ESTIMATES", type(streams_mod._ESTIMATES)())
+    options = SegmentOptions(device="cpu", batch_size=2, streams=2, threads=2, progress=False)
+    plans, seen = [], []
+
+    def on_plan(plan):
+        plans.append(plan)
+        seen.append(len(calls))
+
+    first = segment_slide(blob_slide, tmp_path / "a.zarr", model, options, on_plan=on_plan)
+    assert sum(calls) == first.patches_run  # every model call was a patch of the slide
+    assert len(plans) == 1 and plans[0].seconds_per_patch > 0 and seen[0] >= 2  # after a round of two streams
+    assert plans[0].todo_patches == first.patches_run
+    calls.clear()
+    segment_slide(blob_slide, tmp_path / "b.zarr", model, options, on_plan=on_plan)
+    assert seen[1] == 0 and plans[1].seconds_per_patch == plans[0].seconds_per_patch  # known before any batch
+    segment_slide(blob_slide, tmp_path / "c.zarr", model, SegmentOptions(device="cpu", batch_size=4, streams=2,
+                                                                          threads=2, progress=False), on_plan=on_plan)
+    assert seen[2] > 0  # other settings: measured again, on that run's batches
+
+
+def test_model_time_estimate_rounds():
+    """One batch per stream is one round, timed side by side; CUDA's first round only warms up."""
+    import torch
+
+    from wsi_seg.inference.runtime import resolve_runtime
+    from wsi_seg.inference.streams import ModelTimeEstimate
+
+    class Net:  # a weak-referenceable stand-in
+        pass
+
+    rt = resolve_runtime("cpu", "fp32", workers=0, batch_size=2, threads=2, streams=2)
+    est = ModelTimeEstimate(Net(), rt, 224, True, 2)
+    assert est.seconds_per_patch is None and est.finish() == 0.0
+    assert not est.add(0.4, 2)
+    assert est.finish() == 0.2  # a run shorter than a round: what ran
+    assert est.add(0.6, 2) and est.seconds_per_patch == 0.5 / 4
+    cuda = replace(rt, device=torch.device("cuda"))
+    est = ModelTimeEstimate(Net(), cuda, 224, True, 1)
+    assert not est.add(5.0, 2) and est.finish() == 2.5  # warm-up only: the fallback
+    assert est.add(0.2, 2) and est.seconds_per_patch == 0.1

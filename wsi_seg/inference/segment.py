@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,9 +28,10 @@ from wsi_seg.inference.reader import BlockReader, plan_reader
 from wsi_seg.inference.runtime import resolve_runtime, torch_threads
 from wsi_seg.inference.streams import (
     InferenceStreams,
+    ModelTimeEstimate,
     NonFiniteOutput,
     run_batch,
-    seconds_per_patch,
+    timed,
 )
 from wsi_seg.inference.tiling import Block, TileGrid, make_grid
 from wsi_seg.lock import RunLock
@@ -90,7 +92,7 @@ class SegmentPlan:
     slide_mpp: float
     tissue_patches: int
     todo_patches: int  # tissue patches not done by an earlier, interrupted run
-    seconds_per_patch: float  # measured on one batch of the model on its device
+    seconds_per_patch: float  # model time, measured on the run's first batches (ModelTimeEstimate)
     device: str
 
     @property
@@ -258,13 +260,14 @@ def _batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[tupl
 
 
 class _BackgroundWriter:
-    """Writes blocks on one thread (one writer per chunk, as zarr needs) while the model
-    runs; at most ``max_pending`` blocks wait, so memory stays bounded."""
+    """Writes blocks on ``writers`` threads (each block is its own zarr chunks, so blocks
+    are written at once) while the model runs; at most ``max_pending`` blocks wait, so
+    memory stays bounded."""
 
-    def __init__(self, store: ResultStore, max_pending: int = 8) -> None:
+    def __init__(self, store: ResultStore, writers: int = 1, max_pending: int = 8) -> None:
         self.store = store
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-seg-writer")
-        self._slots = threading.BoundedSemaphore(max_pending)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, writers), thread_name_prefix="wsi-seg-writer")
+        self._slots = threading.BoundedSemaphore(max(max_pending, 2 * writers))
         self._futures: list[Future] = []
 
     def submit(self, index: tuple[int, int], y0: int, x0: int, acts: np.ndarray, mask: np.ndarray) -> None:
@@ -275,8 +278,10 @@ class _BackgroundWriter:
         self._futures.append(future)
 
     def _raise_failed(self) -> None:
-        done = [f for f in self._futures if f.done()]
-        self._futures = [f for f in self._futures if not f.done()]
+        done, running = [], []
+        for f in self._futures:
+            (done if f.done() else running).append(f)
+        self._futures = running
         for f in done:
             f.result()  # re-raises a write error in the caller's thread
 
@@ -319,6 +324,44 @@ class _BlockAssembler:
         return True
 
 
+class _PlanAnnouncer:
+    """Tells the plan (``on_plan``, the log) once its model-time estimate is known, and
+    shows the progress bar from then on: at once where this process has the estimate
+    (a cohort's later slides) or nothing is left to run, else after the run's own first
+    batches (``ModelTimeEstimate``), so the estimate costs no model call."""
+
+    def __init__(self, draft: SegmentPlan, estimate: ModelTimeEstimate,
+                 on_plan: Callable[[SegmentPlan], None] | None, make_bar: Callable[[], Any]) -> None:
+        self.draft, self.estimate, self.on_plan, self.make_bar = draft, estimate, on_plan, make_bar
+        self.bar: Any = None
+
+    def announce(self, done: int) -> None:
+        """Tell the plan now (with what was measured so far), if not told yet."""
+        if self.bar is not None:
+            return
+        plan_ = replace(self.draft, seconds_per_patch=self.estimate.finish())
+        log.info("%s", plan_.describe())
+        if self.on_plan is not None:
+            self.on_plan(plan_)
+        self.bar = self.make_bar()
+        self.bar.update(done - self.bar.n)
+
+    def batch(self, seconds: float, patches: int, done: int) -> bool:
+        """A batch of ``patches`` finished in ``seconds``; ``done`` patches in all. True
+        once the plan was told (progress is reported from then on)."""
+        if self.bar is None:
+            if not self.estimate.add(seconds, patches):
+                return False
+            self.announce(done)
+        else:
+            self.bar.update(patches)
+        return True
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class CancelFlag(Protocol):
     """What ``cancel`` may be: a ``threading.Event``, or anything with ``is_set()``."""
 
@@ -345,8 +388,9 @@ def segment_slide(
     """Segment one slide into an OME-Zarr at ``out`` (layout: ``wsi_seg.result.reader``).
 
     ``out`` must be new or a result of ours (``--overwrite``); the run holds the lock of
-    ``out`` throughout. ``on_plan(plan)`` is called once the work is known, before
-    inference. ``on_progress(patches_done, patches_total)`` is called after every batch. ``cancel``
+    ``out`` throughout. ``on_plan(plan)`` is called once, when the model-time estimate is
+    known: after the run's first batches (before any, in a process that already ran
+    this model with these settings). ``on_progress(patches_done, patches_total)`` is called after every batch. ``cancel``
     is checked before every batch: once set, the run raises :class:`Cancelled` and
     leaves its finished blocks in a resumable ``.partial`` (rerun to resume).
     """
@@ -428,25 +472,22 @@ def _locked_steps(
     n_skipped = grid.grid_shape[0] * grid.grid_shape[1] - n_total
     background_seed = BackgroundSeedParams.of_model(cfg)
     reader = BlockReader(reader_plan, str(slide_path), info.mpp if options.mpp is None else options.mpp,
-                         grid, todo, background_seed, device, workers)
+                         grid, todo, background_seed, device, workers, rt.read_threads)
     net = model.net.to(device).eval()
     seeded = background_seed.enabled
     with torch_threads(rt.torch_threads), InferenceStreams(rt.streams) as streams:
-        plan_ = SegmentPlan(
-            str(slide_path), grid.out_shape, cfg.mpp, info.mpp if options.mpp is None else options.mpp, n_total,
-            sum(len(b.patches) for b in todo), seconds_per_patch(net, rt, cfg.patch_size_px, seeded, streams,
-                                                max_patches=sum(len(b.patches) for b in todo)) if todo else 0.0,
-            str(device),
-        )
-        log.info("%s", plan_.describe())
-        if on_plan is not None:
-            on_plan(plan_)
+        draft = SegmentPlan(str(slide_path), grid.out_shape, cfg.mpp, info.mpp if options.mpp is None else options.mpp,
+                            n_total, sum(len(b.patches) for b in todo), math.nan, str(device))
+        estimate = ModelTimeEstimate(net, rt, cfg.patch_size_px, seeded, rt.streams)
+        announcer = _PlanAnnouncer(draft, estimate, on_plan, lambda: tqdm(
+            total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress))
+        if not todo or estimate.seconds_per_patch is not None:
+            announcer.announce(n_resumed)
         store.open_for_writing(expected=[b.index for b in blocks])  # the store grows the pyramid as blocks come
-        writer = _BackgroundWriter(store)
+        writer = _BackgroundWriter(store, rt.writers)
         assembler = _BlockAssembler(grid, todo, cfg.num_classes, writer)
         n_run = 0
         t_infer = time.perf_counter()
-        bar = tqdm(total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress)
         try:
             batches = _batches(reader, rt.batch_size)
             while True:
@@ -456,20 +497,22 @@ def _locked_steps(
                         raise Cancelled(f"{slide_path}: cancelled after {n_resumed + n_run} of {n_total} patches; "
                                         "rerun to resume")
                     patches, backgrounds, owners = batch
-                    finished = streams.put(owners, run_batch, net, rt, patches, backgrounds if seeded else None, rules)
+                    finished = streams.put(owners, timed, run_batch, net, rt, patches, backgrounds if seeded else None,
+                                           rules)
                 else:
                     finished = streams.drain()
-                for (acts, masks), done_owners in finished:
+                for ((acts, masks), seconds), done_owners in finished:
                     for k, (item, patch_idx) in enumerate(done_owners):
                         assembler.add(item, patch_idx, acts[k], masks[k])
                     n_run += len(done_owners)
-                    bar.update(len(done_owners))
-                    yield SegmentProgress(n_resumed + n_run, n_total)
+                    if announcer.batch(seconds, len(done_owners), n_resumed + n_run):
+                        yield SegmentProgress(n_resumed + n_run, n_total)
                 if batch is None:
                     break
+            announcer.announce(n_resumed + n_run)  # a run shorter than the estimate's round
         finally:
             streams.close()  # batches in flight end before the writer does
-            bar.close()
+            announcer.close()
             try:
                 writer.close()  # finished blocks are kept and recorded, even on interrupt
             finally:

@@ -35,9 +35,10 @@ def run_batch(net: Any, rt: Runtime, patches: torch.Tensor, backgrounds: torch.T
         patches = patches.to(rt.device, non_blocking=True)
         bkg = backgrounds.to(rt.device, non_blocking=True) if backgrounds is not None else None
         pred = net.predict(patches, bkg, None, rules)
-        if not bool(torch.isfinite(pred.activations).all()):  # would be stored as class 0 everywhere
+        # activations lie in [0, 1]: their float32 sum is finite exactly when all of them are
+        if not bool(torch.isfinite(pred.activations.sum(dtype=torch.float32))):  # else stored as class 0 everywhere
             raise NonFiniteOutput(f"the model gave NaN or infinite activations ({rt.precision})")
-        acts = (pred.activations.float() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        acts = pred.activations.float().mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
         mask = pred.mask
         if pred.fully_gated is not None and rules is not None and rules.gating_fallback == "ignore":
             mask = mask.masked_fill(mask == IGNORE_LABEL, 0)
@@ -94,30 +95,61 @@ class InferenceStreams:
 _ESTIMATES: weakref.WeakKeyDictionary[Any, dict[tuple, float]] = weakref.WeakKeyDictionary()
 
 
-def seconds_per_patch(net: Any, rt: Runtime, patch_px: int, seeded: bool, streams: InferenceStreams,
-                      max_patches: int | None = None) -> float:
-    """Model time per patch with every stream busy, from one round of noise batches of at
-    most ``max_patches`` (a slide's patches: a large ``--batch-size`` on a small slide
-    allocates no more than the slide needs).
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """(``fn(*args)``, its wall seconds on the calling thread): a batch and what it took."""
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
 
-    On the CPU the round's first calls are included: a second round cost swin-t 0.8 s per
-    slide for an estimate within 2 % of the first (``small``: the first is 1.4–1.6× high).
-    On CUDA the first round (context, kernels, autotuning) only warms up. Measured once
-    per network and settings in a process: a cohort's later slides reuse it.
+
+class ModelTimeEstimate:
+    """Model time per patch for a run's plan, taken from the run's own first batches, so
+    the estimate costs no model call of its own.
+
+    On the CPU the first round (one batch per stream, every stream busy) is measured,
+    first calls included: measuring a second round had cost swin-t 0.8 s per slide for an
+    estimate within 2 % of the first. On CUDA the first round (context, kernels,
+    autotuning) only warms up and the second is measured. Known once per network and
+    settings in a process: a cohort's later slides have it before their first batch.
     """
-    n, device = max(1, min(rt.batch_size, max_patches or rt.batch_size)), rt.device
-    key = (str(device), rt.precision, n, rt.torch_threads, streams.n, patch_px, seeded)
-    known = _ESTIMATES.setdefault(net, {})
-    if key in known:  # a cohort's later slides: the first slide's estimate, no noise batches
-        return known[key]
-    x = torch.randint(0, 256, (n, 3, patch_px, patch_px), dtype=torch.uint8, device=device)
-    bkg = torch.zeros((n, patch_px, patch_px), dtype=torch.bool, device=device) if seeded else None
-    for _ in range(2 if device.type == "cuda" else 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        for k in range(streams.n):
-            streams.put(k, run_batch, net, rt, x, bkg)
-        streams.drain()
-    known[key] = (time.perf_counter() - t) / (n * streams.n)
-    return known[key]
+
+    def __init__(self, net: Any, rt: Runtime, patch_px: int, seeded: bool, streams: int) -> None:
+        self.streams = max(1, streams)
+        key = (str(rt.device), rt.precision, rt.batch_size, rt.torch_threads, self.streams, patch_px, seeded)
+        self._known = _ESTIMATES.setdefault(net, {})
+        self._key = key
+        self._skip = self.streams if rt.device.type == "cuda" else 0  # batches that only warm up
+        self._seconds: list[float] = []
+        self._patches = 0
+        self._warmup: list[tuple[float, int]] = []  # the fallback of a run too short to measure
+
+    @property
+    def seconds_per_patch(self) -> float | None:
+        """The estimate, or None while its batches have not all finished."""
+        return self._known.get(self._key)
+
+    def add(self, seconds: float, patches: int) -> bool:
+        """One finished batch (in the order they were started); True once the estimate is known."""
+        if self._key in self._known:
+            return True
+        if self._skip:
+            self._skip -= 1
+            self._warmup.append((seconds, patches))
+            return False
+        self._seconds.append(seconds)
+        self._patches += patches
+        if len(self._seconds) < self.streams:
+            return False
+        # the round's batches ran side by side: its wall time is about one batch's
+        self._known[self._key] = sum(self._seconds) / len(self._seconds) / max(1, self._patches)
+        return True
+
+    def finish(self) -> float:
+        """The estimate from what ran, for a run too short for a whole round (0.0: nothing ran)."""
+        if self.seconds_per_patch is not None:
+            return self.seconds_per_patch
+        if self._seconds:
+            return sum(self._seconds) / len(self._seconds) / max(1, self._patches)
+        if self._warmup:
+            return sum(t for t, _ in self._warmup) / len(self._warmup) / max(1, sum(n for _, n in self._warmup))
+        return 0.0
