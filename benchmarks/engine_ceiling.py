@@ -1,25 +1,30 @@
 """The engine's ceiling: ``segment`` with a model that costs nothing, and where the time goes.
 
 On a GPU the model is nearly free and the engine around it decides the speed. A null
-model (``predict`` returns zeros at once) shows that regime on any machine. Printed, for
-each number of reader processes: patches/s of the whole ``segment_slide`` call and of its
-inference loop, and the split of one run measured piece by piece in this process:
+model (``predict`` returns zeros at once) shows that regime on any machine. Printed:
 
-- start-up: a ``wsi-seg segment --help`` process (imports, parser), and a whole
-  ``wsi-seg segment`` command of the tiny preset minus the seconds its run reports;
-- tissue: the thumbnail read and the tissue mask (``plan``); fingerprint: ``Slide.info``;
-- plan: the reader's plan;
-- read, seed: every block read in this process, with and without background seeding;
-- assemble + write: the inference loop with the null model minus reading;
-- pyramid: the rest of the call (``store.finish``).
+- the scaling curve: patches/s of the whole ``segment_slide`` call and of its inference
+  loop, per number of reader processes (``--workers``) and, without reader processes,
+  per number of reading threads (``--read-threads``); each configuration in a fresh
+  process (``null_model_run.py``);
+- with ``--before CHECKOUT``: the same runs with another checkout's engine (same slide,
+  same script, configurations interleaved), before → after side by side;
+- the split of one run measured piece by piece in this process: start-up (a
+  ``wsi-seg segment --help`` process; a whole ``wsi-seg segment`` command of the tiny
+  preset minus the seconds its run reports), tissue (thumbnail + mask), fingerprint,
+  the reader's plan, reading and seeding alone (every block, this process, as
+  ``segment`` reads them), assembling + writing (the loop minus reading), pyramid.
 
-    python benchmarks/engine_ceiling.py                      # 8192² demo slide, 0 and 1 reader processes
-    python benchmarks/engine_ceiling.py --workers 0,1,2 --size 8192 --repeats 3
+    python benchmarks/engine_ceiling.py                      # 8192² demo slide
+    python benchmarks/engine_ceiling.py --workers 0,1,2 --read-threads 1,2 --repeats 3
+    git worktree add /tmp/before 794c03c && python benchmarks/engine_ceiling.py --before /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import statistics
 import subprocess
@@ -30,30 +35,31 @@ from typing import Any
 
 import torch
 from common import demo_slide, print_table, random_model, slide_arguments, work_folder
+from null_model_run import null_model
 from reader_scaling import make_dataset, reader_throughput
-from torch import nn
 
 from wsi_seg.inference.allocator import pin_malloc_thresholds
 from wsi_seg.inference.options import SegmentOptions
 from wsi_seg.inference.reader import plan_reader
+from wsi_seg.inference.runtime import available_cpus
 from wsi_seg.inference.segment import plan, segment_slide
-from wsi_seg.model.checkpoint import LoadedModel
-from wsi_seg.model.heads import PatchPrediction
 from wsi_seg.slide.slide import Slide
 
+HERE = Path(__file__).resolve().parent
 
-class NullNet(nn.Module):
-    """A network whose prediction costs nothing: zero activations, all background."""
 
-    def __init__(self, real: nn.Module) -> None:
-        super().__init__()
-        self.cfg, self.head = real.cfg, real.head
-
-    def predict(self, patches: torch.Tensor, background: Any = None, image_labels: Any = None,
-                rules: Any = None) -> PatchPrediction:
-        n, _, h, w = patches.shape
-        return PatchPrediction(activations=torch.zeros(n, self.cfg.num_classes, h, w),
-                               mask=torch.zeros(n, h, w, dtype=torch.uint8))
+def null_runs(slide: Path, engine: Path, workers: int, read_threads: int | None, repeats: int,
+              reader: str) -> list[dict[str, Any]]:
+    """``repeats`` null-model runs of ``engine`` (a checkout's root) in a fresh process."""
+    cmd = [sys.executable, str(HERE / "null_model_run.py"), str(slide), "--workers", str(workers),
+           "--repeats", str(repeats), "--reader", reader]
+    if read_threads is not None:
+        cmd += ["--read-threads", str(read_threads)]
+    env = {**os.environ, "PYTHONPATH": str(engine)}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=engine)
+    if p.returncode != 0:
+        raise SystemExit(f"{engine}: null-model run failed: {p.stderr.strip().splitlines()[-1:]}")
+    return [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
 
 
 def _seconds(fn: Any) -> float:
@@ -78,32 +84,48 @@ def startup_seconds(slide_path: Path, checkpoint: Path, work: Path) -> tuple[flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     slide_arguments(ap, size_px=8192, model=False)
-    ap.add_argument("--workers", default="0,1", help="reader processes to compare (comma-separated)")
+    ap.add_argument("--workers", default="0,1,2", help="reader processes to compare (comma-separated)")
+    ap.add_argument("--read-threads", default=None,
+                    help="in-process reading threads to compare, without reader processes (default: 1 … the CPUs)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--reader", default="auto")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="another checkout of wsi-seg (e.g. a git worktree of an older commit): its engine runs too")
     args = ap.parse_args()
     malloc = pin_malloc_thresholds()
+    cpus = available_cpus().cpus
+    here = HERE.parent
+    threads = [int(t) for t in args.read_threads.split(",")] if args.read_threads else list(range(1, cpus + 1))
+    configs = [(0, t) for t in threads] + [(int(w), None) for w in args.workers.split(",") if int(w) > 0]
     with work_folder(args.work) as work:
         slide = demo_slide(work, 2048 if args.quick else args.size, args.tissue_fraction)
         tiny = random_model("tiny", work)
-        null = LoadedModel(NullNet(tiny.net), tiny.config, tiny.path, tiny.sha256)
-        rows, loops = [], {}
-        for workers in (int(w) for w in args.workers.split(",")):
-            options = SegmentOptions(device="cpu", workers=workers, reader=args.reader, overwrite=True, progress=False)
-            segment_slide(slide.path, work / "null.zarr", null, options)  # warm-up
-            runs = [segment_slide(slide.path, work / "null.zarr", null, options) for _ in range(args.repeats)]
-            n = runs[0].patches_run
-            whole = statistics.median(r.seconds for r in runs)
-            loop = statistics.median(r.timings["inference"] for r in runs)
-            loops[workers] = (runs, loop)
-            rows.append([workers, n, whole, n / whole, loop, n / loop])
+        rows, before_rows = [], []
+        for workers, read_threads in configs:
+            engines = [here] if args.before is None else [args.before.resolve(), here]
+            for engine in engines:  # interleaved: before and after of one configuration back to back
+                runs = null_runs(slide.path, engine, workers, read_threads, args.repeats, args.reader)
+                n = runs[0]["patches"]
+                whole = statistics.median(r["whole_s"] for r in runs)
+                loop = statistics.median(r["loop_s"] for r in runs)
+                row = [workers, read_threads if read_threads is not None else "-", n, whole, n / whole, loop, n / loop]
+                (rows if engine == here else before_rows).append(row)
         print(f"{slide.size_px}² demo slide (tissue {args.tissue_fraction:g}) at 0.25 µm/px, null model at "
               f"{tiny.config.mpp} µm/px, {tiny.config.patch_size_px}-px patches, CPU, reader {args.reader}, "
-              f"{torch.get_num_threads()} torch threads, median of {args.repeats}; malloc {malloc}")
-        print_table(["reader procs", "patches", "whole s", "whole p/s", "loop s", "loop p/s"], rows)
+              f"{cpus} CPUs, median of {args.repeats}, each configuration in a fresh process; malloc {malloc}")
+        headers = ["reader procs", "read threads", "patches", "whole s", "whole p/s", "loop s", "loop p/s"]
+        print_table(headers, rows)
+        if before_rows:
+            print(f"\nbefore ({args.before}) → after ({here}), same slide and configurations:")
+            print_table(["reader procs", "read threads", "whole p/s before", "after", "×", "loop p/s before", "after", "×"],
+                        [[a[0], a[1], b[4], a[4], f"{a[4] / b[4]:.2f}", b[6], a[6], f"{a[6] / b[6]:.2f}"]
+                         for a, b in zip(rows, before_rows)])
 
         options = SegmentOptions(device="cpu", workers=0, reader=args.reader, overwrite=True, progress=False)
-        runs, loop = loops[min(loops)]
+        null = null_model()
+        segment_slide(slide.path, work / "null.zarr", null, options)  # warm-up
+        runs = [segment_slide(slide.path, work / "null.zarr", null, options) for _ in range(args.repeats)]
+        loop = statistics.median(r.timings["inference"] for r in runs)
         with Slide(slide.path) as s:
             fingerprint = statistics.median(_seconds(lambda: Slide(slide.path).info()) for _ in range(args.repeats))
             cfg = tiny.config
@@ -113,7 +135,7 @@ def main() -> None:
                                       for _ in range(args.repeats))
             reader_plan = statistics.median(_seconds(lambda: plan_reader(args.reader, s, cfg.mpp, torch.device("cpu")))
                                             for _ in range(args.repeats))
-        # reading alone, as reader_scaling.py measures it (the BlockReader segment builds)
+        # reading alone, as reader_scaling.py measures it (the BlockReader segment builds, its threads)
         plain, n_read = make_dataset(slide.path, seeding=False)
         seeded, _ = make_dataset(slide.path, seeding=True)
         cpu = torch.device("cpu")
@@ -129,14 +151,14 @@ def main() -> None:
             ["tissue (thumbnail + mask)", tissue, f"of which the thumbnail {thumb:.2f} s"],
             ["fingerprint (Slide.info)", fingerprint, ""],
             ["reader plan", reader_plan, ""],
-            ["read, in-process", read, f"{n_read / read:.0f} patches/s"],
+            ["read, in-process (reading threads)", read, f"{n_read / read:.0f} patches/s"],
             ["background seeding", read_seed - read, f"{n_read / max(read_seed - read, 1e-9):.0f} patches/s"],
             ["assemble + write (loop − read − seed)", max(loop - read_seed, 0.0), ""],
             ["pyramid + finish", pyramid, ""],
             ["whole call outside the loop", outside, "target ≤ 1.0 s"],
         ]
         print()
-        print_table(["part (workers 0)", "s", "note"], split)
+        print_table(["part (workers 0, default threads)", "s", "note"], split)
         print(f"null-model loop = {n_read / loop:.0f} patches/s (target ≥ 300 on 2 cores); "
               f"whole call = {runs[0].patches_run / whole:.0f} patches/s")
 

@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import demo_slide, print_table, random_model, work_folder  # noqa: E402
+from null_model_run import NullNet  # noqa: E402
 from reader_scaling import make_dataset, reader_throughput  # noqa: E402
-from engine_ceiling import NullNet  # noqa: E402
 from segment_throughput import model_only  # noqa: E402
 
 from wsi_seg.inference.allocator import pin_malloc_thresholds  # noqa: E402
