@@ -186,3 +186,24 @@ def test_resolved_settings_are_recorded(tmp_path, blob_slide, checkpoints):
                         SegmentOptions(device="cpu", progress=False))
     inference = zarr.open_group(str(res.out), mode="r").attrs["wsi_seg"]["inference"]
     assert inference["batch_size"] == 2 and inference["reader_workers"] == 0
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 2, 4, 32])
+def test_block_items_are_rebatched_in_order_and_copied_only_across_items(seeded, batch_size):
+    sizes = [9, 9, 3, 1]
+    items, rows = [], []
+    for block, n in enumerate(sizes):
+        patches = torch.arange(block * 50, block * 50 + n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 4, 4)
+        items.append({"block": block, "patches": patches.contiguous(),
+                      "background": torch.ones(n, 4, 4, dtype=torch.bool) if seeded else torch.zeros(0, 4, 4, dtype=torch.bool)})
+        rows += [(block, k) for k in range(n)]
+    batches = list(segment_mod._batches(items, batch_size))
+    assert [len(o) for _, _, o in batches] == [min(batch_size, sum(sizes) - i) for i in range(0, sum(sizes), batch_size)]
+    assert [o for _, _, o in batches for o in o] == rows  # every patch once, in order
+    for p, b, owners in batches:
+        assert [int(v) for v in p[:, 0, 0, 0]] == [block * 50 + k for block, k in owners]
+        assert b.shape[0] == (len(owners) if seeded else 0)
+        within_one = len({block for block, _ in owners}) == 1
+        source = items[owners[0][0]]["patches"]
+        assert (p.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()) == within_one

@@ -6,6 +6,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -233,30 +234,57 @@ def _prepare_store(out: Path, grid: TileGrid, model: LoadedModel, provenance: di
     return ResultStore.create(tmp, grid.out_shape, model.config.num_classes, grid.block_px, provenance)
 
 
+def _take_rows(queue: deque[torch.Tensor], n: int) -> torch.Tensor:
+    """The first ``n`` rows of the queued tensors, removed from the queue: a view of the
+    first tensor when they all lie in it, else concatenated."""
+    parts = []
+    while n:
+        head = queue[0]
+        if head.shape[0] <= n:
+            parts.append(queue.popleft())
+            n -= head.shape[0]
+        else:
+            parts.append(head[:n])
+            queue[0], n = head[n:], 0
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]]:
     """Re-batch block items into model batches of ``batch_size`` patches.
 
-    Yields (patches, backgrounds, owners) where owners[k] = (block item, patch index).
+    Yields (patches, backgrounds, owners) where owners[k] = (block item, patch index);
+    backgrounds has no rows when the items carry none (no seeding). A batch within one
+    item is a view of it: patches are copied only where a batch spans two items.
     """
-    buf_p: list[torch.Tensor] = []
-    buf_b: list[torch.Tensor] = []
+    patches: deque[torch.Tensor] = deque()
+    backgrounds: deque[torch.Tensor] = deque()
     owners: list[tuple[int, int]] = []
+    no_background: torch.Tensor | None = None
     count = 0
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        nonlocal owners, count
+        taken, owners, count = owners[:n], owners[n:], count - n
+        bkg = _take_rows(backgrounds, n) if backgrounds else no_background
+        return _take_rows(patches, n), bkg, taken
+
     for item in loader:
         if "error" in item:
             raise SlideError(item["error"])
         n = item["patches"].shape[0]
-        buf_p.append(item["patches"])
-        buf_b.append(item["background"])
+        if n == 0:
+            continue
+        patches.append(item["patches"])
+        if item["background"].shape[0]:
+            backgrounds.append(item["background"])
+        else:
+            no_background = item["background"]
         owners.extend((int(item["block"]), k) for k in range(n))
         count += n
         while count >= batch_size:
-            p, b = torch.cat(buf_p), torch.cat(buf_b)
-            yield p[:batch_size], b[:batch_size], owners[:batch_size]
-            buf_p, buf_b, owners = [p[batch_size:]], [b[batch_size:]], owners[batch_size:]
-            count -= batch_size
+            yield batch(batch_size)
     if count:
-        yield torch.cat(buf_p), torch.cat(buf_b), owners
+        yield batch(count)
 
 
 class _BackgroundWriter:
