@@ -29,37 +29,45 @@ from common import (
     work_folder,
 )
 
-from wsi_seg.result import store
 from wsi_seg.inference.segment import SegmentOptions, segment_slide
+from wsi_seg.result import store as store_mod
 from wsi_seg.result.reader import Result
 
 
-def _settings() -> dict[str, tuple[Any, dict[str, Any]]]:
-    """name → (compressor factory, array write config); the first is what ships."""
+def _settings() -> dict[str, tuple[Any, dict[str, Any], Any]]:
+    """name → (compressor factory, array write config, activations' chunking); the first is what ships."""
     import zarr
 
     def blosc(cname: str, clevel: int) -> Any:
         return lambda: zarr.codecs.BloscCodec(cname=cname, clevel=clevel, shuffle="bitshuffle")
 
     skip_empty = {"write_empty_chunks": False}  # zarr's default: check each chunk for all zeros
+    no_check = {"write_empty_chunks": True}
+    shard = store_mod._activation_chunks
+
+    def per_class(classes: int, chunk: int) -> dict[str, Any]:  # one file per class and block
+        return {"chunks": (1, chunk, chunk)}
+
     return {
-        "shipped": (store._compressor, store._WRITE_CONFIG),
-        "zstd-3, empty check (before)": (blosc("zstd", 3), skip_empty),
-        "zstd-1, empty check": (blosc("zstd", 1), skip_empty),
-        "zstd-3, no check": (blosc("zstd", 3), {"write_empty_chunks": True}),
-        "lz4-5, no check": (blosc("lz4", 5), {"write_empty_chunks": True}),
+        "shipped (zstd-1, no check, a block's classes in one shard)": (store_mod._compressor, store_mod._WRITE_CONFIG, shard),
+        "zstd-1, no check, a file per class": (blosc("zstd", 1), no_check, per_class),
+        "zstd-3, empty check, a file per class": (blosc("zstd", 3), skip_empty, per_class),
+        "zstd-1, empty check, a file per class": (blosc("zstd", 1), skip_empty, per_class),
+        "zstd-3, no check, shard": (blosc("zstd", 3), no_check, shard),
+        "lz4-5, no check, shard": (blosc("lz4", 5), no_check, shard),
     }
 
 
 def write_all(result: Result, blocks: list[tuple[tuple[int, int], np.ndarray, np.ndarray]], root: Path,
-              compressor: Any, config: dict[str, Any]) -> tuple[float, float, int]:
-    """(CPU s, wall s, bytes) of writing ``blocks`` into a fresh store at ``root``."""
-    saved = store._compressor, store._WRITE_CONFIG
-    store._compressor, store._WRITE_CONFIG = compressor, config
+              compressor: Any, config: dict[str, Any], chunking: Any) -> tuple[float, float, int, int]:
+    """(CPU s, wall s, bytes, files) of writing ``blocks`` into a fresh store at ``root``."""
+    saved = store_mod._compressor, store_mod._WRITE_CONFIG, store_mod._activation_chunks
+    store_mod._compressor, store_mod._WRITE_CONFIG, store_mod._activation_chunks = compressor, config, chunking
     try:
         shutil.rmtree(root, ignore_errors=True)
         chunk = blocks[0][2].shape[0]
-        store = store.ResultStore.create(root, result.level_shape(0), len(result.class_names), chunk, {"mpp": result.mpp})
+        store = store_mod.ResultStore.create(root, result.level_shape(0), len(result.class_names), chunk,
+                                             {"mpp": result.mpp})
         store.open_for_writing(expected=[index for index, _, _ in blocks])
         c, t = time.process_time(), time.perf_counter()
         for (i, j), acts, mask in blocks:
@@ -67,9 +75,9 @@ def write_all(result: Result, blocks: list[tuple[tuple[int, int], np.ndarray, np
         store.close()
         cpu, wall = time.process_time() - c, time.perf_counter() - t
     finally:
-        store._compressor, store._WRITE_CONFIG = saved
-    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    return cpu, wall, size
+        store_mod._compressor, store_mod._WRITE_CONFIG, store_mod._activation_chunks = saved
+    files = [p for p in root.rglob("*") if p.is_file()]
+    return cpu, wall, sum(p.stat().st_size for p in files), len(files)
 
 
 def main() -> None:
@@ -96,21 +104,21 @@ def main() -> None:
                 if mask.any():  # tissue blocks, as the engine writes them
                     blocks.append(((i, j), np.ascontiguousarray(act0[(slice(None), *window)]), mask))
         settings = _settings()
-        runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in settings}
+        runs: dict[str, list[tuple[float, float, int, int]]] = {name: [] for name in settings}
         for _ in range(args.repeats):
-            for name, (compressor, config) in settings.items():
-                runs[name].append(write_all(result, blocks, work / "write_cost.zarr", compressor, config))
+            for name, (compressor, config, chunking) in settings.items():
+                runs[name].append(write_all(result, blocks, work / "write_cost.zarr", compressor, config, chunking))
         shutil.rmtree(work / "write_cost.zarr", ignore_errors=True)
-    base_cpu = statistics.median(r[0] for r in runs["shipped"])
+    base_cpu = statistics.median(r[0] for r in next(iter(runs.values())))
     rows = []
     for name, rs in runs.items():
         cpu = statistics.median(r[0] for r in rs)
         wall = statistics.median(r[1] for r in rs)
         rows.append((name, f"{cpu / len(blocks) * 1e3:.1f}", f"{wall / len(blocks) * 1e3:.1f}",
-                     f"{rs[0][2] / 1e6:.2f}", f"{cpu / base_cpu:.2f}"))
+                     f"{rs[0][2] / 1e6:.2f}", rs[0][3], f"{cpu / base_cpu:.2f}"))
     print(f"{len(blocks)} blocks of {chunk}² px × {len(result.class_names)} classes + mask, pyramid streamed; "
           f"{what}; {args.size}² slide; median of {args.repeats}")
-    print_table(["setting", "CPU ms/block", "wall ms/block", "MB on disk", "CPU vs shipped"], rows)
+    print_table(["setting", "CPU ms/block", "wall ms/block", "MB on disk", "files", "CPU vs shipped"], rows)
 
 
 if __name__ == "__main__":

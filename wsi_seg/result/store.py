@@ -45,6 +45,14 @@ def _compressor() -> Any:
 _WRITE_CONFIG = {"write_empty_chunks": True}
 
 
+def _activation_chunks(num_classes: int, chunk_px: int) -> dict[str, tuple[int, int, int]]:
+    """A block's activations of every class in one file (a zarr v3 shard) made of one
+    chunk per class: a block is written as two files (activations, mask) instead of
+    classes + 1, which cut the zarr CPU per block (``benchmarks/write_cost.py``) and the
+    files per result ``classes``-fold; a reader of one class still reads only its chunk."""
+    return {"chunks": (1, chunk_px, chunk_px), "shards": (num_classes, chunk_px, chunk_px)}
+
+
 def _writable(array: Any) -> Any:
     """``array`` opened as the store writes it (``_WRITE_CONFIG``)."""
     return array.with_config(_WRITE_CONFIG)
@@ -92,7 +100,7 @@ class ResultStore:
             group = zarr.open_group(str(root), mode="a", zarr_format=3)  # emptied above
             h, w = shape_hw
             group.create_array(
-                "0", shape=(num_classes, h, w), dtype="uint8", chunks=(1, chunk_px, chunk_px),
+                "0", shape=(num_classes, h, w), dtype="uint8", **_activation_chunks(num_classes, chunk_px),
                 compressors=_compressor(), fill_value=0, dimension_names=("c", "y", "x"),
             )
             labels = group.create_group(LABELS_GROUP).create_group(LABEL_NAME)
@@ -174,7 +182,7 @@ class ResultStore:
         self._levels = {0: (_writable(group["0"]), _writable(label_group["0"]))}
         for level, (h, w) in enumerate(shapes[1:], start=1):
             act = group.create_array(
-                str(level), shape=(c, h, w), dtype="uint8", chunks=(1, chunk, chunk),
+                str(level), shape=(c, h, w), dtype="uint8", **_activation_chunks(c, chunk),
                 compressors=_compressor(), fill_value=0, dimension_names=("c", "y", "x"), overwrite=True,
             )
             mask = label_group.create_array(
