@@ -40,18 +40,19 @@ class GeneratedSlide:
     reused: bool
 
 
-def slide_name(size_px: int, tissue_fraction: float, mpp: float, seed: int) -> str:
-    return f"demo_{size_px}px_t{tissue_fraction:g}_mpp{mpp:g}_s{seed}"
+def slide_name(size_px: int, tissue_fraction: float, mpp: float, seed: int, levels: int | None = None) -> str:
+    return f"demo_{size_px}px_t{tissue_fraction:g}_mpp{mpp:g}_s{seed}" + (f"_l{levels}" if levels else "")
 
 
 def demo_slide(work: Path, size_px: int, tissue_fraction: float = 0.6, mpp: float = 0.25,
-               seed: int = 0, fresh_process: bool = False) -> GeneratedSlide:
+               seed: int = 0, fresh_process: bool = False, levels: int | None = None) -> GeneratedSlide:
     """A square demo slide in ``work``: reused when its marker exists, else written now.
+    ``levels``: pyramid levels (None: the generator's, 4× apart down to < 1024 px).
 
     ``fresh_process``: this process does nothing else, so its peak RSS is the
     generator's and is recorded in the marker (``peak_rss_mib``).
     """
-    stem = slide_name(size_px, tissue_fraction, mpp, seed)
+    stem = slide_name(size_px, tissue_fraction, mpp, seed, levels)
     path = work / f"{stem}.tif"
     marker = work / f"{stem}.done.json"
     if marker.is_file() and path.is_file():
@@ -60,7 +61,8 @@ def demo_slide(work: Path, size_px: int, tissue_fraction: float = 0.6, mpp: floa
                               float(meta.get("seconds", 0.0)), True)
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    demo = write_demo_slide(path, size_px=(size_px, size_px), mpp=mpp, seed=seed, tissue_fraction=tissue_fraction)
+    demo = write_demo_slide(path, size_px=(size_px, size_px), mpp=mpp, seed=seed, tissue_fraction=tissue_fraction,
+                            levels=levels)
     seconds = time.perf_counter() - t
     meta = {"seconds": round(seconds, 2), "bytes": path.stat().st_size,
             "levels": [list(d) for d in demo.level_dimensions]}

@@ -89,6 +89,9 @@ def main() -> None:
                     help="in-process reading threads to compare, without reader processes (default: 1 … the CPUs)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--reader", default="auto")
+    ap.add_argument("--levels", type=int, default=None,
+                    help="pyramid levels of the demo slide (default 4× apart down to < 1024 px; 1: level 0 only, "
+                         "so the thumbnail comes from full resolution)")
     ap.add_argument("--before", type=Path, default=None,
                     help="another checkout of wsi-seg (e.g. a git worktree of an older commit): its engine runs too")
     args = ap.parse_args()
@@ -98,7 +101,7 @@ def main() -> None:
     threads = [int(t) for t in args.read_threads.split(",")] if args.read_threads else list(range(1, cpus + 1))
     configs = [(0, t) for t in threads] + [(int(w), None) for w in args.workers.split(",") if int(w) > 0]
     with work_folder(args.work) as work:
-        slide = demo_slide(work, 2048 if args.quick else args.size, args.tissue_fraction)
+        slide = demo_slide(work, 2048 if args.quick else args.size, args.tissue_fraction, levels=args.levels)
         tiny = random_model("tiny", work)
         rows, before_rows = [], []
         for workers, read_threads in configs:
@@ -110,13 +113,16 @@ def main() -> None:
                 loop = statistics.median(r["loop_s"] for r in runs)
                 row = [workers, read_threads if read_threads is not None else "-", n, whole, n / whole, loop, n / loop]
                 (rows if engine == here else before_rows).append(row)
-        print(f"{slide.size_px}² demo slide (tissue {args.tissue_fraction:g}) at 0.25 µm/px, null model at "
+        with Slide(slide.path) as s:
+            levels = " × ".join(f"{w}²" if w == h else f"{w}×{h}" for w, h in s.level_dimensions)
+        print(f"{slide.size_px}² demo slide (levels {levels}, tissue {args.tissue_fraction:g}) at 0.25 µm/px, null model at "
               f"{tiny.config.mpp} µm/px, {tiny.config.patch_size_px}-px patches, CPU, reader {args.reader}, "
               f"{cpus} CPUs, median of {args.repeats}, each configuration in a fresh process; malloc {malloc}")
         headers = ["reader procs", "read threads", "patches", "whole s", "whole p/s", "loop s", "loop p/s"]
         print_table(headers, rows)
         if before_rows:
-            print(f"\nbefore ({args.before}) → after ({here}), same slide and configurations:")
+            print(f"\nbefore ({args.before}) → after ({here}), same slide and configurations "
+                  "(an engine without reading threads reads on one, whatever the read-threads column says):")
             print_table(["reader procs", "read threads", "whole p/s before", "after", "×", "loop p/s before", "after", "×"],
                         [[a[0], a[1], b[4], a[4], f"{a[4] / b[4]:.2f}", b[6], a[6], f"{a[6] / b[6]:.2f}"]
                          for a, b in zip(rows, before_rows)])
