@@ -207,3 +207,23 @@ def test_block_items_are_rebatched_in_order_and_copied_only_across_items(seeded,
         within_one = len({block for block, _ in owners}) == 1
         source = items[owners[0][0]]["patches"]
         assert (p.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()) == within_one
+
+
+def test_writers_and_reading_threads_give_the_result_of_one_each(tmp_path, blob_slide, checkpoints, monkeypatch):
+    """Blocks written by four threads at once (and read by four) give the store one
+    writer and one reader give: every level, classes in one shard per block, recorded."""
+    import wsi_seg.inference.runtime as runtime
+
+    model = load_checkpoint(checkpoints[2])
+    stores = {}
+    for n in (1, 4):
+        monkeypatch.setattr(runtime, "resolve_writers", lambda cpus, n=n: n)
+        monkeypatch.setattr(runtime, "resolve_read_threads", lambda workers, cpus, n=n: n)
+        res = segment_slide(blob_slide, tmp_path / f"w{n}.zarr", model, SegmentOptions(**OPTS, batch_size=1))
+        stores[n] = zarr.open_group(str(res.out), mode="r")
+        inference = stores[n].attrs["wsi_seg"]["inference"]
+        assert (inference["writers"], inference["read_threads"]) == (n, n)
+    a, b = stores[1], stores[4]
+    assert a["0"].shards == (4, *a["0"].chunks[1:]) and a["0"].chunks[0] == 1  # one file per block, a chunk per class
+    for name in ("0", "1", "labels/mask/0", "labels/mask/1"):
+        assert np.array_equal(a[name][:], b[name][:]), name
