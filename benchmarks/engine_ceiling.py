@@ -141,7 +141,7 @@ def main() -> None:
                                       for _ in range(args.repeats))
             reader_plan = statistics.median(_seconds(lambda: plan_reader(args.reader, s, cfg.mpp, torch.device("cpu")))
                                             for _ in range(args.repeats))
-        # reading alone, as reader_scaling.py measures it (the BlockReader segment builds, its threads)
+        # reading alone on one thread, as reader_scaling.py measures it (the BlockReader segment builds)
         plain, n_read = make_dataset(slide.path, seeding=False)
         seeded, _ = make_dataset(slide.path, seeding=True)
         cpu = torch.device("cpu")
@@ -157,7 +157,7 @@ def main() -> None:
             ["tissue (thumbnail + mask)", tissue, f"of which the thumbnail {thumb:.2f} s"],
             ["fingerprint (Slide.info)", fingerprint, ""],
             ["reader plan", reader_plan, ""],
-            ["read, in-process (reading threads)", read, f"{n_read / read:.0f} patches/s"],
+            ["read, in-process, one reading thread", read, f"{n_read / read:.0f} patches/s"],
             ["background seeding", read_seed - read, f"{n_read / max(read_seed - read, 1e-9):.0f} patches/s"],
             ["assemble + write (loop − read − seed)", max(loop - read_seed, 0.0), ""],
             ["pyramid + finish", pyramid, ""],

@@ -53,14 +53,16 @@ def make_dataset(slide_path: Path, seeding: bool) -> tuple[BlockDataset, int]:
     return BlockDataset(str(slide_path), mpp, grid, blocks, background_seed), int(tissue_patches.sum())
 
 
-def reader_throughput(dataset: BlockDataset, reader: str, workers: int, device: torch.device) -> float:
+def reader_throughput(dataset: BlockDataset, reader: str, workers: int, device: torch.device,
+                      read_threads: int = 1) -> float:
     """Patches/s through the ``BlockReader`` ``segment_slide`` builds for ``reader``
-    (fresh workers; for jpeg-device, decoded tensors on ``device``)."""
+    (fresh workers; for jpeg-device, decoded tensors on ``device``; without workers, on
+    ``read_threads`` reading threads)."""
     cfg = preset_config("small")
     with Slide(dataset.slide_path) as slide:
         plan_ = plan_reader(reader, slide, cfg.mpp, device)
     blocks = BlockReader(plan_, dataset.slide_path, dataset.slide_mpp, dataset.grid, dataset.blocks,
-                         dataset.background_seed, device, workers)
+                         dataset.background_seed, device, workers, read_threads)
     t = time.perf_counter()
     n = 0
     for item in blocks:
