@@ -38,7 +38,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +52,8 @@ from wsi_seg.errors import CheckpointError, ConfigError
 from wsi_seg.exports.patches import export_patches, patch_starts
 from wsi_seg.model import LoadedModel, load_checkpoint
 from wsi_seg.model.predict_rules import IGNORE_LABEL
-from wsi_seg.result.corrections import corrections_history, pending_chunks
-from wsi_seg.result.format import CORRECTED_NAME, LABEL_NAME, CORRECTIONS_KEY, labels_path
+from wsi_seg.result.corrections import corrected_chunks, corrections_history, corrections_state
+from wsi_seg.result.format import CORRECTED_NAME
 from wsi_seg.result.reader import Result
 
 from wsi_seg_training.augment import apply_joint_many, flips
@@ -191,7 +190,7 @@ def check_result(path: str | Path, model: LoadedModel, allow_older: bool) -> Res
     if allow_older:
         return result
     made = _checkpoint_made(model)
-    state = _corrections_state(result)
+    state = corrections_state(result)
     carried = state.get("carried_from") or {}
     if carried and carried.get("model_sha256") not in (None, model.sha256):
         raise ConfigError(
@@ -207,15 +206,6 @@ def check_result(path: str | Path, model: LoadedModel, allow_older: bool) -> Res
     return result
 
 
-def _corrections_state(result: Result) -> dict[str, Any]:
-    import zarr
-
-    if CORRECTED_NAME not in result.label_names:
-        return {}
-    return dict(zarr.open_group(str(labels_path(result.path, CORRECTED_NAME)), mode="r").attrs.get(CORRECTIONS_KEY)
-                or {})
-
-
 def corrected_origins(result: Result, patch_px: int) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Level-0 origins of the export grid's patches that hold a pixel the corrections changed
     (every patch that overlaps one: the grid's last row and column overlap the one before),
@@ -223,26 +213,14 @@ def corrected_origins(result: Result, patch_px: int) -> tuple[list[tuple[int, in
     the chunks the saves recorded are read."""
     n = len(result.class_names)
     taken = np.zeros(n + 1, np.int64)
-    if CORRECTED_NAME not in result.label_names:
-        return [], taken
-    mask, corrected = result.mask(0, LABEL_NAME), result.mask(0, CORRECTED_NAME)
-    h, w = mask.shape
-    chunk = mask.chunks[-1]
-    chunks = {tuple(c) for s in corrections_history(result) for c in s.get("chunks") or []}
-    chunks |= set(pending_chunks(result))
-    if _corrections_state(result).get("carried_from"):  # carried saves list the old result's chunks; check all
-        chunks = {(i, j) for i in range(math.ceil(h / chunk)) for j in range(math.ceil(w / chunk))}
+    h, w = result.level_shape(0)
     ys_start, xs_start = patch_starts(h, patch_px), patch_starts(w, patch_px)
     if not ys_start or not xs_start:
         return [], taken
     found: set[tuple[int, int]] = set()
-    for i, j in sorted(chunks):
-        y0, x0 = i * chunk, j * chunk
-        before = np.asarray(mask[y0 : y0 + chunk, x0 : x0 + chunk])
-        diff = before != np.asarray(corrected[y0 : y0 + chunk, x0 : x0 + chunk])
-        if not diff.any():
-            continue
-        taken += np.bincount(before[diff].ravel(), minlength=n + 1)[: n + 1]
+    for chunk in corrected_chunks(result):
+        y0, x0, diff = chunk.y0, chunk.x0, chunk.changed
+        taken += np.bincount(chunk.before[diff].ravel(), minlength=n + 1)[: n + 1]
         for sy in (s for s in ys_start if s < y0 + diff.shape[0] and s + patch_px > y0):
             for sx in (s for s in xs_start if s < x0 + diff.shape[1] and s + patch_px > x0):
                 window = diff[max(0, sy - y0) : sy + patch_px - y0, max(0, sx - x0) : sx + patch_px - x0]

@@ -27,7 +27,6 @@ import numpy as np
 
 from wsi_seg.errors import OutputError, SlideError
 from wsi_seg.reports.review_options import ReviewOptions
-from wsi_seg.result.format import CORRECTED_NAME, LABEL_NAME
 from wsi_seg.result.reader import Result
 from wsi_seg.result.uncertainty import uncertainty_at
 
@@ -66,23 +65,13 @@ def region_side(result: Result, options: ReviewOptions) -> int:
 
 def corrected_cells(result: Result, side: int) -> set[tuple[int, int]]:
     """(row, col) of the regions holding a pixel the corrections changed (level 0, only the
-    chunks the saves recorded are read)."""
-    from wsi_seg.result.corrections import corrections_history, pending_chunks
+    chunks the saves recorded are read: ``corrections.corrected_chunks``)."""
+    from wsi_seg.result.corrections import corrected_chunks
 
-    if CORRECTED_NAME not in result.label_names:
-        return set()
-    mask, corrected = result.mask(0, LABEL_NAME), result.mask(0, CORRECTED_NAME)
-    chunk = mask.chunks[-1]
-    h, w = mask.shape
-    chunks = {tuple(c) for s in corrections_history(result) for c in s.get("chunks") or []} | set(pending_chunks(result))
-    if not chunks:  # carried over, or written another way: compare everything
-        chunks = {(i, j) for i in range(math.ceil(h / chunk)) for j in range(math.ceil(w / chunk))}
     cells: set[tuple[int, int]] = set()
-    for i, j in chunks:
-        y0, x0 = i * chunk, j * chunk
-        diff = np.asarray(mask[y0 : y0 + chunk, x0 : x0 + chunk]) != np.asarray(corrected[y0 : y0 + chunk, x0 : x0 + chunk])
-        ys, xs = np.nonzero(diff)
-        cells |= {(int(y) // side, int(x) // side) for y, x in zip(ys + y0, xs + x0)}
+    for chunk in corrected_chunks(result):
+        ys, xs = np.nonzero(chunk.changed)
+        cells |= {(int(y) // side, int(x) // side) for y, x in zip(ys + chunk.y0, xs + chunk.x0)}
     return cells
 
 

@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -115,7 +115,7 @@ def check_label_values(values: np.ndarray, result: Result) -> None:
         )
 
 
-def _state(result: Result) -> dict[str, Any]:
+def corrections_state(result: Result) -> dict[str, Any]:
     """``labels/corrected``'s ``wsi_seg_corrections`` attributes, {} when there is none."""
     import zarr
 
@@ -127,12 +127,47 @@ def _state(result: Result) -> dict[str, Any]:
 
 def corrections_history(result: Result) -> list[dict[str, Any]]:
     """The saves recorded in ``labels/corrected`` (oldest first), [] when there is none."""
-    return list(_state(result).get("saves") or [])
+    return list(corrections_state(result).get("saves") or [])
 
 
 def pending_chunks(result: Result) -> list[tuple[int, int]]:
     """Level-0 chunks of an interrupted save (their pyramid may lag), [] when none."""
     return pending_corrections(result.path)
+
+
+@dataclass(frozen=True)
+class CorrectedChunk:
+    """A level-0 chunk where the corrections changed a pixel."""
+
+    index: tuple[int, int]  # (chunk row, chunk col)
+    y0: int
+    x0: int
+    before: np.ndarray  # the model's labels (labels/mask)
+    after: np.ndarray  # the corrected labels (labels/corrected)
+    changed: np.ndarray  # before != after
+
+
+def corrected_chunks(result: Result) -> Iterator[CorrectedChunk]:
+    """The level-0 chunks of ``result`` where ``labels/corrected`` differs from the model's
+    mask, in order. Only the chunks the saves (and an interrupted save) recorded are read;
+    every chunk when none is recorded (written another way) or the corrections were
+    carried over from the result this one replaced."""
+    if CORRECTED_NAME not in result.label_names:
+        return
+    mask, corrected = result.mask(0, LABEL_NAME), result.mask(0, CORRECTED_NAME)
+    h, w = mask.shape
+    c = mask.chunks[-1]
+    chunks = {tuple(x) for save in corrections_history(result) for x in save.get("chunks") or []}
+    chunks |= set(pending_chunks(result))
+    if not chunks or corrections_state(result).get("carried_from"):
+        chunks = {(i, j) for i in range(-(-h // c)) for j in range(-(-w // c))}
+    for i, j in sorted(chunks):
+        y0, x0 = i * c, j * c
+        before = np.asarray(mask[y0 : y0 + c, x0 : x0 + c])
+        after = np.asarray(corrected[y0 : y0 + c, x0 : x0 + c])
+        changed = before != after
+        if changed.any():
+            yield CorrectedChunk((i, j), y0, x0, before, after, changed)
 
 
 def _ensure_corrected(result: Result) -> None:
@@ -329,20 +364,13 @@ def carry_over(old: str | Path, new: str | Path) -> int:
 
     old_result, new_result = Result.open(old), Result.open(new, allow_incomplete=True)
     history = corrections_history(old_result)
-    chunks = {tuple(c) for save in history for c in save.get("chunks") or []} | set(pending_chunks(old_result))
-    labels = zarr.open_group(str(labels_path(old_result.path)), mode="r")
-    mask, corrected = labels[LABEL_NAME]["0"], labels[CORRECTED_NAME]["0"]
+    edits: dict[tuple[int, int], np.ndarray] = {}
+    values: dict[tuple[int, int], np.ndarray] = {}
+    for chunk in corrected_chunks(old_result):
+        edits[chunk.index], values[chunk.index] = chunk.changed, chunk.after
     _ensure_corrected(new_result)
     group = zarr.open_group(str(labels_path(new_result.path, CORRECTED_NAME)), mode="r+")
     base = group["0"]
-    c = base.chunks[-1]
-    edits: dict[tuple[int, int], np.ndarray] = {}
-    values: dict[tuple[int, int], np.ndarray] = {}
-    for i, j in sorted(chunks):
-        window = (slice(i * c, (i + 1) * c), slice(j * c, (j + 1) * c))
-        before, after = mask[window], corrected[window]
-        if (before != after).any():
-            edits[(i, j)], values[(i, j)] = before != after, after
     pixels = _write_chunks(base, edits, values)
     _rebuild_parents(group, new_result.levels, set(edits))
     completed = old_result.provenance.raw.get("completed_utc")
