@@ -133,12 +133,12 @@ def test_model_time_estimate_rounds():
         pass
 
     rt = resolve_runtime("cpu", "fp32", workers=0, batch_size=2, threads=2, streams=2)
-    est = ModelTimeEstimate(Net(), rt, 224, True, 2)
+    est = ModelTimeEstimate(Net(), rt, 224, True)
     assert est.seconds_per_patch is None and est.finish() == 0.0
     assert not est.add(0.4, 2)
     assert est.finish() == 0.2  # a run shorter than a round: what ran
     assert est.add(0.6, 2) and est.seconds_per_patch == 0.5 / 4
-    cuda = replace(rt, device=torch.device("cuda"))
-    est = ModelTimeEstimate(Net(), cuda, 224, True, 1)
+    cuda = replace(rt, device=torch.device("cuda"), streams=1)
+    est = ModelTimeEstimate(Net(), cuda, 224, True)
     assert not est.add(5.0, 2) and est.finish() == 2.5  # warm-up only: the fallback
     assert est.add(0.2, 2) and est.seconds_per_patch == 0.1

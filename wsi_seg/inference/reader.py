@@ -146,16 +146,13 @@ class BlockDataset(Dataset):
         # opened lazily so each DataLoader worker process has its own handle; once for
         # the reading threads of a process
         with self._opening:
-            return self._open_once()
-
-    def _open_once(self) -> Slide | JpegRegionReader:
-        if self._slide is None:
-            p = self.plan
-            if p is not None and p.used == "jpeg-cpu" and p.jpeg is not None:
-                self._slide = JpegRegionReader(p.jpeg, p.downsample, p.dct_reduction)
-            else:
-                self._slide = Slide(self.slide_path, mpp=self.slide_mpp)
-        return self._slide
+            if self._slide is None:
+                p = self.plan
+                if p is not None and p.used == "jpeg-cpu" and p.jpeg is not None:
+                    self._slide = JpegRegionReader(p.jpeg, p.downsample, p.dct_reduction)
+                else:
+                    self._slide = Slide(self.slide_path, mpp=self.slide_mpp)
+            return self._slide
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -203,7 +200,7 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Te
     n = math.prod(shape)
     if not shared or n == 0:
         return torch.empty(shape, dtype=dtype)
-    storage = torch.UntypedStorage._new_shared(n * torch.empty((), dtype=dtype).element_size())
+    storage = torch.UntypedStorage._new_shared(n * dtype.itemsize)
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
@@ -339,7 +336,7 @@ class BlockReader:
         else:
             items = self._produce()
             # device decoding runs on a thread ahead of the model (reader processes do their own)
-            if self.prefetch_thread and (self.loader.num_workers == 0 or self.decoder is not None):
+            if self.prefetch_thread and self.decoder is not None:
                 items = prefetched(items)
         for item in items:
             ready = item.pop("ready", None)

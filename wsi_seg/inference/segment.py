@@ -272,8 +272,6 @@ def _batches(loader: Iterable[dict[str, Any]], batch_size: int) -> Iterator[tupl
         if "error" in item:
             raise SlideError(item["error"])
         n = item["patches"].shape[0]
-        if n == 0:
-            continue
         patches.append(item["patches"])
         if item["background"].shape[0]:
             backgrounds.append(item["background"])
@@ -359,7 +357,7 @@ class _PlanAnnouncer:
     batches (``ModelTimeEstimate``), so the estimate costs no model call."""
 
     def __init__(self, draft: SegmentPlan, estimate: ModelTimeEstimate,
-                 on_plan: Callable[[SegmentPlan], None] | None, make_bar: Callable[[], Any]) -> None:
+                 on_plan: Callable[[SegmentPlan], None] | None, make_bar: Callable[[int], Any]) -> None:
         self.draft, self.estimate, self.on_plan, self.make_bar = draft, estimate, on_plan, make_bar
         self.bar: Any = None
 
@@ -371,8 +369,7 @@ class _PlanAnnouncer:
         log.info("%s", plan_.describe())
         if self.on_plan is not None:
             self.on_plan(plan_)
-        self.bar = self.make_bar()
-        self.bar.update(done - self.bar.n)
+        self.bar = self.make_bar(done)
 
     def batch(self, seconds: float, patches: int, done: int) -> bool:
         """A batch of ``patches`` finished in ``seconds``; ``done`` patches in all. True
@@ -506,9 +503,9 @@ def _locked_steps(
     with torch_threads(rt.torch_threads), InferenceStreams(rt.streams) as streams:
         draft = SegmentPlan(str(slide_path), grid.out_shape, cfg.mpp, info.mpp if options.mpp is None else options.mpp,
                             n_total, sum(len(b.patches) for b in todo), math.nan, str(device))
-        estimate = ModelTimeEstimate(net, rt, cfg.patch_size_px, seeded, rt.streams)
-        announcer = _PlanAnnouncer(draft, estimate, on_plan, lambda: tqdm(
-            total=n_total, initial=n_resumed, desc=Path(slide_path).name, unit="patch", disable=not options.progress))
+        estimate = ModelTimeEstimate(net, rt, cfg.patch_size_px, seeded)
+        announcer = _PlanAnnouncer(draft, estimate, on_plan, lambda done: tqdm(
+            total=n_total, initial=done, desc=Path(slide_path).name, unit="patch", disable=not options.progress))
         if not todo or estimate.seconds_per_patch is not None:
             announcer.announce(n_resumed)
         store.open_for_writing(expected=[b.index for b in blocks])  # the store grows the pyramid as blocks come

@@ -113,14 +113,12 @@ class ModelTimeEstimate:
     settings in a process: a cohort's later slides have it before their first batch.
     """
 
-    def __init__(self, net: Any, rt: Runtime, patch_px: int, seeded: bool, streams: int) -> None:
-        self.streams = max(1, streams)
-        key = (str(rt.device), rt.precision, rt.batch_size, rt.torch_threads, self.streams, patch_px, seeded)
+    def __init__(self, net: Any, rt: Runtime, patch_px: int, seeded: bool) -> None:
+        self.streams = rt.streams
+        self._key = (str(rt.device), rt.precision, rt.batch_size, rt.torch_threads, rt.streams, patch_px, seeded)
         self._known = _ESTIMATES.setdefault(net, {})
-        self._key = key
-        self._skip = self.streams if rt.device.type == "cuda" else 0  # batches that only warm up
-        self._seconds: list[float] = []
-        self._patches = 0
+        self._skip = rt.streams if rt.device.type == "cuda" else 0  # batches that only warm up
+        self._round: list[tuple[float, int]] = []  # (seconds, patches) of the measured batches
         self._warmup: list[tuple[float, int]] = []  # the fallback of a run too short to measure
 
     @property
@@ -136,20 +134,22 @@ class ModelTimeEstimate:
             self._skip -= 1
             self._warmup.append((seconds, patches))
             return False
-        self._seconds.append(seconds)
-        self._patches += patches
-        if len(self._seconds) < self.streams:
+        self._round.append((seconds, patches))
+        if len(self._round) < self.streams:
             return False
-        # the round's batches ran side by side: its wall time is about one batch's
-        self._known[self._key] = sum(self._seconds) / len(self._seconds) / max(1, self._patches)
+        self._known[self._key] = _per_patch(self._round)
         return True
 
     def finish(self) -> float:
         """The estimate from what ran, for a run too short for a whole round (0.0: nothing ran)."""
         if self.seconds_per_patch is not None:
             return self.seconds_per_patch
-        if self._seconds:
-            return sum(self._seconds) / len(self._seconds) / max(1, self._patches)
-        if self._warmup:
-            return sum(t for t, _ in self._warmup) / len(self._warmup) / max(1, sum(n for _, n in self._warmup))
+        return _per_patch(self._round or self._warmup)
+
+
+def _per_patch(batches: list[tuple[float, int]]) -> float:
+    """Seconds per patch of (seconds, patches) batches run side by side, one per stream: the
+    round's wall time is about one batch's, its patches all of theirs (0.0: none)."""
+    if not batches:
         return 0.0
+    return sum(t for t, _ in batches) / len(batches) / max(1, sum(n for _, n in batches))

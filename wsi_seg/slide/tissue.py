@@ -44,9 +44,8 @@ def _brighter_than(rgb: np.ndarray, threshold: float) -> np.ndarray:
     import numpy as np
 
     t = threshold * 10_000
-    if not (0 <= threshold < 256 and float(t).is_integer() and float(np.float32(threshold)) == threshold):
-        return _gray_uint8(rgb) > threshold
-    if rgb.ndim != 3 or rgb.shape[2] < 3 or rgb.dtype != np.uint8:
+    exact = 0 <= threshold < 256 and float(t).is_integer() and float(np.float32(threshold)) == threshold
+    if not exact or rgb.ndim != 3 or rgb.shape[2] < 3 or rgb.dtype != np.uint8:
         return _gray_uint8(rgb) > threshold
     total = rgb[..., 0].astype(np.int32) * _LUMA_E4[0]
     total += rgb[..., 1].astype(np.int32) * _LUMA_E4[1]
