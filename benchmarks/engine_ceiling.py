@@ -111,7 +111,9 @@ def main() -> None:
                 n = runs[0]["patches"]
                 whole = statistics.median(r["whole_s"] for r in runs)
                 loop = statistics.median(r["loop_s"] for r in runs)
-                row = [workers, read_threads if read_threads is not None else "-", n, whole, n / whole, loop, n / loop]
+                recorded = runs[0]["read_threads"]  # from the run's provenance: what took effect
+                row = [runs[0]["reader_workers"], recorded if recorded is not None else "-", n, whole, n / whole,
+                       loop, n / loop]
                 (rows if engine == here else before_rows).append(row)
         with Slide(slide.path) as s:
             levels = " × ".join(f"{w}²" if w == h else f"{w}×{h}" for w, h in s.level_dimensions)
@@ -121,8 +123,9 @@ def main() -> None:
         headers = ["reader procs", "read threads", "patches", "whole s", "whole p/s", "loop s", "loop p/s"]
         print_table(headers, rows)
         if before_rows:
-            print(f"\nbefore ({args.before}) → after ({here}), same slide and configurations "
-                  "(an engine without reading threads reads on one, whatever the read-threads column says):")
+            print(f"\nbefore ({args.before}) → after ({here}), same slide and configurations (reader processes "
+                  "and reading threads as the after run's provenance records them; an engine without reading "
+                  "threads reads on one):")
             print_table(["reader procs", "read threads", "whole p/s before", "after", "×", "loop p/s before", "after", "×"],
                         [[a[0], a[1], b[4], a[4], f"{a[4] / b[4]:.2f}", b[6], a[6], f"{a[6] / b[6]:.2f}"]
                          for a, b in zip(rows, before_rows)])

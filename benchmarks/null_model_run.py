@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import zarr
 from torch import nn
 
 try:  # the engine in rooms
@@ -78,8 +79,12 @@ def main() -> None:
         segment_slide(args.slide, out, model, options)  # warm-up
         for _ in range(args.repeats):
             r = segment_slide(args.slide, out, model, options)
+            # what the run did, read back from its provenance (absent in engines that had no such setting)
+            inference = zarr.open_group(str(r.out), mode="r").attrs.get("wsi_seg", {}).get("inference", {})
             print(json.dumps({"engine": str(Path(wsi_seg.__file__).parent.parent), "patches": r.patches_run,
-                              "whole_s": r.seconds, "loop_s": r.timings["inference"]}), flush=True)
+                              "whole_s": r.seconds, "loop_s": r.timings["inference"],
+                              "reader_workers": inference.get("reader_workers"),
+                              "read_threads": inference.get("read_threads")}), flush=True)
 
 
 if __name__ == "__main__":
