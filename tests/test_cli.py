@@ -139,6 +139,10 @@ def test_bad_option_values(tmp_path, capsys, blob_slide, checkpoints):
     assert_one_line_error(code, err, "batch size")
     code, _, err = segment(capsys, blob_slide, tmp_path / "o.zarr", checkpoints[1], "--streams", "0")
     assert_one_line_error(code, err, "streams")
+    for chunk in ("0", "5000"):
+        code, _, err = segment(capsys, blob_slide, tmp_path / "o.zarr", checkpoints[1], "--chunk-px", chunk)
+        assert_one_line_error(code, err, "--chunk-px", chunk)
+        assert not (tmp_path / "o.zarr").exists()
     code, _, err = run_cli(capsys, "segment", blob_slide, "--out", tmp_path / "o.zarr", "--model", checkpoints[1], "--device", "cuda:7")
     assert_one_line_error(code, err, "cuda")
 

@@ -10,13 +10,14 @@ from wsi_seg.result.corrections import corrections_history, save_corrections
 from wsi_seg.result.reader import Result
 
 
-def _corrected_result(tmp_path, capsys, slide, model):
+def _corrected_result(tmp_path, capsys, slide, model, *flags, at=(10, 20)):
     out = tmp_path / "o.zarr"
-    assert segment(capsys, slide, out, model)[0] == 0
+    assert segment(capsys, slide, out, model, *flags)[0] == 0
     mask = Result.open(out).mask(0)[:]
-    before = mask[10:40, 20:60].copy()
+    y, x = at
+    before = mask[y : y + 30, x : x + 40].copy()
     after = np.where(before == 1, 2, 1).astype(np.uint8)  # the user repaints a 30×40 px square
-    save_corrections(out, (10, 20), before, after, author="pathologist")
+    save_corrections(out, at, before, after, author="pathologist")
     return out, after
 
 
@@ -51,3 +52,24 @@ def test_overwrite_that_cannot_carry_them_is_refused_unless_discarded(tmp_path, 
     code, _, err = segment(capsys, blob_slide, out, coarser, "--overwrite", "--discard-corrections")
     assert code == 0, err
     assert Result.open(out).current_labels == "mask"
+
+
+def test_corrections_move_onto_a_result_chunked_otherwise(tmp_path, capsys, blob_slide, checkpoints):
+    """A result made with other chunks (an older version's 576-px blocks, or --chunk-px) is
+    the same pixel grid: its corrections are carried pixel for pixel."""
+    out, painted = _corrected_result(tmp_path, capsys, blob_slide, checkpoints[1], "--chunk-px", "200", at=(180, 170))
+    old = Result.open(out)
+    assert old.mask(0).chunks == (192, 192)  # the square spans four of its chunks
+    code, _, err = segment(capsys, blob_slide, out, checkpoints[2], "--overwrite")
+    assert code == 0, err
+    result = Result.open(out)
+    assert result.mask(0).chunks[0] > 192 and result.current_labels == "corrected"
+    corrected, mask = result.mask(0, "corrected")[:], result.mask(0)[:]
+    assert np.array_equal(corrected[180:210, 170:210], painted)
+    outside = np.ones(mask.shape, bool)
+    outside[180:210, 170:210] = False
+    assert np.array_equal(corrected[outside], mask[outside])
+    for level in result.levels[1:]:  # the coarser levels show them too
+        f = 2**level
+        assert np.array_equal(result.mask(level, "corrected")[:], corrected[::f, ::f][: result.mask(level).shape[0],
+                                                                                      : result.mask(level).shape[1]])

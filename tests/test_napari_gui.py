@@ -121,9 +121,13 @@ def test_segment_widget_run_adds_the_result(make_napari_viewer, qtbot, blob_slid
 def test_segment_widget_cancel_keeps_a_resumable_partial(
     make_napari_viewer, qtbot, blob_slide, checkpoints, tmp_path, monkeypatch
 ):
+    import wsi_seg_napari._widget as widget_mod
+
     from wsi_seg.model import PsclNet
 
     predict = PsclNet.predict
+    gui_options = widget_mod.gui_options  # chunks of 576 px: blocks finish before the cancel, so some are resumed
+    monkeypatch.setattr(widget_mod, "gui_options", lambda **kw: gui_options(chunk_px=512, **kw))
 
     def slow_predict(*args, **kwargs):  # ~0.05 s per batch: time for the GUI to cancel mid-run
         time.sleep(0.05)

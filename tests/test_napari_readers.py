@@ -168,7 +168,8 @@ def test_broken_wsi_seg_store_gives_a_clear_error(tmp_path, result):
 # -- the segment job ------------------------------------------------------------------
 def test_job_cancel_leaves_a_resumable_partial_then_resumes(tmp_path, blob_slide, checkpoints):
     out = tmp_path / "job.zarr"
-    request = SegmentRequest(blob_slide, out, checkpoints[2], gui_options(device="cpu", batch_size=2))
+    # chunks of 576 px: blocks finish before the cancel, so some are resumed
+    request = SegmentRequest(blob_slide, out, checkpoints[2], gui_options(device="cpu", batch_size=2, chunk_px=512))
     cancel = threading.Event()
     job = segment_job(request, cancel)
     reports = []

@@ -329,7 +329,7 @@ def test_reading_threads_give_the_blocks_one_thread_gives(demo_jpeg):
     from wsi_seg.inference.segment import plan as plan_run
 
     with Slide(demo_jpeg) as slide:
-        grid, tissue = plan_run(slide, 0.5, 224, SegmentOptions())
+        grid, tissue = plan_run(slide, 0.5, 224, SegmentOptions(chunk_px=512))  # several blocks
         reader_plan = plan_reader("auto", slide, 0.5, CPU)
         mpp = slide.mpp
     assert reader_plan.used == "jpeg-cpu" and reader_plan.parallel_reads
@@ -359,3 +359,22 @@ def test_slides_whose_library_is_not_known_thread_safe_are_read_on_one_thread(tm
         assert not plan_reader("openslide", slide, 0.5, CPU).parallel_reads
     with Slide(demo_jpeg) as slide:
         assert plan_reader("openslide", slide, 0.5, CPU).parallel_reads
+
+
+def test_a_sparse_block_cuts_its_patches_where_they_lie(blob_slide):
+    """A block reads the box around its patches only; each patch is the slide's pixels
+    under its own window (the slide is at the model's µm/px: no resampling)."""
+    from wsi_seg.inference.reader import BlockDataset
+    from wsi_seg.inference.tiling import make_grid
+
+    with Slide(blob_slide) as slide:
+        grid = make_grid(slide.dimensions, slide.mpp, slide.mpp, 224, 32)
+        full = slide.read_at_mpp((0, 0, *slide.dimensions), slide.dimensions)
+        mpp = slide.mpp
+    selected = np.zeros(grid.grid_shape, bool)
+    selected[1, 2] = selected[3, 1] = True
+    [block] = grid.blocks(selected)
+    item = BlockDataset(str(blob_slide), mpp, grid, [block])[0]
+    for k, (i, j) in enumerate(block.patches):
+        y0, x0, y1, x1 = grid.patch_window(i, j)
+        assert np.array_equal(item["patches"][k].numpy(), full[y0:y1, x0:x1].transpose(2, 0, 1)), (i, j)

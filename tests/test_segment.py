@@ -52,7 +52,7 @@ def test_stitching_reassembles_the_exact_ramp(tmp_path, ramp_slide, checkpoints,
 @pytest.mark.parametrize("overlap", [32, 33])  # blocks (= chunks) of 576 and 573 px: pyramid streamed / halved at the end
 def test_interrupted_run_resumes_to_identical_output(tmp_path, blob_slide, checkpoints, monkeypatch, overlap):
     model = load_checkpoint(checkpoints[1])
-    opts = SegmentOptions(overlap_px=overlap, **OPTS)
+    opts = SegmentOptions(overlap_px=overlap, chunk_px=512, **OPTS)  # several blocks on this slide
     full = segment_slide(blob_slide, tmp_path / "full.zarr", model, opts)
 
     out = tmp_path / "resumed.zarr"
@@ -89,7 +89,7 @@ def test_cancelled_run_raises_cancelled_and_resumes_to_identical_output(tmp_path
     from wsi_seg.errors import Cancelled
 
     model = load_checkpoint(checkpoints[2])
-    opts = SegmentOptions(overlap_px=32, batch_size=2, **OPTS)
+    opts = SegmentOptions(overlap_px=32, batch_size=2, chunk_px=512, **OPTS)  # several blocks on this slide
     full = segment_slide(blob_slide, tmp_path / "full.zarr", model, opts)
 
     out, cancel, seen = tmp_path / "resumed.zarr", threading.Event(), []

@@ -72,10 +72,12 @@ def _check_device_and_precision(run):
 
 def _check_grid_and_tissue(run):
     code, _, err, out = run("--overlap", "16", "--tissue-threshold", "0.3", "--mpp", "0.55", "--reader", "openslide",
-                            "--no-progress", out="g.zarr")
+                            "--chunk-px", "400", "--no-progress", out="g.zarr")
     assert code == 0, err
     record = _record(out)
     assert record["overlap_px"] == 16 and record["tissue"]["min_tissue_fraction"] == 0.3
+    # 400 px rounds to two strides of 208 px (224 − 16); the default would be five
+    assert record["block_px"] == 416 and Result.open(out).mask(0).chunks == (416, 416)
     assert record["slide"]["mpp"] == 0.55 and record["inference"]["reader"]["requested"] == "openslide"
 
 
@@ -109,7 +111,7 @@ def _check_outputs(run, tmp_path, capsys, blob_slide, checkpoints):
 
 def test_every_flag_is_walked(run, tmp_path, capsys, blob_slide, checkpoints):
     walked = {"--out", "--model", "--batch-size", "--streams", "--threads", "--workers", "--no-progress",
-              "--device", "--precision", "--overlap", "--tissue-threshold", "--mpp", "--reader",
+              "--device", "--precision", "--overlap", "--chunk-px", "--tissue-threshold", "--mpp", "--reader",
               "--allow-upsampling", "--max-output-px", "--preview", "--overwrite", "--discard-corrections", "--out-dir"}
     assert _segment_flags() == walked | set(ELSEWHERE), "a segment flag has no check in this file"
     _check_runtime(run)

@@ -69,3 +69,13 @@ def test_only_blocks_with_tissue_run():
 def test_bad_overlap():
     with pytest.raises(ConfigError):
         make_grid((1000, 1000), 0.5, 0.5, 224, 224)
+
+
+def test_a_block_reads_only_the_box_around_its_patches():
+    grid = make_grid((3000, 3000), 0.5, 0.5, 224, 32)
+    selected = np.zeros(grid.grid_shape, bool)
+    selected[1, 2] = selected[3, 3] = True  # two patches of the first block, the rest glass
+    [block] = grid.blocks(selected)
+    assert block.first_patch == (1, 2)
+    y0, x0, y1, x1 = grid.block_read_window(block)
+    assert (y0, x0) == grid.patch_window(1, 2)[:2] and (y1, x1) == grid.patch_window(3, 3)[2:]

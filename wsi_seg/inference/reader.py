@@ -179,6 +179,7 @@ class BlockDataset(Dataset):
             return {"block": idx, "error": str(exc)}
         bkg = self.background_seed.seed(rgb) if self.background_seed.enabled else None
         p, s = self.grid.patch_px, self.grid.stride_px
+        i0, j0 = block.first_patch  # the read window's corner
         n = len(block.patches)
         # in a reader process the item is made in shared memory, which is how it reaches
         # the main process: handed over without another copy
@@ -188,9 +189,10 @@ class BlockDataset(Dataset):
         chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))  # one transposition for the block
         out_p, out_b = patches.numpy(), backgrounds.numpy()
         for k, (i, j) in enumerate(block.patches):
-            out_p[k] = chw[:, i * s : i * s + p, j * s : j * s + p]
+            y, x = (i - i0) * s, (j - j0) * s
+            out_p[k] = chw[:, y : y + p, x : x + p]
             if bkg is not None:
-                out_b[k] = bkg[i * s : i * s + p, j * s : j * s + p]
+                out_b[k] = bkg[y : y + p, x : x + p]
         return {"block": idx, "patches": patches, "background": backgrounds}
 
 
@@ -398,11 +400,13 @@ class BlockReader:
         else:  # skimage is faster than the tensor version on the CPU
             bkg = torch.from_numpy(self.background_seed.seed(rgb.permute(1, 2, 0).numpy()))
         p, s = self.grid.patch_px, self.grid.stride_px
-        patches = torch.stack([rgb[:, i * s : i * s + p, j * s : j * s + p] for i, j in block.patches])
+        i0, j0 = block.first_patch  # the read window's corner
+        corners = [((i - i0) * s, (j - j0) * s) for i, j in block.patches]
+        patches = torch.stack([rgb[:, y : y + p, x : x + p] for y, x in corners])
         if bkg is None:
             backgrounds = torch.zeros((0, p, p), dtype=torch.bool, device=self.device)
         else:
-            backgrounds = torch.stack([bkg[i * s : i * s + p, j * s : j * s + p] for i, j in block.patches])
+            backgrounds = torch.stack([bkg[y : y + p, x : x + p] for y, x in corners])
         return {"block": idx, "patches": patches, "background": backgrounds}
 
     def provenance(self) -> dict[str, Any]:

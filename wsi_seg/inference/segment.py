@@ -129,7 +129,7 @@ def check_bounds(slide: Slide, grid: TileGrid, model_mpp: float, options: Segmen
 
 def plan(slide: Slide, model_mpp: float, patch_px: int, options: SegmentOptions) -> tuple[TileGrid, np.ndarray]:
     """(grid, tissue patches: (rows, cols) bool, the patches to run) for a slide; bounds are checked first."""
-    grid = make_grid(slide.dimensions, slide.mpp, model_mpp, patch_px, options.overlap_px)
+    grid = make_grid(slide.dimensions, slide.mpp, model_mpp, patch_px, options.overlap_px, options.chunk_px)
     check_bounds(slide, grid, model_mpp, options)
     if min(grid.out_shape) < patch_px:
         raise SlideError(

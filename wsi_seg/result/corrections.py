@@ -215,6 +215,32 @@ def _write_chunks(array: Any, edits: dict[tuple[int, int], np.ndarray], values: 
     return changed
 
 
+def _rechunked(pieces: Iterable[CorrectedChunk], chunk_px: int, shape_hw: tuple[int, int],
+               ) -> tuple[dict[tuple[int, int], np.ndarray], dict[tuple[int, int], np.ndarray]]:
+    """The corrected pixels of ``pieces`` (level-0 chunks of a result chunked any way) as
+    per-chunk edits (bool mask, new values) of a level-0 array of ``shape_hw`` in
+    ``chunk_px`` chunks: identical pieces when the chunking is the same."""
+    c, (h, w) = chunk_px, shape_hw
+    edits: dict[tuple[int, int], np.ndarray] = {}
+    values: dict[tuple[int, int], np.ndarray] = {}
+    for piece in pieces:
+        ph, pw = piece.changed.shape
+        for i in range(piece.y0 // c, (piece.y0 + ph - 1) // c + 1):
+            for j in range(piece.x0 // c, (piece.x0 + pw - 1) // c + 1):
+                cy0, cx0 = i * c, j * c
+                if (i, j) not in edits:
+                    size = (min(c, h - cy0), min(c, w - cx0))
+                    edits[(i, j)], values[(i, j)] = np.zeros(size, bool), np.zeros(size, np.uint8)
+                y0, y1 = max(cy0, piece.y0), min(cy0 + c, piece.y0 + ph, h)
+                x0, x1 = max(cx0, piece.x0), min(cx0 + c, piece.x0 + pw, w)
+                src = (slice(y0 - piece.y0, y1 - piece.y0), slice(x0 - piece.x0, x1 - piece.x0))
+                dst = (slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
+                where = piece.changed[src]
+                edits[(i, j)][dst] |= where
+                values[(i, j)][dst][where] = piece.after[src][where]
+    return edits, values
+
+
 def _rebuild_parents(group: Any, levels: Iterable[int], chunks: Iterable[tuple[int, int]]) -> None:
     """Recompute the coarser-level chunks above level-0 ``chunks`` (top-left of each 2×2)."""
     touched = set(chunks)
@@ -333,10 +359,9 @@ def finish_pending(result: Result) -> int:
     return len(chunks)
 
 
-# what must match for corrections to be carried from one result onto a new one of the slide
-CARRY_KEYS = ("output_shape_px", "block_px", "mpp")
-
-
+# what must match for corrections to be carried from one result onto a new one of the slide:
+# the pixel grid (the chunking may differ: results made before chunks grew to ~1024 px)
+CARRY_KEYS = ("output_shape_px", "mpp")
 
 
 def carry_refusal(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -364,13 +389,10 @@ def carry_over(old: str | Path, new: str | Path) -> int:
 
     old_result, new_result = Result.open(old), Result.open(new, allow_incomplete=True)
     history = corrections_history(old_result)
-    edits: dict[tuple[int, int], np.ndarray] = {}
-    values: dict[tuple[int, int], np.ndarray] = {}
-    for chunk in corrected_chunks(old_result):
-        edits[chunk.index], values[chunk.index] = chunk.changed, chunk.after
     _ensure_corrected(new_result)
     group = zarr.open_group(str(labels_path(new_result.path, CORRECTED_NAME)), mode="r+")
     base = group["0"]
+    edits, values = _rechunked(corrected_chunks(old_result), base.chunks[-1], base.shape)
     pixels = _write_chunks(base, edits, values)
     _rebuild_parents(group, new_result.levels, set(edits))
     completed = old_result.provenance.raw.get("completed_utc")
