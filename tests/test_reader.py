@@ -134,6 +134,29 @@ def test_dct_scaled_regions_match_a_bilinear_reduction(demo_jpeg, reduce):
             assert np.abs(a - b)[2:-2, 2:-2].mean() < 1.5, box
 
 
+@pytest.mark.parametrize("reduce", [2, 4, 8])
+def test_integer_blur_is_within_a_grey_level_of_pils_kernel(reduce):
+    """The blur after DCT scaling, in integers, against PIL's float 3 × 3 kernel of the same
+    weights: edges kept, no value off by more than one grey level."""
+    from PIL import ImageFilter
+
+    from wsi_seg.slide.decode.reduced import _BILINEAR_MATCH, bilinear_match_blur
+
+    rng = np.random.default_rng(reduce)
+    noise = Image.fromarray((rng.random((60, 50, 3)) * 255).astype(np.uint8))
+    rgb = np.asarray(noise.resize((203, 157), Image.Resampling.BILINEAR))  # texture and noise, odd sizes
+    rgb = np.concatenate([rgb, np.full((20, 203, 3), 255, np.uint8), np.zeros((20, 203, 3), np.uint8)])
+    a = _BILINEAR_MATCH[reduce]
+    k = (a, 1 - 2 * a, a)
+    ref = np.asarray(Image.fromarray(rgb).filter(ImageFilter.Kernel((3, 3), [u * v for u in k for v in k], scale=1)))
+    out = bilinear_match_blur(rgb, reduce)
+    assert out.dtype == np.uint8 and out.shape == rgb.shape
+    diff = np.abs(out.astype(int) - ref.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.3
+    assert np.array_equal(out[[0, -1]], rgb[[0, -1]]) and np.array_equal(out[:, [0, -1]], rgb[:, [0, -1]])
+    assert (out[1:-1, 1:-1] != rgb[1:-1, 1:-1]).any()  # it does blur
+
+
 def test_dct_reduction_is_the_largest_power_of_two_not_above_the_factor():
     assert [dct_reduction(f) for f in (1.0, 1.5, 1.995, 2.0, 3.9, 4.0, 7.0, 8.0, 16.0)] == [1, 1, 2, 2, 2, 4, 4, 8, 8]
 

