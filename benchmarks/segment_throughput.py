@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from wsi_seg.inference.allocator import pin_malloc_thresholds
+from wsi_seg.inference.options import DEFAULT_CHUNK_PX
 from wsi_seg.inference.runtime import resolve_runtime, torch_threads
 from wsi_seg.inference.segment import SegmentOptions, segment_slide
 from wsi_seg.inference.streams import InferenceStreams, run_batch
@@ -77,6 +78,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--readers", default="auto", help="slide decoders to compare (--reader of segment)")
     ap.add_argument("--streams", default="auto", help="inference streams to compare (auto or N, comma-separated)")
+    ap.add_argument("--chunks", default=str(DEFAULT_CHUNK_PX),
+                    help="output chunk sizes to compare (--chunk-px of segment, comma-separated)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per preset; medians are reported")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the CPUs)")
     args = ap.parse_args()
@@ -94,11 +97,12 @@ def main() -> None:
                 rt = resolve_runtime(args.device, args.precision, workers=args.workers, batch_size=args.batch_size,
                                      threads=args.threads, streams=n_streams)
                 for reader in args.readers.split(","):
-                    opts = SegmentOptions(device=str(rt.device), batch_size=args.batch_size, workers=args.workers,
-                                          precision=args.precision, threads=args.threads, streams=n_streams,
-                                          reader=reader, overwrite=True, progress=False)
-                    # each configuration its own output: its provenance is read back below
-                    configs.append((reader, rt, opts, [], tmp / f"out_{preset}_{len(configs)}.zarr"))
+                    for chunk in (int(c) for c in args.chunks.split(",")):
+                        opts = SegmentOptions(device=str(rt.device), batch_size=args.batch_size, workers=args.workers,
+                                              precision=args.precision, threads=args.threads, streams=n_streams,
+                                              reader=reader, chunk_px=chunk, overwrite=True, progress=False)
+                        # each configuration its own output: its provenance is read back below
+                        configs.append((reader, rt, opts, [], tmp / f"out_{preset}_{len(configs)}.zarr"))
             model = load_checkpoint(ckpt, device=rt.device)
             segment_slide(demo.path, configs[0][4], model, configs[0][2])  # warm-up: imports, kernels
             # every configuration once per repeat, e2e and model-only alternating: a slow minute
@@ -124,19 +128,20 @@ def main() -> None:
                 used = read_provenance(res.out)["inference"]["reader"]
                 name = used["used"] + (f" 1/{used['dct_reduction']}" if used.get("dct_reduction", 1) > 1 else "")
                 ran = read_provenance(res.out)["inference"]  # what took effect, not what was asked
-                rows.append((preset, f"{reader}={name}", f"{ran['streams']}×{ran['torch_threads']}", res.patches_run,
+                rows.append((preset, f"{reader}={name}", f"{ran['streams']}×{ran['torch_threads']}",
+                             read_provenance(res.out)["block_px"], res.patches_run,
                              res.seconds, e2e, mo, one, ratio, ratio_one, vs_first, res.timings))
     print(f"device {rt.device}, batch {rt.batch_size}, workers {rt.reader_workers}, "
           f"precision {args.precision} = {rt.precision}, CPUs {rt.cpus.cpus} ({rt.cpus.source}), "
           f"slide {args.size}² px @0.25 µm/px, median of {args.repeats} (ratios: median of per-run ratios); "
           f"malloc {malloc}")
-    print(f"{'preset':>8} {'reader':>22} {'streams':>8} {'patches':>8} {'wall s':>7} {'e2e p/s':>8} {'model p/s':>10} "
+    print(f"{'preset':>8} {'reader':>22} {'streams':>8} {'chunk':>6} {'patches':>8} {'wall s':>7} {'e2e p/s':>8} {'model p/s':>10} "
           f"{'1-stream':>9} {'ratio':>6} {'vs 1-str':>9} {'e2e vs 1st':>10}  split (s)")
-    for preset, reader, st, n, sec, e2e, mo, one, ratio, ratio_one, vs_first, tm in rows:
+    for preset, reader, st, chunk, n, sec, e2e, mo, one, ratio, ratio_one, vs_first, tm in rows:
         split = ", ".join(f"{k} {v:.1f}" for k, v in tm.items())
-        print(f"{preset:>8} {reader:>22} {st:>8} {n:>8} {sec:>7.1f} {e2e:>8.2f} {mo:>10.2f} {one:>9.2f} {ratio:>6.2f} "
+        print(f"{preset:>8} {reader:>22} {st:>8} {chunk:>6} {n:>8} {sec:>7.1f} {e2e:>8.2f} {mo:>10.2f} {one:>9.2f} {ratio:>6.2f} "
               f"{ratio_one:>9.2f} {vs_first:>10.2f}  {split}")
-    print(f"ratio end_to_end/best_model_only = {rows[-1][8]:.2f}")
+    print(f"ratio end_to_end/best_model_only = {rows[-1][9]:.2f}")
 
 
 if __name__ == "__main__":
