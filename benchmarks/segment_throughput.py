@@ -135,8 +135,8 @@ def main() -> None:
           f"precision {args.precision} = {rt.precision}, CPUs {rt.cpus.cpus} ({rt.cpus.source}), "
           f"slide {args.size}² px @0.25 µm/px, median of {args.repeats} (ratios: median of per-run ratios); "
           f"malloc {malloc}")
-    print(f"{'preset':>8} {'reader':>22} {'streams':>8} {'chunk':>6} {'patches':>8} {'wall s':>7} {'e2e p/s':>8} {'model p/s':>10} "
-          f"{'1-stream':>9} {'ratio':>6} {'vs 1-str':>9} {'e2e vs 1st':>10}  split (s)")
+    print(f"{'preset':>8} {'reader':>22} {'streams':>8} {'chunk':>6} {'patches':>8} {'wall s':>7} {'e2e p/s':>8} "
+          f"{'model p/s':>10} {'1-stream':>9} {'ratio':>6} {'vs 1-str':>9} {'e2e vs 1st':>10}  split (s)")
     for preset, reader, st, chunk, n, sec, e2e, mo, one, ratio, ratio_one, vs_first, tm in rows:
         split = ", ".join(f"{k} {v:.1f}" for k, v in tm.items())
         print(f"{preset:>8} {reader:>22} {st:>8} {chunk:>6} {n:>8} {sec:>7.1f} {e2e:>8.2f} {mo:>10.2f} {one:>9.2f} {ratio:>6.2f} "
