@@ -79,3 +79,5 @@ def test_a_block_reads_only_the_box_around_its_patches():
     assert block.first_patch == (1, 2)
     y0, x0, y1, x1 = grid.block_read_window(block)
     assert (y0, x0) == grid.patch_window(1, 2)[:2] and (y1, x1) == grid.patch_window(3, 3)[2:]
+    s = grid.stride_px
+    assert grid.patch_corners(block) == [(0, 0), (2 * s, s)]  # where each patch lies in that window

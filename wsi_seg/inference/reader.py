@@ -178,8 +178,7 @@ class BlockDataset(Dataset):
             # in its traceback; the consumer raises it again as one clean line
             return {"block": idx, "error": str(exc)}
         bkg = self.background_seed.seed(rgb) if self.background_seed.enabled else None
-        p, s = self.grid.patch_px, self.grid.stride_px
-        i0, j0 = block.first_patch  # the read window's corner
+        p = self.grid.patch_px
         n = len(block.patches)
         # in a reader process the item is made in shared memory, which is how it reaches
         # the main process: handed over without another copy
@@ -188,8 +187,7 @@ class BlockDataset(Dataset):
         backgrounds = _empty((n, p, p) if bkg is not None else (0, p, p), torch.bool, shared)
         chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))  # one transposition for the block
         out_p, out_b = patches.numpy(), backgrounds.numpy()
-        for k, (i, j) in enumerate(block.patches):
-            y, x = (i - i0) * s, (j - j0) * s
+        for k, (y, x) in enumerate(self.grid.patch_corners(block)):
             out_p[k] = chw[:, y : y + p, x : x + p]
             if bkg is not None:
                 out_b[k] = bkg[y : y + p, x : x + p]
@@ -399,9 +397,8 @@ class BlockReader:
             bkg = background_seed(rgb, self.background_seed)
         else:  # skimage is faster than the tensor version on the CPU
             bkg = torch.from_numpy(self.background_seed.seed(rgb.permute(1, 2, 0).numpy()))
-        p, s = self.grid.patch_px, self.grid.stride_px
-        i0, j0 = block.first_patch  # the read window's corner
-        corners = [((i - i0) * s, (j - j0) * s) for i, j in block.patches]
+        p = self.grid.patch_px
+        corners = self.grid.patch_corners(block)
         patches = torch.stack([rgb[:, y : y + p, x : x + p] for y, x in corners])
         if bkg is None:
             backgrounds = torch.zeros((0, p, p), dtype=torch.bool, device=self.device)

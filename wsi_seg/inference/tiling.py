@@ -89,13 +89,20 @@ class TileGrid:
     def block_read_window(self, block: Block) -> tuple[int, int, int, int]:
         """Output-pixel window (y0, x0, y1, x1) a block reads: the box around the windows of
         the patches it runs, not the whole block, so glass beside tissue edges is not read
-        (a quarter of the reading on CMU-1-Small-Region). Patch (i, j) lies at
-        ``((i, j) - block.first_patch) · stride`` in it."""
+        (a quarter of the reading on CMU-1-Small-Region). :meth:`patch_corners` says where
+        each patch lies in it."""
         i0, j0 = block.first_patch
         i1, j1 = max(i for i, _ in block.patches), max(j for _, j in block.patches)
         s = self.stride_px
         y0, x0 = block.y0 + i0 * s - self.margin_px, block.x0 + j0 * s - self.margin_px
         return y0, x0, y0 + (i1 - i0) * s + self.patch_px, x0 + (j1 - j0) * s + self.patch_px
+
+    def patch_corners(self, block: Block) -> list[tuple[int, int]]:
+        """(y, x) of each of the block's patches (in ``block.patches`` order) inside its
+        read window (:meth:`block_read_window`): patch k is ``window[y : y + P, x : x + P]``."""
+        i0, j0 = block.first_patch
+        s = self.stride_px
+        return [((i - i0) * s, (j - j0) * s) for i, j in block.patches]
 
     def tissue_fractions(self, tissue: np.ndarray) -> np.ndarray:
         """Fraction of tissue in each patch window, (rows, cols) float32.
